@@ -1,0 +1,109 @@
+//! The replicated commands and their outputs: what goes into the Raft log and
+//! what apply returns to the proposer.
+//!
+//! One Raft type configuration serves the meta group and every queue group, so
+//! a log entry carries a [`RaftRequest`] that is either a meta or a queue
+//! command. Every time-dependent command carries the leader's clock in
+//! `now`; apply never reads a clock of its own.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{GroupId, NewMessage, NodeId, Offset, QueueConfig, QueueName, Receipt, TimestampMs};
+
+/// The application data of a Raft entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRequest {
+    Meta(MetaCommand),
+    Queue(QueueRequest),
+}
+
+/// What apply returns for an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RaftResponse {
+    /// Blank and membership entries, and commands sent to the wrong kind of group.
+    #[default]
+    Empty,
+    Meta(MetaResponse),
+    Queue(QueueResponse),
+}
+
+/// Changes to the cluster catalog, applied by the meta group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Create a queue on the given replicas; the meta state machine assigns its group id.
+    CreateQueue {
+        name: QueueName,
+        config: QueueConfig,
+        replicas: Vec<NodeId>,
+        now: TimestampMs,
+    },
+    DeleteQueue { name: QueueName },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    QueueCreated { group_id: GroupId },
+    QueueAlreadyExists { group_id: GroupId },
+    QueueDeleted { group_id: GroupId },
+    QueueNotFound,
+}
+
+/// A command for one queue group, stamped with the proposing leader's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRequest {
+    pub now: TimestampMs,
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueCommand {
+    /// Append a batch; offsets are assigned in order at apply.
+    Produce { messages: Vec<NewMessage> },
+    /// Lease up to `max_messages` available messages until `now + visibility_timeout_ms`.
+    /// One command per consume call, however many messages it leases.
+    Lease { max_messages: u32, visibility_timeout_ms: u64 },
+    /// Settle receipts: the messages are gone for good.
+    Ack { receipts: Vec<Receipt> },
+    /// Give messages back, visible again at `now + delay_ms`.
+    Nack { receipts: Vec<Receipt>, delay_ms: u64 },
+    /// Push lease deadlines to `now + visibility_timeout_ms`.
+    ExtendLease { receipts: Vec<Receipt>, visibility_timeout_ms: u64 },
+    /// Drop every message, leased or not.
+    Purge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueResponse {
+    /// The batch got offsets `first_offset .. first_offset + count`.
+    Produced { first_offset: Offset, count: u32 },
+    /// Leased messages in offset order; bodies are read from storage by the caller.
+    Leased { messages: Vec<DeliveredMessage> },
+    /// Result of Ack, Nack or ExtendLease: receipts not listed in `failures` took effect.
+    Settled { succeeded: u32, failures: Vec<ReceiptFailure> },
+    Purged { removed: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredMessage {
+    pub offset: Offset,
+    pub receipt: Receipt,
+    /// 1 for the first delivery, 2 for the first redelivery, …
+    pub delivery_attempt: u32,
+    /// When the lease ends unless extended.
+    pub lease_deadline: TimestampMs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptFailure {
+    pub receipt: Receipt,
+    pub reason: ReceiptFailureReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptFailureReason {
+    /// No such message: it was acked, purged, or never existed.
+    MessageGone,
+    /// The lease this receipt names has ended (expired, nacked, or the
+    /// message was delivered again under a newer lease).
+    LeaseGone,
+}

@@ -1,0 +1,57 @@
+//! Per-queue configuration, set at creation and replicated in the catalog.
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_VISIBILITY_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_VISIBILITY_TIMEOUT_MS: u64 = 12 * 60 * 60 * 1000;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// The hard ceiling for `max_message_bytes`: gRPC frames and Raft entries stay
+/// reasonable below it.
+pub const MAX_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// How long a consumed message stays invisible to other consumers unless
+    /// the consumer asks for another duration.
+    pub visibility_timeout_ms: u64,
+    /// Largest accepted body plus headers, in bytes.
+    pub max_message_bytes: u64,
+    /// Number of replicas; capped at the cluster size when the queue is created.
+    pub replication_factor: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            visibility_timeout_ms: DEFAULT_VISIBILITY_TIMEOUT_MS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("visibility_timeout_ms must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}, got {0}")]
+    VisibilityTimeout(u64),
+    #[error("max_message_bytes must be between 1 and {MAX_MAX_MESSAGE_BYTES}, got {0}")]
+    MaxMessageBytes(u64),
+    #[error("replication_factor must be 1 or more, got {0}")]
+    ReplicationFactor(u32),
+}
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.visibility_timeout_ms == 0 || self.visibility_timeout_ms > MAX_VISIBILITY_TIMEOUT_MS {
+            return Err(ConfigError::VisibilityTimeout(self.visibility_timeout_ms));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MAX_MESSAGE_BYTES {
+            return Err(ConfigError::MaxMessageBytes(self.max_message_bytes));
+        }
+        if self.replication_factor == 0 {
+            return Err(ConfigError::ReplicationFactor(self.replication_factor));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Plain data shared by every raftmq crate: ids, names, queue configuration and
+//! the replicated commands with their outputs.
+//!
+//! Nothing here does IO or knows about tokio, prost or RocksDB. The enums in
+//! [`command`] are what goes into the Raft log, so changing their shape changes
+//! the on-disk format (see `raftmq-storage`'s format version).
+
+pub mod command;
+pub mod config;
+pub mod ids;
+pub mod message;
+pub mod name;
+pub mod receipt;
+
+pub use command::{
+    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueRequest, QueueResponse,
+    RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
+};
+pub use config::{ConfigError, QueueConfig};
+pub use ids::{GroupId, NodeId, Offset, TimestampMs, META_GROUP_ID};
+pub use message::{NewMessage, StoredMessage};
+pub use name::{QueueName, QueueNameError};
+pub use receipt::{Receipt, ReceiptParseError};
