@@ -1,1 +1,29 @@
-fn main(){}
+//! Generates the gRPC code from `proto/` with a vendored protoc, so nothing
+//! needs installing by hand.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "raftmq/v1/queues.proto",
+        "raftmq/v1/messages.proto",
+        "raftmq/v1/cluster.proto",
+        "raftmq/internal/v1/raft.proto",
+    ]
+    .map(|f| root.join(f));
+    let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("raftmq_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor)
+        .bytes(".raftmq.internal.v1.RaftMessage.payload")
+        .compile_protos(&files, &[root])?;
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    Ok(())
+}
