@@ -1,1 +1,104 @@
-//! placeholder
+//! The raftmq node: configuration, the gRPC services, and [`run`].
+//!
+//! `run` opens the node's RocksDB, starts the group manager (meta group plus
+//! the queue groups the catalog assigns here), and serves on one port: the
+//! public `raftmq.v1` services, the internal Raft transport, the standard
+//! health service and server reflection. Handlers are thin: validation and
+//! routing live in [`routing`], replicated logic in the queue crate.
+
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod routing;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use openraft::BasicNode;
+use raftmq_proto::internal::raft_transport_server::RaftTransportServer;
+use raftmq_proto::v1::cluster_service_server::ClusterServiceServer;
+use raftmq_proto::v1::message_service_server::MessageServiceServer;
+use raftmq_proto::v1::queue_service_server::QueueServiceServer;
+use raftmq_raft::{GroupManager, PeerChannels, RaftTiming, TransportService};
+use tracing::info;
+
+use crate::config::ServerConfig;
+use crate::grpc::cluster_service::ClusterServiceImpl;
+use crate::grpc::message_service::MessageServiceImpl;
+use crate::grpc::queue_service::QueueServiceImpl;
+use crate::routing::Router;
+
+/// Large enough for a full batch of maximum-size messages; the per-message
+/// limit is enforced by the handlers with a clear message.
+const MAX_GRPC_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("bind listen_addr {}", config.listen_addr))?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Like [`run`], on a listener the caller bound (tests bind port 0).
+pub async fn run_with_listener(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+    let db = raftmq_storage::open_db(&config.data_dir.join("db"))
+        .with_context(|| format!("open database in {}", config.data_dir.display()))?;
+    let initial_members: BTreeMap<u64, BasicNode> =
+        config.peers.iter().map(|p| (p.id, BasicNode::new(p.addr.clone()))).collect();
+    let timing = RaftTiming {
+        heartbeat_interval_ms: config.raft.heartbeat_interval_ms,
+        election_timeout_min_ms: config.raft.election_timeout_min_ms,
+        election_timeout_max_ms: config.raft.election_timeout_max_ms,
+    };
+    let groups = GroupManager::start(config.node_id, db, initial_members, timing, PeerChannels::default())
+        .await
+        .context("start raft groups")?;
+    let router = Arc::new(Router::new(groups.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<MessageServiceServer<MessageServiceImpl>>().await;
+    health_reporter.set_serving::<QueueServiceServer<QueueServiceImpl>>().await;
+    health_reporter.set_serving::<ClusterServiceServer<ClusterServiceImpl>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftmq_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build reflection service")?;
+
+    let local_addr = listener.local_addr().context("read listener address")?;
+    info!(node_id = config.node_id, addr = %local_addr, data_dir = %config.data_dir.display(), "raftmq node serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            MessageServiceServer::new(MessageServiceImpl::new(router.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(QueueServiceServer::new(QueueServiceImpl::new(router.clone())))
+        .add_service(ClusterServiceServer::new(ClusterServiceImpl::new(router.clone())))
+        .add_service(
+            RaftTransportServer::new(TransportService::new(groups.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serve grpc")?;
+    info!(node_id = config.node_id, "shutting down raft groups");
+    groups.shutdown().await;
+    Ok(())
+}

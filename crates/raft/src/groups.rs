@@ -1,0 +1,278 @@
+//! The group manager: the meta group, and one Raft group per queue hosted here.
+//!
+//! Every node runs the meta group. It watches the catalog the meta group
+//! replicates and starts (or stops and deletes) the queue groups for which the
+//! catalog lists it as a replica. All groups share the node's RocksDB instance
+//! and its peer channels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use openraft::BasicNode;
+use openraft::errors::{InitializeError, RaftError};
+use raftmq_storage::{
+    Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, TypeConfig, delete_group_data,
+};
+use raftmq_types::{GroupId, META_GROUP_ID, NodeId, QueueName};
+use rocksdb::DB;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::network::GroupNetworkFactory;
+use crate::peers::PeerChannels;
+
+pub type MetaRaft = openraft::Raft<TypeConfig, MetaStateMachine>;
+pub type QueueRaft = openraft::Raft<TypeConfig, QueueStateMachine>;
+
+/// Raft timing, shared by every group of the node.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("start raft group {group_id}: {message}")]
+    Start { group_id: GroupId, message: String },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A queue group hosted on this node.
+#[derive(Clone)]
+pub struct QueueGroup {
+    pub group_id: GroupId,
+    pub queue: QueueName,
+    pub raft: QueueRaft,
+    /// Read access to the applied queue state and message bodies.
+    pub reader: QueueReader,
+}
+
+pub struct GroupManager {
+    node_id: NodeId,
+    db: Arc<DB>,
+    peers: PeerChannels,
+    raft_config: Arc<openraft::Config>,
+    meta: MetaRaft,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    queues: RwLock<HashMap<GroupId, QueueGroup>>,
+    /// Serialises reconciliation so that two catalog changes never start the
+    /// same group twice.
+    reconcile_lock: tokio::sync::Mutex<()>,
+}
+
+impl GroupManager {
+    /// Opens the meta group (initialising it from `initial_members` on first
+    /// start) and starts following the catalog.
+    pub async fn start(
+        node_id: NodeId,
+        db: Arc<DB>,
+        initial_members: BTreeMap<NodeId, BasicNode>,
+        timing: RaftTiming,
+        peers: PeerChannels,
+    ) -> Result<Arc<GroupManager>, GroupError> {
+        let raft_config = openraft::Config {
+            cluster_name: "raftmq".to_string(),
+            heartbeat_interval: timing.heartbeat_interval_ms,
+            election_timeout_min: timing.election_timeout_min_ms,
+            election_timeout_max: timing.election_timeout_max_ms,
+            // Logs are purged behind snapshots; a follower further behind
+            // catches up from a snapshot instead of the whole history.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 5_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate()?);
+
+        let meta_sm = MetaStateMachine::open(db.clone())
+            .await
+            .map_err(|e| GroupError::Storage(e.to_string()))?;
+        let catalog = meta_sm.catalog_watch();
+        let meta = openraft::Raft::new(
+            node_id,
+            raft_config.clone(),
+            GroupNetworkFactory::new(META_GROUP_ID, peers.clone()),
+            LogStore::new(db.clone(), META_GROUP_ID),
+            meta_sm,
+        )
+        .await
+        .map_err(|e| GroupError::Start { group_id: META_GROUP_ID, message: e.to_string() })?;
+        initialize_once(META_GROUP_ID, &meta, initial_members).await?;
+
+        let manager = Arc::new(GroupManager {
+            node_id,
+            db,
+            peers,
+            raft_config,
+            meta,
+            catalog,
+            queues: RwLock::new(HashMap::new()),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+        });
+        manager.reconcile().await;
+        tokio::spawn(follow_catalog(Arc::downgrade(&manager), manager.catalog.clone()));
+        Ok(manager)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn meta(&self) -> &MetaRaft {
+        &self.meta
+    }
+
+    pub fn peers(&self) -> &PeerChannels {
+        &self.peers
+    }
+
+    /// The catalog as applied on this node (may trail the meta leader).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    pub fn queue_group(&self, group_id: GroupId) -> Option<QueueGroup> {
+        self.queues.read().expect("queue map lock poisoned").get(&group_id).cloned()
+    }
+
+    pub fn queue_groups(&self) -> Vec<QueueGroup> {
+        let mut groups: Vec<QueueGroup> =
+            self.queues.read().expect("queue map lock poisoned").values().cloned().collect();
+        groups.sort_by_key(|g| g.group_id);
+        groups
+    }
+
+    /// Cluster members and their addresses, from the meta group's membership.
+    pub fn members(&self) -> BTreeMap<NodeId, BasicNode> {
+        let metrics = self.meta.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        membership.nodes().map(|(id, node)| (*id, node.clone())).collect()
+    }
+
+    pub fn member_addr(&self, node_id: NodeId) -> Option<String> {
+        self.members().remove(&node_id).map(|node| node.addr)
+    }
+
+    /// Brings the hosted queue groups in line with the catalog.
+    async fn reconcile(&self) {
+        let _serialised = self.reconcile_lock.lock().await;
+        let catalog = self.catalog();
+        let wanted: BTreeMap<GroupId, (&QueueName, &raftmq_storage::CatalogQueue)> = catalog
+            .queues
+            .iter()
+            .filter(|(_, q)| q.replicas.contains(&self.node_id))
+            .map(|(name, q)| (q.group_id, (name, q)))
+            .collect();
+
+        let stale: Vec<QueueGroup> = self
+            .queue_groups()
+            .into_iter()
+            .filter(|g| !wanted.contains_key(&g.group_id))
+            .collect();
+        for group in stale {
+            info!(group_id = %group.group_id, queue = %group.queue, "stopping deleted queue group");
+            self.queues.write().expect("queue map lock poisoned").remove(&group.group_id);
+            if let Err(e) = group.raft.shutdown().await {
+                warn!(group_id = %group.group_id, error = %e, "queue group did not shut down cleanly");
+            }
+            if let Err(e) = delete_group_data(&self.db, group.group_id) {
+                warn!(group_id = %group.group_id, error = %e, "deleting queue group data failed");
+            }
+        }
+
+        let members = self.members();
+        for (group_id, (name, queue)) in wanted {
+            if self.queue_group(group_id).is_some() {
+                continue;
+            }
+            match self.start_queue_group(group_id, name.clone(), &queue.replicas, &members).await {
+                Ok(group) => {
+                    info!(%group_id, queue = %name, "queue group started");
+                    self.queues.write().expect("queue map lock poisoned").insert(group_id, group);
+                }
+                Err(e) => warn!(%group_id, queue = %name, error = %e, "could not start queue group; will retry"),
+            }
+        }
+    }
+
+    async fn start_queue_group(
+        &self,
+        group_id: GroupId,
+        queue: QueueName,
+        replicas: &[NodeId],
+        members: &BTreeMap<NodeId, BasicNode>,
+    ) -> Result<QueueGroup, GroupError> {
+        let sm = QueueStateMachine::open(self.db.clone(), group_id)
+            .await
+            .map_err(|e| GroupError::Storage(e.to_string()))?;
+        let reader = sm.reader();
+        let raft = openraft::Raft::new(
+            self.node_id,
+            self.raft_config.clone(),
+            GroupNetworkFactory::new(group_id, self.peers.clone()),
+            LogStore::new(self.db.clone(), group_id),
+            sm,
+        )
+        .await
+        .map_err(|e| GroupError::Start { group_id, message: e.to_string() })?;
+        let mut nodes = BTreeMap::new();
+        for id in replicas {
+            let node = members.get(id).cloned().ok_or_else(|| GroupError::Start {
+                group_id,
+                message: format!("replica {id} is not a cluster member"),
+            })?;
+            nodes.insert(*id, node);
+        }
+        initialize_once(group_id, &raft, nodes).await?;
+        Ok(QueueGroup { group_id, queue, raft, reader })
+    }
+
+    pub async fn shutdown(&self) {
+        for group in self.queue_groups() {
+            let _ = group.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+}
+
+/// Every initial member initialises the group with the same membership; openraft
+/// allows that, and refuses (`NotAllowed`) once a node has any log or vote, which
+/// is the normal case on restart.
+async fn initialize_once<SM>(
+    group_id: GroupId,
+    raft: &openraft::Raft<TypeConfig, SM>,
+    members: BTreeMap<NodeId, BasicNode>,
+) -> Result<(), GroupError>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    match raft.initialize(members).await {
+        Ok(()) => {
+            info!(%group_id, "raft group initialised");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(GroupError::Start { group_id, message: e.to_string() }),
+    }
+}
+
+async fn follow_catalog(
+    manager: std::sync::Weak<GroupManager>,
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+) {
+    loop {
+        // Also retry on a timer: a queue group that failed to start (for example
+        // because a replica's address was not known yet) is retried.
+        if let Ok(Err(_closed)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), catalog.changed()).await
+        {
+            return; // the meta state machine is gone: the node is shutting down
+        }
+        let Some(manager) = manager.upgrade() else { return };
+        manager.reconcile().await;
+    }
+}

@@ -1,0 +1,171 @@
+//! The client side of the node-to-node transport: openraft's network traits
+//! implemented over the `RaftTransport` gRPC service.
+//!
+//! Every group gets its own [`GroupNetworkFactory`], which only differs in the
+//! group id it stamps on each message; the channels underneath are the node's
+//! shared [`PeerChannels`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, OptionalSend};
+use raftmq_proto::internal::RaftMessage;
+use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
+use raftmq_storage::{SnapshotData, TypeConfig};
+use raftmq_types::{GroupId, NodeId};
+use tonic::transport::Channel;
+
+use crate::codec;
+use crate::peers::PeerChannels;
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+type Vote = openraft::alias::VoteOf<TypeConfig>;
+
+/// Snapshot data is sent in chunks of this size so that no single gRPC message
+/// gets near tonic's 4 MiB default limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+pub struct GroupNetworkFactory {
+    group_id: GroupId,
+    peers: PeerChannels,
+}
+
+impl GroupNetworkFactory {
+    pub fn new(group_id: GroupId, peers: PeerChannels) -> Self {
+        GroupNetworkFactory { group_id, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupConnection {
+        GroupConnection {
+            group_id: self.group_id,
+            target,
+            client: self.peers.channel(&node.addr).map(RaftTransportClient::new).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The connection of one group to one peer.
+pub struct GroupConnection {
+    group_id: GroupId,
+    target: NodeId,
+    /// An invalid peer address is reported as `Unreachable` on every call
+    /// rather than panicking in `new_client`, which cannot fail.
+    client: Result<RaftTransportClient<Channel>, String>,
+}
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
+}
+
+fn network_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&AnyError::error(e.to_string())))
+}
+
+/// Transport failures where the peer is down or not listening back off;
+/// everything else (including the peer not hosting the group yet) is retried.
+fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("connect") => {
+            unreachable(status)
+        }
+        tonic::Code::Unavailable => unreachable(status),
+        _ => network_error(status),
+    }
+}
+
+impl GroupConnection {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    fn message(&self, payload: Vec<u8>) -> RaftMessage {
+        RaftMessage { group_id: self.group_id.0, payload: payload.into(), error: String::new() }
+    }
+
+    fn reply_payload(&self, reply: RaftMessage) -> Result<bytes::Bytes, RPCError<TypeConfig>> {
+        if !reply.error.is_empty() {
+            return Err(network_error(format!(
+                "node {} for group {}: {}",
+                self.target, self.group_id, reply.error
+            )));
+        }
+        Ok(reply.payload)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupConnection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = codec::encode("append request", &rpc).map_err(network_error)?;
+        let mut request = tonic::Request::new(self.message(payload));
+        request.set_timeout(option.soft_ttl());
+        let reply = self.client()?.append(request).await.map_err(status_to_rpc_error)?;
+        let payload = self.reply_payload(reply.into_inner())?;
+        codec::decode("append response", &payload).map_err(network_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = codec::encode("vote request", &rpc).map_err(network_error)?;
+        let mut request = tonic::Request::new(self.message(payload));
+        request.set_timeout(option.soft_ttl());
+        let reply = self.client()?.vote(request).await.map_err(status_to_rpc_error)?;
+        let payload = self.reply_payload(reply.into_inner())?;
+        codec::decode("vote response", &payload).map_err(network_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = codec::encode("snapshot header", &(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+        let data = snapshot.snapshot.into_inner();
+        let mut messages = vec![self.message(header)];
+        messages.extend(data.chunks(SNAPSHOT_CHUNK_BYTES).map(|chunk| self.message(chunk.to_vec())));
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
+        })?;
+        let send = client.install_snapshot(tokio_stream::iter(messages));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+        };
+        let reply = reply.map_err(|status| match status_to_rpc_error(status) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
+        })?;
+        let payload = self
+            .reply_payload(reply.into_inner())
+            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+        codec::decode("snapshot response", &payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))
+    }
+
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        // A dead peer is retried every 200 ms: fast enough for a restarted node
+        // to rejoin at once, slow enough not to spin.
+        Some(openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}

@@ -1,0 +1,87 @@
+//! Conversions between prost types and domain types.
+
+use raftmq_proto::v1 as pb;
+use raftmq_storage::CatalogQueue;
+use raftmq_types::{
+    DeliveredMessage, NewMessage, QueueConfig, QueueName, ReceiptFailure, ReceiptFailureReason, StoredMessage,
+};
+
+pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
+    NewMessage {
+        body: message.body.to_vec(),
+        headers: message.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Joins the lease records with the bodies read from storage, by offset.
+pub fn delivered(leased: &[DeliveredMessage], bodies: Vec<StoredMessage>) -> Vec<pb::Message> {
+    let mut bodies: std::collections::HashMap<u64, StoredMessage> =
+        bodies.into_iter().map(|m| (m.offset.0, m)).collect();
+    leased
+        .iter()
+        .filter_map(|lease| {
+            let stored = bodies.remove(&lease.offset.0)?;
+            Some(pb::Message {
+                offset: lease.offset.0,
+                body: stored.body.into(),
+                headers: stored.headers.into_iter().collect(),
+                publish_time_ms: stored.publish_time.0,
+                receipt: lease.receipt.to_string(),
+                delivery_attempt: lease.delivery_attempt,
+                lease_deadline_ms: lease.lease_deadline.0,
+            })
+        })
+        .collect()
+}
+
+pub fn settle_response(succeeded: u32, failures: &[ReceiptFailure]) -> pb::SettleResponse {
+    pb::SettleResponse {
+        succeeded,
+        failed: failures
+            .iter()
+            .map(|f| pb::FailedReceipt {
+                receipt: f.receipt.to_string(),
+                reason: match f.reason {
+                    ReceiptFailureReason::MessageGone => pb::failed_receipt::Reason::MessageGone,
+                    ReceiptFailureReason::LeaseGone => pb::failed_receipt::Reason::LeaseGone,
+                } as i32,
+            })
+            .collect(),
+    }
+}
+
+/// Fills the defaults in for fields left at 0.
+pub fn queue_config(config: Option<&pb::QueueConfig>) -> QueueConfig {
+    let mut result = QueueConfig::default();
+    if let Some(c) = config {
+        if c.visibility_timeout_ms != 0 {
+            result.visibility_timeout_ms = c.visibility_timeout_ms;
+        }
+        if c.max_message_bytes != 0 {
+            result.max_message_bytes = c.max_message_bytes;
+        }
+        if c.replication_factor != 0 {
+            result.replication_factor = c.replication_factor;
+        }
+    }
+    result
+}
+
+pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
+    pb::QueueConfig {
+        visibility_timeout_ms: config.visibility_timeout_ms,
+        max_message_bytes: config.max_message_bytes,
+        replication_factor: config.replication_factor,
+    }
+}
+
+pub fn queue_info(name: &QueueName, entry: &CatalogQueue, stats: Option<pb::QueueStats>) -> pb::QueueInfo {
+    pb::QueueInfo {
+        name: name.to_string(),
+        config: Some(queue_config_pb(&entry.config)),
+        replicas: entry.replicas.clone(),
+        group_id: entry.group_id.0,
+        created_at_ms: entry.created_at.0,
+        stats,
+    }
+}

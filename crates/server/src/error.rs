@@ -1,0 +1,52 @@
+//! Request errors of the server and their one mapping to gRPC status codes.
+
+use raftmq_types::{ConfigError, QueueNameError, ReceiptParseError};
+use tonic::{Code, Status};
+
+/// A request error: something the caller can act on. Fatal errors (storage
+/// failure, a stopped Raft node) become `Internal`/`Unavailable` here too, but
+/// are logged where they happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("queue {0:?} does not exist; create it first or check the name")]
+    QueueNotFound(String),
+    #[error("queue {0:?} already exists")]
+    QueueAlreadyExists(String),
+    #[error("{0}; retry later")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<QueueNameError> for ApiError {
+    fn from(e: QueueNameError) -> Self {
+        ApiError::InvalidArgument(format!("name: {e}"))
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        ApiError::InvalidArgument(format!("config: {e}"))
+    }
+}
+
+impl From<ReceiptParseError> for ApiError {
+    fn from(e: ReceiptParseError) -> Self {
+        ApiError::InvalidArgument(format!("receipts: {e}"))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match &e {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::QueueNotFound(_) => Code::NotFound,
+            ApiError::QueueAlreadyExists(_) => Code::AlreadyExists,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,82 @@
+//! `raftmq.v1.ClusterService`: what this node knows of the cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmq_proto::v1::cluster_service_server::ClusterService;
+use raftmq_proto::v1::{GetClusterStatusRequest, GetClusterStatusResponse, GroupStatus, NodeInfo};
+use raftmq_storage::TypeConfig;
+use raftmq_types::{GroupId, META_GROUP_ID};
+use tonic::{Request, Response, Status};
+
+use crate::routing::Router;
+
+pub struct ClusterServiceImpl {
+    router: Arc<Router>,
+}
+
+impl ClusterServiceImpl {
+    pub fn new(router: Arc<Router>) -> Self {
+        ClusterServiceImpl { router }
+    }
+}
+
+fn group_status(group_id: GroupId, queue: String, metrics: &openraft::RaftMetrics<TypeConfig>) -> GroupStatus {
+    let last_log_index = metrics.last_log_index.unwrap_or(0);
+    let replication_lag = metrics
+        .replication
+        .as_ref()
+        .map(|progress| {
+            progress
+                .iter()
+                .filter(|(id, _)| **id != metrics.id)
+                .map(|(id, matched)| {
+                    let matched = matched.as_ref().map(|l| l.index()).unwrap_or(0);
+                    (*id, last_log_index.saturating_sub(matched))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    GroupStatus {
+        group_id: group_id.0,
+        queue,
+        leader_id: metrics.current_leader.unwrap_or(0),
+        term: metrics.current_term,
+        commit_index: metrics.committed.as_ref().map(|l| l.index()).unwrap_or(0),
+        applied_index: metrics.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+        last_log_index,
+        voters: metrics.membership_config.membership().voter_ids().collect(),
+        replication_lag,
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterServiceImpl {
+    async fn get_cluster_status(
+        &self,
+        _request: Request<GetClusterStatusRequest>,
+    ) -> Result<Response<GetClusterStatusResponse>, Status> {
+        let groups = self.router.groups();
+        let meta_metrics = groups.meta().metrics().borrow().clone();
+        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics)];
+        for group in groups.queue_groups() {
+            let metrics = group.raft.metrics().borrow().clone();
+            statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics));
+        }
+        // A peer is reachable if the meta leader heard from it recently; on a
+        // follower only the leader and this node are known to be reachable.
+        let heartbeat = meta_metrics.heartbeat.clone();
+        let mut nodes = Vec::new();
+        for (id, node) in groups.members() {
+            let reachable = id == groups.node_id()
+                || Some(id) == meta_metrics.current_leader
+                || heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(&id).cloned().flatten())
+                    .map(|t| t.elapsed() < Duration::from_secs(3))
+                    .unwrap_or(false);
+            nodes.push(NodeInfo { id, addr: node.addr, reachable });
+        }
+        Ok(Response::new(GetClusterStatusResponse { node_id: groups.node_id(), nodes, groups: statuses }))
+    }
+}

@@ -1,0 +1,270 @@
+//! `raftmq.v1.MessageService`: produce, consume, ack, nack, extend lease.
+//!
+//! Each handler validates what it can without the queue, then runs on the
+//! queue's leader through the [`Router`]. The work on the leader is one Raft
+//! proposal; nothing here touches storage except reading message bodies for
+//! a consume.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmq_proto::v1::message_service_client::MessageServiceClient;
+use raftmq_proto::v1::message_service_server::MessageService;
+use raftmq_proto::v1::{
+    AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, ProduceRequest,
+    ProduceResponse, SettleResponse,
+};
+use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
+use raftmq_types::{NewMessage, QueueCommand, QueueName, QueueRequest, QueueResponse, Receipt};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::clock;
+use crate::convert;
+use crate::error::ApiError;
+use crate::routing::{CallContext, LocalError, Router, propose};
+
+pub const MAX_BATCH: usize = 1000;
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+pub struct MessageServiceImpl {
+    router: Arc<Router>,
+}
+
+impl MessageServiceImpl {
+    pub fn new(router: Arc<Router>) -> Self {
+        MessageServiceImpl { router }
+    }
+}
+
+fn queue_name(name: &str) -> Result<QueueName, Status> {
+    QueueName::new(name).map_err(|e| ApiError::from(e).into())
+}
+
+fn check_batch(field: &str, n: usize) -> Result<(), Status> {
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::InvalidArgument(format!("{field}: got {n}, send 1 to {MAX_BATCH}")).into());
+    }
+    Ok(())
+}
+
+fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>, Status> {
+    check_batch("receipts", receipts.len())?;
+    receipts
+        .iter()
+        .map(|r| r.parse::<Receipt>().map_err(|e| ApiError::from(e).into()))
+        .collect()
+}
+
+fn check_duration(field: &str, ms: u64, allow_zero: bool) -> Result<(), Status> {
+    if (!allow_zero && ms == 0) || ms > MAX_VISIBILITY_TIMEOUT_MS {
+        let low = if allow_zero { 0 } else { 1 };
+        return Err(ApiError::InvalidArgument(format!(
+            "{field}: got {ms} ms, use {low} to {MAX_VISIBILITY_TIMEOUT_MS} ms (12 hours)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+impl MessageServiceImpl {
+    /// Ack, Nack and ExtendLease share everything but the command.
+    async fn settle(
+        &self,
+        ctx: CallContext,
+        queue: &QueueName,
+        command: QueueCommand,
+        remote: impl AsyncFn(MessageServiceClient<tonic::transport::Channel>, CallContext) -> Result<SettleResponse, Status>,
+    ) -> Result<SettleResponse, Status> {
+        self.router
+            .on_queue_leader(
+                ctx,
+                queue,
+                async |group, _entry| {
+                    let response =
+                        propose(&group, QueueRequest { now: clock::now(), command: command.clone() }).await?;
+                    match response {
+                        QueueResponse::Settled { succeeded, failures } => Ok(convert::settle_response(succeeded, &failures)),
+                        other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                    }
+                },
+                async |channel, ctx| remote(MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX), ctx).await,
+            )
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl MessageService for MessageServiceImpl {
+    async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        check_batch("messages", request.messages.len())?;
+        if let Some(i) = request.messages.iter().position(|m| m.body.is_empty()) {
+            return Err(ApiError::InvalidArgument(format!("messages[{i}].body: is empty; send at least one byte")).into());
+        }
+        let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
+        let offsets = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                async |group, entry| {
+                    let limit = entry.config.max_message_bytes;
+                    if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
+                        return Err(ApiError::InvalidArgument(format!(
+                            "messages[{i}]: {} bytes (body plus headers) exceed the queue's max_message_bytes of {limit}",
+                            m.size_bytes()
+                        ))
+                        .into());
+                    }
+                    let command = QueueCommand::Produce { messages: messages.clone() };
+                    match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                        QueueResponse::Produced { first_offset, count } => {
+                            Ok((first_offset.0..first_offset.0 + u64::from(count)).collect::<Vec<u64>>())
+                        }
+                        other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                    }
+                },
+                async |channel, ctx| {
+                    let mut client = MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+                    Ok(client.produce(ctx.forward(request.clone())).await?.into_inner().offsets)
+                },
+            )
+            .await?;
+        Ok(Response::new(ProduceResponse { offsets }))
+    }
+
+    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        check_batch("max_messages", request.max_messages as usize)?;
+        if request.wait_time_ms > MAX_WAIT_MS {
+            return Err(ApiError::InvalidArgument(format!(
+                "wait_time_ms: got {}, use 0 to {MAX_WAIT_MS}",
+                request.wait_time_ms
+            ))
+            .into());
+        }
+        if request.visibility_timeout_ms != 0 {
+            check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
+        }
+        // The long poll must fit in the caller's deadline, with room for the answer.
+        let wait_until = (Instant::now() + Duration::from_millis(request.wait_time_ms))
+            .min(ctx.deadline.checked_sub(Duration::from_millis(200)).unwrap_or(ctx.deadline));
+        let messages = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                async |group, entry| {
+                    let visibility_timeout_ms = match request.visibility_timeout_ms {
+                        0 => entry.config.visibility_timeout_ms,
+                        ms => ms,
+                    };
+                    let mut applied = group.reader.applied_index_watch();
+                    loop {
+                        let now = clock::now();
+                        let (available, wakeup) = {
+                            let state = group.reader.state();
+                            (state.has_available(now), state.next_wakeup(now))
+                        };
+                        if available {
+                            let command =
+                                QueueCommand::Lease { max_messages: request.max_messages, visibility_timeout_ms };
+                            match propose(&group, QueueRequest { now, command }).await? {
+                                QueueResponse::Leased { messages } if !messages.is_empty() => {
+                                    let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
+                                    let bodies = group
+                                        .reader
+                                        .read_messages(&offsets)
+                                        .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
+                                    return Ok(convert::delivered(&messages, bodies));
+                                }
+                                QueueResponse::Leased { .. } => {}
+                                other => {
+                                    return Err(ApiError::Internal(format!("unexpected response {other:?}")).into());
+                                }
+                            }
+                        }
+                        if Instant::now() >= wait_until {
+                            return Ok(Vec::new());
+                        }
+                        // Sleep until something is applied, a lease or delay runs out, or the wait ends.
+                        let mut sleep_until = wait_until;
+                        if let Some(wakeup) = wakeup {
+                            let in_ms = wakeup.0.saturating_sub(now.0);
+                            sleep_until = sleep_until.min(Instant::now() + Duration::from_millis(in_ms));
+                        }
+                        // Leadership may move while waiting; re-check it on every wake-up.
+                        if group.raft.metrics().borrow().current_leader != Some(group_leader_self(&group)) {
+                            return Err(LocalError::NotLeader(None));
+                        }
+                        tokio::select! {
+                            _ = applied.changed() => {}
+                            _ = tokio::time::sleep_until(sleep_until) => {}
+                        }
+                    }
+                },
+                async |channel, ctx| {
+                    let mut client = MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+                    let mut forwarded = request.clone();
+                    // The time already spent here counts against the wait.
+                    forwarded.wait_time_ms =
+                        wait_until.saturating_duration_since(Instant::now()).as_millis() as u64;
+                    Ok(client.consume(ctx.forward(forwarded)).await?.into_inner().messages)
+                },
+            )
+            .await?;
+        Ok(Response::new(ConsumeResponse { messages }))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<SettleResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let receipts = parse_receipts(&request.receipts)?;
+        let response = self
+            .settle(ctx, &queue, QueueCommand::Ack { receipts }, async |mut client, ctx| {
+                Ok(client.ack(ctx.forward(request.clone())).await?.into_inner())
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<SettleResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let receipts = parse_receipts(&request.receipts)?;
+        check_duration("delay_ms", request.delay_ms, true)?;
+        let command = QueueCommand::Nack { receipts, delay_ms: request.delay_ms };
+        let response = self
+            .settle(ctx, &queue, command, async |mut client, ctx| {
+                Ok(client.nack(ctx.forward(request.clone())).await?.into_inner())
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn extend_lease(&self, request: Request<ExtendLeaseRequest>) -> Result<Response<SettleResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let receipts = parse_receipts(&request.receipts)?;
+        check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
+        let command = QueueCommand::ExtendLease { receipts, visibility_timeout_ms: request.visibility_timeout_ms };
+        let response = self
+            .settle(ctx, &queue, command, async |mut client, ctx| {
+                Ok(client.extend_lease(ctx.forward(request.clone())).await?.into_inner())
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+}
+
+fn group_leader_self(group: &raftmq_raft::QueueGroup) -> raftmq_types::NodeId {
+    group.raft.metrics().borrow().id
+}

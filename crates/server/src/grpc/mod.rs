@@ -1,0 +1,5 @@
+//! The public gRPC services. Thin adapters: validate, route, convert.
+
+pub mod cluster_service;
+pub mod message_service;
+pub mod queue_service;

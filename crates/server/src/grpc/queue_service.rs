@@ -1,0 +1,203 @@
+//! `raftmq.v1.QueueService`: the queue catalog and per-queue statistics.
+//!
+//! Create and delete are meta-group writes, proposed on the meta leader.
+//! Get and list answer from this node's catalog; statistics come from a
+//! replica and say which node computed them and at which applied index.
+
+use std::sync::Arc;
+
+use raftmq_proto::v1::queue_service_client::QueueServiceClient;
+use raftmq_proto::v1::queue_service_server::QueueService;
+use raftmq_proto::v1::{
+    CreateQueueRequest, CreateQueueResponse, DeleteQueueRequest, DeleteQueueResponse, GetQueueRequest,
+    GetQueueResponse, ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse, QueueStats,
+};
+use raftmq_raft::QueueGroup;
+use raftmq_types::{MetaCommand, MetaResponse, NodeId, QueueCommand, QueueName, QueueRequest, QueueResponse};
+use tonic::{Request, Response, Status};
+
+use crate::clock;
+use crate::convert;
+use crate::error::ApiError;
+use crate::routing::{CallContext, Router, propose};
+
+pub struct QueueServiceImpl {
+    router: Arc<Router>,
+}
+
+impl QueueServiceImpl {
+    pub fn new(router: Arc<Router>) -> Self {
+        QueueServiceImpl { router }
+    }
+
+    fn stats(&self, group: &QueueGroup) -> QueueStats {
+        let stats = group.reader.state().stats(clock::now());
+        let metrics = group.raft.metrics();
+        let metrics = metrics.borrow();
+        QueueStats {
+            depth: stats.depth,
+            in_flight: stats.in_flight,
+            delayed: stats.delayed,
+            available: stats.available,
+            next_offset: stats.next_offset.0,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            applied_index: metrics.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            reported_by: self.router.node_id(),
+        }
+    }
+
+    /// Statistics from the local replica, if this node holds one.
+    fn local_info(&self, name: &QueueName) -> Option<raftmq_proto::v1::QueueInfo> {
+        let entry = self.router.catalog_entry(name)?;
+        let stats = self.router.groups().queue_group(entry.group_id).map(|g| self.stats(&g));
+        Some(convert::queue_info(name, &entry, stats))
+    }
+
+    /// Picks replicas for a new queue: the nodes hosting the fewest queues, so
+    /// that queues (and, through elections, leaders) spread over the cluster.
+    fn choose_replicas(&self, replication_factor: u32) -> Vec<NodeId> {
+        let members: Vec<NodeId> = self.router.groups().members().into_keys().collect();
+        let catalog = self.router.groups().catalog();
+        let mut load: Vec<(usize, NodeId)> = members
+            .iter()
+            .map(|id| (catalog.queues.values().filter(|q| q.replicas.contains(id)).count(), *id))
+            .collect();
+        load.sort();
+        let mut replicas: Vec<NodeId> =
+            load.into_iter().take(replication_factor as usize).map(|(_, id)| id).collect();
+        replicas.sort();
+        replicas
+    }
+}
+
+fn queue_name(name: &str) -> Result<QueueName, Status> {
+    QueueName::new(name).map_err(|e| ApiError::from(e).into())
+}
+
+#[tonic::async_trait]
+impl QueueService for QueueServiceImpl {
+    async fn create_queue(
+        &self,
+        request: Request<CreateQueueRequest>,
+    ) -> Result<Response<CreateQueueResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.name)?;
+        let config = convert::queue_config(request.config.as_ref());
+        config.validate().map_err(ApiError::from)?;
+        let members = self.router.groups().members().len() as u32;
+        let mut config = config;
+        config.replication_factor = config.replication_factor.min(members.max(1));
+        let replicas = self.choose_replicas(config.replication_factor);
+        let command = MetaCommand::CreateQueue { name: name.clone(), config, replicas, now: clock::now() };
+        let created = self
+            .router
+            .on_meta_leader(
+                ctx,
+                command,
+                |response| match response {
+                    MetaResponse::QueueCreated { .. } => Ok(None),
+                    MetaResponse::QueueAlreadyExists { .. } => Err(ApiError::QueueAlreadyExists(name.to_string())),
+                    other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
+                },
+                async |channel, ctx| {
+                    let response = QueueServiceClient::new(channel).create_queue(ctx.forward(request.clone())).await?;
+                    Ok(response.into_inner().queue)
+                },
+            )
+            .await;
+        match created {
+            Ok(Some(forwarded)) => return Ok(Response::new(CreateQueueResponse { queue: Some(forwarded) })),
+            Ok(None) => {}
+            Err(status) => return Err(status),
+        }
+        // Created here: the meta leader applied it, so the local catalog has it.
+        let info = self.local_info(&name).ok_or_else(|| ApiError::Internal("created queue missing from catalog".into()))?;
+        Ok(Response::new(CreateQueueResponse { queue: Some(info) }))
+    }
+
+    async fn get_queue(&self, request: Request<GetQueueRequest>) -> Result<Response<GetQueueResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.name)?;
+        if let Some(info) = self.local_info(&name) {
+            if info.stats.is_some() || !ctx.can_forward() {
+                return Ok(Response::new(GetQueueResponse { queue: Some(info) }));
+            }
+        }
+        // No replica here (or the catalog trails): ask the queue's leader.
+        let info = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &name,
+                async |group, entry| Ok(convert::queue_info(&name, &entry, Some(self.stats(&group)))),
+                async |channel, ctx| {
+                    let response = QueueServiceClient::new(channel).get_queue(ctx.forward(request.clone())).await?;
+                    response.into_inner().queue.ok_or_else(|| Status::internal("forwarded GetQueue returned no queue"))
+                },
+            )
+            .await?;
+        Ok(Response::new(GetQueueResponse { queue: Some(info) }))
+    }
+
+    async fn list_queues(&self, _request: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
+        let catalog = self.router.groups().catalog();
+        let queues = catalog
+            .queues
+            .iter()
+            .map(|(name, entry)| {
+                let stats = self.router.groups().queue_group(entry.group_id).map(|g| self.stats(&g));
+                convert::queue_info(name, entry, stats)
+            })
+            .collect();
+        Ok(Response::new(ListQueuesResponse { queues }))
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<DeleteQueueRequest>,
+    ) -> Result<Response<DeleteQueueResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.name)?;
+        self.router
+            .on_meta_leader(
+                ctx,
+                MetaCommand::DeleteQueue { name: name.clone() },
+                |response| match response {
+                    MetaResponse::QueueDeleted { .. } => Ok(()),
+                    MetaResponse::QueueNotFound => Err(ApiError::QueueNotFound(name.to_string())),
+                    other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
+                },
+                async |channel, ctx| {
+                    QueueServiceClient::new(channel).delete_queue(ctx.forward(request.clone())).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(Response::new(DeleteQueueResponse {}))
+    }
+
+    async fn purge_queue(&self, request: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.name)?;
+        let removed = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &name,
+                async |group, _entry| match propose(&group, QueueRequest { now: clock::now(), command: QueueCommand::Purge }).await? {
+                    QueueResponse::Purged { removed } => Ok(removed),
+                    other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                },
+                async |channel, ctx| {
+                    let response = QueueServiceClient::new(channel).purge_queue(ctx.forward(request.clone())).await?;
+                    Ok(response.into_inner().removed)
+                },
+            )
+            .await?;
+        Ok(Response::new(PurgeQueueResponse { removed }))
+    }
+}

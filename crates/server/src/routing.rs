@@ -1,0 +1,307 @@
+//! Leader routing: every call may arrive at any node; this module finds the
+//! node that must serve it and either serves it here or forwards it there.
+//!
+//! A forwarded call is the same public gRPC call, sent to the leader over the
+//! node's peer channel with an `x-raftmq-hops` header. A node that receives a
+//! call with too many hops does not forward again but answers UNAVAILABLE, and
+//! the first node retries until the call's deadline. So forwarding never loops,
+//! and while leadership is unknown or moving the caller just sees latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use raftmq_raft::{GroupManager, QueueGroup};
+use raftmq_storage::{CatalogQueue, TypeConfig};
+use raftmq_types::{
+    MetaCommand, MetaResponse, NodeId, QueueName, QueueRequest, QueueResponse, RaftRequest, RaftResponse,
+};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tracing::debug;
+
+use crate::error::ApiError;
+
+pub const HOPS_HEADER: &str = "x-raftmq-hops";
+/// A call is forwarded at most once onward from the node it reached; with the
+/// leader hint of the receiving node that is enough in steady state.
+const MAX_HOPS: u32 = 2;
+/// Used when the caller sets no deadline.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Per-call routing context, taken from the incoming request's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext {
+    pub hops: u32,
+    pub deadline: Instant,
+}
+
+impl CallContext {
+    pub fn from_metadata(metadata: &MetadataMap) -> CallContext {
+        let hops = metadata
+            .get(HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let timeout = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(DEFAULT_DEADLINE);
+        CallContext { hops, deadline: Instant::now() + timeout }
+    }
+
+    pub fn can_forward(&self) -> bool {
+        self.hops < MAX_HOPS
+    }
+
+    /// A request for the next node, carrying the hop count and what is left of the deadline.
+    pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(HOPS_HEADER, (self.hops + 1).to_string().parse().expect("a number is valid metadata"));
+        request.set_timeout(self.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        request
+    }
+
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
+
+/// `grpc-timeout` is an integer and a unit: H, M, S, m, u, n.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Why a local attempt did not produce an answer.
+pub enum LocalError {
+    /// This node is not (or no longer) the leader; retry via the given one.
+    NotLeader(Option<NodeId>),
+    Api(ApiError),
+}
+
+impl From<ApiError> for LocalError {
+    fn from(e: ApiError) -> Self {
+        LocalError::Api(e)
+    }
+}
+
+pub struct Router {
+    groups: Arc<GroupManager>,
+}
+
+/// Where the call goes next.
+enum Target {
+    Local(QueueGroup),
+    Remote(NodeId),
+    Wait,
+}
+
+impl Router {
+    pub fn new(groups: Arc<GroupManager>) -> Router {
+        Router { groups }
+    }
+
+    pub fn groups(&self) -> &Arc<GroupManager> {
+        &self.groups
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.groups.node_id()
+    }
+
+    fn channel_to(&self, node_id: NodeId) -> Result<Channel, ApiError> {
+        let addr = self
+            .groups
+            .member_addr(node_id)
+            .ok_or_else(|| ApiError::Unavailable(format!("node {node_id} is not a known cluster member")))?;
+        self.groups.peers().channel(&addr).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.groups.meta().metrics().borrow().current_leader
+    }
+
+    /// Looks the queue up in the local catalog.
+    pub fn catalog_entry(&self, queue: &QueueName) -> Option<CatalogQueue> {
+        self.groups.catalog().queues.get(queue).cloned()
+    }
+
+    /// Runs `local` on the queue's leader: here if this node leads the queue,
+    /// otherwise through `remote` on the node that does. Retries while
+    /// leadership is unknown or moving, until the call's deadline.
+    pub async fn on_queue_leader<T>(
+        &self,
+        ctx: CallContext,
+        queue: &QueueName,
+        local: impl AsyncFn(QueueGroup, CatalogQueue) -> Result<T, LocalError>,
+        remote: impl AsyncFn(Channel, CallContext) -> Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let mut hint: Option<NodeId> = None;
+        let mut replica_cursor = 0usize;
+        loop {
+            let Some(entry) = self.catalog_entry(queue) else {
+                // The local catalog may trail the meta leader by a moment right
+                // after a create: the meta leader's catalog is authoritative.
+                match self.meta_leader() {
+                    Some(leader) if leader != self.node_id() && ctx.can_forward() => {
+                        return remote(self.channel_to(leader)?, ctx).await;
+                    }
+                    _ => return Err(ApiError::QueueNotFound(queue.to_string()).into()),
+                }
+            };
+            let target = match self.groups.queue_group(entry.group_id) {
+                Some(group) => {
+                    let leader = group.raft.metrics().borrow().current_leader;
+                    match leader.or(hint) {
+                        Some(id) if id == self.node_id() => Target::Local(group),
+                        Some(id) => Target::Remote(id),
+                        None => Target::Wait,
+                    }
+                }
+                None => match hint {
+                    Some(id) => Target::Remote(id),
+                    None if entry.replicas.is_empty() => Target::Wait,
+                    None => {
+                        replica_cursor += 1;
+                        Target::Remote(entry.replicas[replica_cursor % entry.replicas.len()])
+                    }
+                },
+            };
+            match target {
+                Target::Local(group) => match local(group, entry).await {
+                    Ok(value) => return Ok(value),
+                    Err(LocalError::Api(e)) => return Err(e.into()),
+                    Err(LocalError::NotLeader(leader)) => {
+                        hint = leader.filter(|id| *id != self.node_id());
+                        if hint.is_none() {
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                    }
+                },
+                Target::Remote(node) if ctx.can_forward() => {
+                    match remote(self.channel_to(node)?, ctx).await {
+                        Err(status) if is_retryable(&status) => {
+                            debug!(%queue, node, error = %status.message(), "forwarded call failed; retrying");
+                            hint = None;
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                        other => return other,
+                    }
+                }
+                Target::Remote(_) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "node {} does not lead queue {queue} and the call was already forwarded",
+                        self.node_id()
+                    ))
+                    .into());
+                }
+                Target::Wait => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+            if ctx.expired() {
+                return Err(ApiError::Unavailable(format!(
+                    "queue {queue} has no leader reachable from node {} before the deadline",
+                    self.node_id()
+                ))
+                .into());
+            }
+        }
+    }
+
+    /// Proposes a meta command on the meta leader, forwarding with `remote`
+    /// when this node does not lead the meta group.
+    pub async fn on_meta_leader<T>(
+        &self,
+        ctx: CallContext,
+        command: MetaCommand,
+        local: impl Fn(MetaResponse) -> Result<T, ApiError>,
+        remote: impl AsyncFn(Channel, CallContext) -> Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        loop {
+            match self.meta_leader() {
+                Some(leader) if leader == self.node_id() => {
+                    match self.groups.meta().client_write(RaftRequest::Meta(command.clone())).await {
+                        Ok(response) => match response.data {
+                            RaftResponse::Meta(meta) => return local(meta).map_err(Into::into),
+                            other => {
+                                return Err(ApiError::Internal(format!("unexpected meta response {other:?}")).into());
+                            }
+                        },
+                        Err(e) => match not_leader(&e) {
+                            Some(_) => tokio::time::sleep(RETRY_PAUSE).await,
+                            None => return Err(ApiError::Unavailable(format!("meta group: {e}")).into()),
+                        },
+                    }
+                }
+                Some(leader) if ctx.can_forward() => match remote(self.channel_to(leader)?, ctx).await {
+                    Err(status) if is_retryable(&status) => tokio::time::sleep(RETRY_PAUSE).await,
+                    other => return other,
+                },
+                _ => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+            if ctx.expired() {
+                return Err(ApiError::Unavailable(format!(
+                    "the cluster's meta group has no leader reachable from node {}",
+                    self.node_id()
+                ))
+                .into());
+            }
+        }
+    }
+}
+
+fn is_retryable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+}
+
+/// `Some(leader hint)` when a write failed only because this node does not lead.
+fn not_leader(error: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Option<Option<NodeId>> {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
+        _ => None,
+    }
+}
+
+/// Proposes a queue command on the local group, which must be its leader.
+pub async fn propose(group: &QueueGroup, request: QueueRequest) -> Result<QueueResponse, LocalError> {
+    match group.raft.client_write(RaftRequest::Queue(request)).await {
+        Ok(response) => match response.data {
+            RaftResponse::Queue(queue_response) => Ok(queue_response),
+            other => Err(ApiError::Internal(format!("unexpected queue response {other:?}")).into()),
+        },
+        Err(e) => match not_leader(&e) {
+            Some(hint) => Err(LocalError::NotLeader(hint)),
+            // LogEntryDiscarded: the outcome is unknown; the client decides.
+            None => Err(ApiError::Unavailable(format!("queue {}: {e}", group.queue)).into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5Q"), None);
+    }
+}
