@@ -1,0 +1,541 @@
+//! State-machine tests: every rule, without a disk or a network.
+
+use std::collections::BTreeMap;
+
+use raftmq_types::{
+    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt,
+    ReceiptFailure, ReceiptFailureReason, TimestampMs,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{Change, DeliveryState, QueueState};
+
+/// A queue plus the log index and the persisted-changes model, as a replica sees them.
+struct Harness {
+    state: QueueState,
+    index: u64,
+    /// What storage would hold: delivery records, bodies and next offset.
+    stored_deliveries: BTreeMap<Offset, DeliveryState>,
+    stored_bodies: BTreeMap<Offset, Vec<u8>>,
+    stored_next: Offset,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            state: QueueState::new(),
+            index: 0,
+            stored_deliveries: BTreeMap::new(),
+            stored_bodies: BTreeMap::new(),
+            stored_next: Offset(0),
+        }
+    }
+
+    fn apply(&mut self, now: u64, command: QueueCommand) -> QueueResponse {
+        self.index += 1;
+        let mut changes = Vec::new();
+        let response = self.state.apply(
+            self.index,
+            &QueueRequest {
+                now: TimestampMs(now),
+                command,
+            },
+            &mut changes,
+        );
+        for change in changes {
+            match change {
+                Change::PutMessage(m) => {
+                    self.stored_bodies.insert(m.offset, m.body);
+                }
+                Change::PutDelivery { offset, state } => {
+                    self.stored_deliveries.insert(offset, state);
+                }
+                Change::DeleteMessage(offset) => {
+                    self.stored_deliveries.remove(&offset);
+                    self.stored_bodies.remove(&offset);
+                }
+                Change::DeleteAllMessages => {
+                    self.stored_deliveries.clear();
+                    self.stored_bodies.clear();
+                }
+                Change::PutNextOffset(o) => self.stored_next = o,
+            }
+        }
+        response
+    }
+
+    fn produce(&mut self, now: u64, bodies: &[&str]) -> (u64, u32) {
+        let messages = bodies
+            .iter()
+            .map(|b| NewMessage {
+                body: b.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        match self.apply(now, QueueCommand::Produce { messages }) {
+            QueueResponse::Produced {
+                first_offset,
+                count,
+            } => (first_offset.0, count),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn lease(&mut self, now: u64, max: u32, timeout: u64) -> Vec<DeliveredMessage> {
+        match self.apply(
+            now,
+            QueueCommand::Lease {
+                max_messages: max,
+                visibility_timeout_ms: timeout,
+            },
+        ) {
+            QueueResponse::Leased { messages } => messages,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn settle(&mut self, now: u64, command: QueueCommand) -> (u32, Vec<ReceiptFailure>) {
+        match self.apply(now, command) {
+            QueueResponse::Settled {
+                succeeded,
+                failures,
+            } => (succeeded, failures),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn ack(&mut self, now: u64, receipts: &[Receipt]) -> (u32, Vec<ReceiptFailure>) {
+        self.settle(
+            now,
+            QueueCommand::Ack {
+                receipts: receipts.to_vec(),
+            },
+        )
+    }
+
+    /// A replica restarted from what was persisted.
+    fn restored(&self) -> QueueState {
+        QueueState::restore(self.stored_next, self.stored_deliveries.clone())
+    }
+}
+
+fn offsets(messages: &[DeliveredMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.offset.0).collect()
+}
+
+fn failure(receipt: Receipt, reason: ReceiptFailureReason) -> ReceiptFailure {
+    ReceiptFailure { receipt, reason }
+}
+
+#[test]
+fn produce_assigns_sequential_offsets_across_batches() {
+    let mut q = Harness::new();
+    assert_eq!(q.produce(10, &["a", "b", "c"]), (0, 3));
+    assert_eq!(q.produce(11, &["d"]), (3, 1));
+    assert_eq!(q.state.next_offset(), Offset(4));
+    assert_eq!(q.stored_next, Offset(4));
+    assert_eq!(q.stored_bodies[&Offset(3)], b"d".to_vec());
+}
+
+#[test]
+fn empty_produce_appends_nothing() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    assert_eq!(q.produce(11, &[]), (1, 0));
+    assert_eq!(q.state.stats(TimestampMs(11)).depth, 1);
+}
+
+#[test]
+fn lease_returns_lowest_offsets_first_up_to_max() {
+    let mut q = Harness::new();
+    q.produce(10, &["a", "b", "c", "d", "e"]);
+    let first = q.lease(20, 2, 1000);
+    assert_eq!(offsets(&first), vec![0, 1]);
+    assert!(first.iter().all(|m| m.delivery_attempt == 1));
+    assert!(first.iter().all(|m| m.lease_deadline == TimestampMs(1020)));
+    assert_eq!(offsets(&q.lease(21, 10, 1000)), vec![2, 3, 4]);
+    assert!(q.lease(22, 10, 1000).is_empty());
+}
+
+#[test]
+fn leased_message_is_not_leased_again_before_its_deadline() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    q.lease(20, 1, 1000);
+    assert!(q.lease(1019, 1, 1000).is_empty());
+    assert!(!q.state.has_available(TimestampMs(1019)));
+}
+
+#[test]
+fn expired_lease_makes_message_available_again_with_higher_attempt() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let first = q.lease(20, 1, 1000);
+    assert!(q.state.has_available(TimestampMs(1020)));
+    let second = q.lease(1020, 1, 1000);
+    assert_eq!(offsets(&second), vec![0]);
+    assert_eq!(second[0].delivery_attempt, 2);
+    assert_ne!(second[0].receipt, first[0].receipt);
+    // The first receipt is dead now, the second one works.
+    assert_eq!(
+        q.ack(1030, &[first[0].receipt]),
+        (
+            0,
+            vec![failure(first[0].receipt, ReceiptFailureReason::LeaseGone)]
+        )
+    );
+    assert_eq!(q.ack(1031, &[second[0].receipt]), (1, vec![]));
+}
+
+#[test]
+fn acked_message_never_comes_back() {
+    let mut q = Harness::new();
+    q.produce(10, &["a", "b"]);
+    let leased = q.lease(20, 1, 100);
+    assert_eq!(q.ack(30, &[leased[0].receipt]), (1, vec![]));
+    assert!(q.state.delivery(Offset(0)).is_none());
+    assert!(!q.stored_bodies.contains_key(&Offset(0)));
+    // Long after the old deadline only message 1 is ever leased.
+    for now in [200, 10_000, 1_000_000] {
+        assert!(!offsets(&q.lease(now, 10, 100)).contains(&0));
+    }
+}
+
+#[test]
+fn double_ack_reports_message_gone() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 100)[0].receipt;
+    assert_eq!(
+        q.ack(30, &[r, r]),
+        (1, vec![failure(r, ReceiptFailureReason::MessageGone)])
+    );
+    assert_eq!(
+        q.ack(31, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
+    );
+}
+
+#[test]
+fn ack_of_unknown_offset_reports_message_gone() {
+    let mut q = Harness::new();
+    let r = Receipt {
+        offset: Offset(42),
+        lease_id: 1,
+    };
+    assert_eq!(
+        q.ack(10, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
+    );
+}
+
+#[test]
+fn ack_after_lease_expiry_reports_lease_gone_and_keeps_message() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 100)[0].receipt;
+    assert_eq!(
+        q.ack(120, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
+    );
+    assert_eq!(q.state.stats(TimestampMs(120)).depth, 1);
+    assert_eq!(offsets(&q.lease(121, 1, 100)), vec![0]);
+}
+
+#[test]
+fn ack_of_never_leased_message_reports_lease_gone() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = Receipt {
+        offset: Offset(0),
+        lease_id: 99,
+    };
+    assert_eq!(
+        q.ack(20, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
+    );
+}
+
+#[test]
+fn nack_with_delay_hides_message_until_delay_passes() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 1000)[0].receipt;
+    assert_eq!(
+        q.settle(
+            30,
+            QueueCommand::Nack {
+                receipts: vec![r],
+                delay_ms: 500
+            }
+        ),
+        (1, vec![])
+    );
+    assert!(!q.state.has_available(TimestampMs(529)));
+    assert_eq!(
+        q.state.next_wakeup(TimestampMs(100)),
+        Some(TimestampMs(530))
+    );
+    assert_eq!(q.state.stats(TimestampMs(100)).delayed, 1);
+    assert!(q.lease(529, 1, 1000).is_empty());
+    let again = q.lease(530, 1, 1000);
+    assert_eq!(offsets(&again), vec![0]);
+    assert_eq!(again[0].delivery_attempt, 2);
+    // The nacked receipt cannot settle anything any more.
+    assert_eq!(
+        q.ack(531, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
+    );
+}
+
+#[test]
+fn nack_without_delay_is_available_at_once() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 1000)[0].receipt;
+    q.settle(
+        30,
+        QueueCommand::Nack {
+            receipts: vec![r],
+            delay_ms: 0,
+        },
+    );
+    assert!(q.state.has_available(TimestampMs(30)));
+    assert_eq!(offsets(&q.lease(30, 1, 1000)), vec![0]);
+}
+
+#[test]
+fn nack_of_unknown_receipt_fails() {
+    let mut q = Harness::new();
+    let r = Receipt {
+        offset: Offset(3),
+        lease_id: 3,
+    };
+    let (ok, failed) = q.settle(
+        10,
+        QueueCommand::Nack {
+            receipts: vec![r],
+            delay_ms: 0,
+        },
+    );
+    assert_eq!(
+        (ok, failed),
+        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
+    );
+}
+
+#[test]
+fn extend_lease_pushes_the_deadline() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 100)[0].receipt;
+    assert_eq!(
+        q.settle(
+            90,
+            QueueCommand::ExtendLease {
+                receipts: vec![r],
+                visibility_timeout_ms: 1000
+            }
+        ),
+        (1, vec![])
+    );
+    assert!(
+        q.lease(120, 1, 100).is_empty(),
+        "re-leased at the old deadline"
+    );
+    assert_eq!(q.state.stats(TimestampMs(120)).in_flight, 1);
+    assert_eq!(q.ack(1000, &[r]), (1, vec![]));
+}
+
+#[test]
+fn extend_after_expiry_fails() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    let r = q.lease(20, 1, 100)[0].receipt;
+    let (ok, failed) = q.settle(
+        200,
+        QueueCommand::ExtendLease {
+            receipts: vec![r],
+            visibility_timeout_ms: 1000,
+        },
+    );
+    assert_eq!(
+        (ok, failed),
+        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
+    );
+}
+
+#[test]
+fn purge_removes_everything_and_offsets_keep_growing() {
+    let mut q = Harness::new();
+    q.produce(10, &["a", "b", "c"]);
+    let r = q.lease(20, 1, 1000)[0].receipt;
+    assert_eq!(
+        q.apply(30, QueueCommand::Purge),
+        QueueResponse::Purged { removed: 3 }
+    );
+    assert_eq!(q.state.stats(TimestampMs(30)).depth, 0);
+    assert!(q.stored_deliveries.is_empty() && q.stored_bodies.is_empty());
+    assert_eq!(
+        q.ack(31, &[r]),
+        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
+    );
+    assert_eq!(q.produce(40, &["d"]), (3, 1));
+    assert_eq!(offsets(&q.lease(41, 10, 1000)), vec![3]);
+}
+
+#[test]
+fn stats_count_each_kind_of_message() {
+    let mut q = Harness::new();
+    q.produce(0, &["a", "b", "c", "d"]);
+    let leased = q.lease(10, 2, 100); // 0, 1 until 110
+    q.settle(
+        20,
+        QueueCommand::Nack {
+            receipts: vec![leased[1].receipt],
+            delay_ms: 1000,
+        },
+    ); // 1 delayed until 1020
+    let s = q.state.stats(TimestampMs(50));
+    assert_eq!(
+        (s.depth, s.in_flight, s.delayed, s.available, s.next_offset),
+        (4, 1, 1, 2, Offset(4))
+    );
+    // After the lease runs out, message 0 counts as available again.
+    let s = q.state.stats(TimestampMs(110));
+    assert_eq!((s.in_flight, s.delayed, s.available), (0, 1, 3));
+    let s = q.state.stats(TimestampMs(1020));
+    assert_eq!((s.in_flight, s.delayed, s.available), (0, 0, 4));
+}
+
+#[test]
+fn next_wakeup_is_the_earliest_future_event() {
+    let mut q = Harness::new();
+    assert_eq!(q.state.next_wakeup(TimestampMs(0)), None);
+    q.produce(0, &["a", "b"]);
+    q.lease(10, 1, 500); // deadline 510
+    assert_eq!(q.state.next_wakeup(TimestampMs(10)), Some(TimestampMs(510)));
+    assert_eq!(q.state.next_wakeup(TimestampMs(600)), None);
+}
+
+#[test]
+fn huge_delays_saturate_instead_of_overflowing() {
+    let mut q = Harness::new();
+    q.produce(u64::MAX - 5, &["a"]);
+    let r = q.lease(u64::MAX - 5, 1, u64::MAX)[0];
+    assert_eq!(r.lease_deadline, TimestampMs(u64::MAX));
+}
+
+#[test]
+fn restore_from_persisted_changes_continues_identically() {
+    let mut q = Harness::new();
+    q.produce(0, &["a", "b", "c", "d"]);
+    let leased = q.lease(10, 3, 100);
+    q.ack(20, &[leased[0].receipt]);
+    q.settle(
+        30,
+        QueueCommand::Nack {
+            receipts: vec![leased[1].receipt],
+            delay_ms: 500,
+        },
+    );
+    let mut restarted = Harness {
+        state: q.restored(),
+        ..Harness::new()
+    };
+    restarted.index = q.index;
+    assert_eq!(
+        restarted.state.stats(TimestampMs(40)),
+        q.state.stats(TimestampMs(40))
+    );
+    for now in [50, 120, 600] {
+        assert_eq!(restarted.lease(now, 10, 100), q.lease(now, 10, 100));
+    }
+}
+
+/// Random commands with advancing time, applied to two replicas, one of which
+/// restarts from its persisted changes now and then. Replay a failure with
+/// RAFTMQ_TEST_SEED=<seed>.
+#[test]
+fn random_commands_are_deterministic_and_never_redeliver_acked() {
+    let seed: u64 = std::env::var("RAFTMQ_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    println!("seed {seed} (replay with RAFTMQ_TEST_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut a = Harness::new();
+    let mut b = Harness::new();
+    let mut now = 0u64;
+    let mut receipts: Vec<Receipt> = Vec::new();
+    let mut acked: std::collections::BTreeSet<Offset> = Default::default();
+    for step in 0..3000 {
+        now += rng.random_range(0..200);
+        let command = match rng.random_range(0..10) {
+            0..=2 => QueueCommand::Produce {
+                messages: (0..rng.random_range(0..5))
+                    .map(|i| NewMessage {
+                        body: vec![i as u8 + 1],
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+            3..=4 => QueueCommand::Lease {
+                max_messages: rng.random_range(1..8),
+                visibility_timeout_ms: rng.random_range(1..1000),
+            },
+            5..=6 if !receipts.is_empty() => {
+                let n = rng.random_range(1..=receipts.len().min(4));
+                QueueCommand::Ack {
+                    receipts: receipts.split_off(receipts.len() - n),
+                }
+            }
+            7 if !receipts.is_empty() => QueueCommand::Nack {
+                receipts: vec![receipts.swap_remove(rng.random_range(0..receipts.len()))],
+                delay_ms: rng.random_range(0..500),
+            },
+            8 if !receipts.is_empty() => QueueCommand::ExtendLease {
+                receipts: vec![receipts[rng.random_range(0..receipts.len())]],
+                visibility_timeout_ms: rng.random_range(1..1000),
+            },
+            9 if rng.random_range(0..50) == 0 => QueueCommand::Purge,
+            _ => QueueCommand::Lease {
+                max_messages: 1,
+                visibility_timeout_ms: 100,
+            },
+        };
+        let ra = a.apply(now, command.clone());
+        let rb = b.apply(now, command.clone());
+        assert_eq!(ra, rb, "replicas diverged at step {step} (seed {seed})");
+        match (&command, &ra) {
+            (_, QueueResponse::Leased { messages }) => {
+                for m in messages {
+                    assert!(
+                        !acked.contains(&m.offset),
+                        "acked {} leased again (seed {seed})",
+                        m.offset
+                    );
+                    receipts.push(m.receipt);
+                }
+            }
+            (QueueCommand::Ack { receipts: sent }, QueueResponse::Settled { failures, .. }) => {
+                for r in sent {
+                    if !failures.iter().any(|f| f.receipt == *r) {
+                        acked.insert(r.offset);
+                    }
+                }
+            }
+            (QueueCommand::Purge, _) => {}
+            _ => {}
+        }
+        if rng.random_range(0..100) == 0 {
+            b.state = b.restored();
+        }
+        assert_eq!(
+            a.state.stats(TimestampMs(now)),
+            b.state.stats(TimestampMs(now)),
+            "seed {seed}"
+        );
+    }
+}
