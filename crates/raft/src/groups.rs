@@ -10,11 +10,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::BasicNode;
 use openraft::errors::{InitializeError, RaftError};
-use raftmq_storage::{
-    Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, TypeConfig, delete_group_data,
-};
+use raftmq_storage::{Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, Storage, TypeConfig};
 use raftmq_types::{GroupId, META_GROUP_ID, NodeId, QueueName};
-use rocksdb::DB;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -54,7 +51,7 @@ pub struct QueueGroup {
 
 pub struct GroupManager {
     node_id: NodeId,
-    db: Arc<DB>,
+    storage: Storage,
     peers: PeerChannels,
     raft_config: Arc<openraft::Config>,
     meta: MetaRaft,
@@ -70,7 +67,7 @@ impl GroupManager {
     /// start) and starts following the catalog.
     pub async fn start(
         node_id: NodeId,
-        db: Arc<DB>,
+        storage: Storage,
         initial_members: BTreeMap<NodeId, BasicNode>,
         timing: RaftTiming,
         peers: PeerChannels,
@@ -88,7 +85,7 @@ impl GroupManager {
         };
         let raft_config = Arc::new(raft_config.validate()?);
 
-        let meta_sm = MetaStateMachine::open(db.clone())
+        let meta_sm = MetaStateMachine::open(storage.clone())
             .await
             .map_err(|e| GroupError::Storage(e.to_string()))?;
         let catalog = meta_sm.catalog_watch();
@@ -96,7 +93,7 @@ impl GroupManager {
             node_id,
             raft_config.clone(),
             GroupNetworkFactory::new(META_GROUP_ID, peers.clone()),
-            LogStore::new(db.clone(), META_GROUP_ID),
+            LogStore::new(storage.clone(), META_GROUP_ID),
             meta_sm,
         )
         .await
@@ -105,7 +102,7 @@ impl GroupManager {
 
         let manager = Arc::new(GroupManager {
             node_id,
-            db,
+            storage,
             peers,
             raft_config,
             meta,
@@ -179,7 +176,7 @@ impl GroupManager {
             if let Err(e) = group.raft.shutdown().await {
                 warn!(group_id = %group.group_id, error = %e, "queue group did not shut down cleanly");
             }
-            if let Err(e) = delete_group_data(&self.db, group.group_id) {
+            if let Err(e) = self.storage.delete_group_data(group.group_id) {
                 warn!(group_id = %group.group_id, error = %e, "deleting queue group data failed");
             }
         }
@@ -206,7 +203,7 @@ impl GroupManager {
         replicas: &[NodeId],
         members: &BTreeMap<NodeId, BasicNode>,
     ) -> Result<QueueGroup, GroupError> {
-        let sm = QueueStateMachine::open(self.db.clone(), group_id)
+        let sm = QueueStateMachine::open(self.storage.clone(), group_id)
             .await
             .map_err(|e| GroupError::Storage(e.to_string()))?;
         let reader = sm.reader();
@@ -214,7 +211,7 @@ impl GroupManager {
             self.node_id,
             self.raft_config.clone(),
             GroupNetworkFactory::new(group_id, self.peers.clone()),
-            LogStore::new(self.db.clone(), group_id),
+            LogStore::new(self.storage.clone(), group_id),
             sm,
         )
         .await

@@ -48,7 +48,11 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         GroupConnection {
             group_id: self.group_id,
             target,
-            client: self.peers.channel(&node.addr).map(RaftTransportClient::new).map_err(|e| e.to_string()),
+            client: self
+                .peers
+                .channel(&node.addr)
+                .map(|channel| RaftTransportClient::new(channel).max_decoding_message_size(usize::MAX))
+                .map_err(|e| e.to_string()),
         }
     }
 }

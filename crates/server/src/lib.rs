@@ -52,7 +52,7 @@ pub async fn run_with_listener(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-    let db = raftmq_storage::open_db(&config.data_dir.join("db"))
+    let storage = raftmq_storage::Storage::open(&config.data_dir.join("db"))
         .with_context(|| format!("open database in {}", config.data_dir.display()))?;
     let initial_members: BTreeMap<u64, BasicNode> =
         config.peers.iter().map(|p| (p.id, BasicNode::new(p.addr.clone()))).collect();
@@ -61,7 +61,7 @@ pub async fn run_with_listener(
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
     };
-    let groups = GroupManager::start(config.node_id, db, initial_members, timing, PeerChannels::default())
+    let groups = GroupManager::start(config.node_id, storage, initial_members, timing, PeerChannels::default())
         .await
         .context("start raft groups")?;
     let router = Arc::new(Router::new(groups.clone()));

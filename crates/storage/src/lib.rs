@@ -1,1 +1,31 @@
-//! placeholder
+//! RocksDB storage for raftmq: one database per node, shared by every Raft group.
+//!
+//! - [`Storage`] opens the database (four column families, a format version)
+//!   and owns the [`WalSyncer`] that turns concurrent log appends of all groups
+//!   into one fsync.
+//! - [`LogStore`] is openraft's log storage for one group.
+//! - [`QueueStateMachine`] applies queue commands through `raftmq-queue` and
+//!   persists the changes; [`QueueReader`] gives the server read access.
+//! - [`MetaStateMachine`] applies the [`Catalog`] of the meta group.
+//!
+//! Queue rules live in `raftmq-queue`; this crate only stores.
+
+mod catalog;
+mod db;
+mod error;
+mod keys;
+mod log_store;
+mod meta_sm;
+mod queue_sm;
+mod sm_meta;
+mod type_config;
+mod wal_syncer;
+
+pub use catalog::{Catalog, CatalogQueue};
+pub use db::{FORMAT_VERSION, Storage};
+pub use error::StorageError;
+pub use log_store::LogStore;
+pub use meta_sm::MetaStateMachine;
+pub use queue_sm::{QueueReader, QueueStateMachine};
+pub use type_config::{SnapshotData, TypeConfig};
+pub use wal_syncer::WalSyncer;

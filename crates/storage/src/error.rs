@@ -1,0 +1,42 @@
+//! Errors of the storage crate.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error("corrupt {what}: {source}")]
+    Corrupt { what: &'static str, source: postcard::Error },
+    #[error("encode {what}: {source}")]
+    Encode { what: &'static str, source: postcard::Error },
+    #[error(
+        "data directory has on-disk format version {found}, this build reads version {expected}; use a matching raftmq version"
+    )]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("malformed key in column family {cf}")]
+    MalformedKey { cf: &'static str },
+    #[error("fsync of the write-ahead log failed: {0}")]
+    Sync(String),
+    #[error("the WAL syncer thread has stopped")]
+    SyncerStopped,
+}
+
+impl From<StorageError> for io::Error {
+    fn from(e: StorageError) -> io::Error {
+        match e {
+            StorageError::Corrupt { .. } | StorageError::MalformedKey { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            }
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+pub(crate) fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(value).map_err(|source| StorageError::Encode { what, source })
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    postcard::from_bytes(bytes).map_err(|source| StorageError::Corrupt { what, source })
+}

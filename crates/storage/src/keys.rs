@@ -1,0 +1,124 @@
+//! Key layout. Every key starts with the big-endian group id, so one group's
+//! data is one contiguous range that `delete_range_cf` can drop at once.
+//!
+//! - `raft_log`:  group ‖ log index
+//! - `raft_meta`: group ‖ tag (vote, last purged, last applied, membership, snapshot)
+//! - `queue`:     group ‖ kind ‖ offset (kinds: header, delivery record, body)
+
+use raftmq_types::{GroupId, Offset};
+
+pub const CF_RAFT_LOG: &str = "raft_log";
+pub const CF_RAFT_META: &str = "raft_meta";
+pub const CF_QUEUE: &str = "queue";
+pub const CF_META: &str = "meta";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MetaTag {
+    Vote = 1,
+    LastPurged = 2,
+    LastApplied = 3,
+    Membership = 4,
+    Snapshot = 5,
+    Committed = 6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum QueueKind {
+    /// Per-queue header: the next offset.
+    Header = 1,
+    Delivery = 2,
+    Body = 3,
+}
+
+pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The log index of a `raft_log` key, if it is one.
+pub fn log_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
+}
+
+pub fn meta_key(group: GroupId, tag: MetaTag) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8] = tag as u8;
+    key
+}
+
+pub fn queue_key(group: GroupId, kind: QueueKind, offset: Offset) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8] = kind as u8;
+    key[9..].copy_from_slice(&offset.0.to_be_bytes());
+    key
+}
+
+/// The offset of a `queue` key, if it is one.
+pub fn queue_offset(key: &[u8]) -> Option<Offset> {
+    Some(Offset(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?)))
+}
+
+/// `[start, end)` covering every key of `group` in any column family.
+pub fn group_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = group.to_be_bytes().to_vec();
+    let end = match group.0.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    };
+    (start, end)
+}
+
+/// `[start, end)` covering one kind of queue record of `group`.
+pub fn queue_kind_range(group: GroupId, kind: QueueKind) -> ([u8; 17], [u8; 17]) {
+    let start = queue_key(group, kind, Offset(0));
+    let mut end = start;
+    end[8] = kind as u8 + 1;
+    (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_group_then_index() {
+        let mut keys = vec![log_key(GroupId(2), 1), log_key(GroupId(1), 300), log_key(GroupId(1), 2)];
+        keys.sort();
+        assert_eq!(keys, vec![log_key(GroupId(1), 2), log_key(GroupId(1), 300), log_key(GroupId(2), 1)]);
+        assert_eq!(log_index(&log_key(GroupId(7), 99)), Some(99));
+        assert_eq!(log_index(b"short"), None);
+    }
+
+    #[test]
+    fn group_range_holds_exactly_the_group() {
+        let (start, end) = group_range(GroupId(5));
+        let inside = [log_key(GroupId(5), 0).to_vec(), log_key(GroupId(5), u64::MAX).to_vec(), meta_key(GroupId(5), MetaTag::Snapshot).to_vec()];
+        for key in inside {
+            assert!(key.as_slice() >= start.as_slice() && key.as_slice() < end.as_slice());
+        }
+        for key in [log_key(GroupId(4), u64::MAX).to_vec(), log_key(GroupId(6), 0).to_vec()] {
+            assert!(!(key.as_slice() >= start.as_slice() && key.as_slice() < end.as_slice()));
+        }
+        let (start, end) = group_range(GroupId(u64::MAX));
+        assert!(log_key(GroupId(u64::MAX), u64::MAX).as_slice() < end.as_slice());
+        assert!(log_key(GroupId(u64::MAX), 0).as_slice() >= start.as_slice());
+    }
+
+    #[test]
+    fn queue_kind_range_holds_one_kind() {
+        let (start, end) = queue_kind_range(GroupId(3), QueueKind::Delivery);
+        let d = queue_key(GroupId(3), QueueKind::Delivery, Offset(u64::MAX));
+        let b = queue_key(GroupId(3), QueueKind::Body, Offset(0));
+        let h = queue_key(GroupId(3), QueueKind::Header, Offset(u64::MAX));
+        assert!(d >= start && d < end);
+        assert!(!(b >= start && b < end));
+        assert!(!(h >= start && h < end));
+        assert_eq!(queue_offset(&d), Some(Offset(u64::MAX)));
+    }
+}

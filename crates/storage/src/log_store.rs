@@ -1,0 +1,192 @@
+//! openraft's log storage for one group, in the shared `raft_log` and
+//! `raft_meta` column families.
+//!
+//! Durability: `append` completes its callback only after the WAL holding the
+//! entries is fsynced (through the node's [`WalSyncer`], shared by all
+//! groups); `save_vote` returns only after the vote is fsynced.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use raftmq_types::GroupId;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use crate::error::{decode, encode};
+use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
+use crate::{Storage, StorageError, TypeConfig};
+
+type Entry = EntryOf<TypeConfig>;
+type LogId = LogIdOf<TypeConfig>;
+type Vote = VoteOf<TypeConfig>;
+
+#[derive(Clone)]
+pub struct LogStore {
+    storage: Storage,
+    group: GroupId,
+}
+
+impl LogStore {
+    pub fn new(storage: Storage, group: GroupId) -> LogStore {
+        LogStore { storage, group }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, tag: MetaTag, what: &'static str) -> Result<Option<T>, StorageError> {
+        let cf = self.storage.cf(CF_RAFT_META);
+        match self.storage.db().get_cf(cf, meta_key(self.group, tag))? {
+            Some(bytes) => Ok(Some(decode(what, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, tag: MetaTag, what: &'static str, value: &T) -> Result<(), StorageError> {
+        let cf = self.storage.cf(CF_RAFT_META);
+        self.storage.db().put_cf(cf, meta_key(self.group, tag), encode(what, value)?)?;
+        Ok(())
+    }
+
+    fn read_range(&self, start: u64, end_exclusive: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let db = self.storage.db();
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        let mut options = ReadOptions::default();
+        let upper = match end_exclusive {
+            Some(end) => log_key(self.group, end).to_vec(),
+            None => crate::keys::group_range(self.group).1,
+        };
+        options.set_iterate_upper_bound(upper);
+        let from = log_key(self.group, start);
+        let mut entries = Vec::new();
+        for item in db.iterator_cf_opt(cf, options, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item?;
+            let index = log_index(&key).ok_or(StorageError::MalformedKey { cf: CF_RAFT_LOG })?;
+            let entry: Entry = decode("log entry", &value)?;
+            if entry.index() != index {
+                return Err(StorageError::MalformedKey { cf: CF_RAFT_LOG });
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let db = self.storage.db();
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        let (start, end) = crate::keys::group_range(self.group);
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(start);
+        options.set_iterate_upper_bound(end);
+        let mut iter = db.raw_iterator_cf_opt(cf, options);
+        iter.seek_to_last();
+        iter.status()?;
+        match iter.value() {
+            Some(value) => Ok(Some(decode("log entry", value)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.checked_add(1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        Ok(self.read_range(start, end)?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.get_meta(MetaTag::Vote, "vote")?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(MetaTag::LastPurged, "last purged log id")?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.put_meta(MetaTag::Vote, "vote", vote)?;
+        // A vote must be on disk before it is acted on: a node must never vote
+        // twice in a term, even across a crash.
+        self.storage.syncer().sync().await?;
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not synced: losing it only means re-learning the commit index.
+        self.put_meta(MetaTag::Committed, "committed log id", &committed)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_meta::<Option<LogId>>(MetaTag::Committed, "committed log id")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+    {
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, log_key(self.group, entry.index()), encode("log entry", &entry)?);
+        }
+        // Written now, so the entries are readable when this returns; durable
+        // when the syncer's fsync completes, and only then is openraft told.
+        self.storage.db().write(batch).map_err(StorageError::from)?;
+        self.storage
+            .syncer()
+            .sync_then(move |result| callback.io_completed(result.map_err(io::Error::other)))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = match &last_log_id {
+            Some(log_id) => log_id.index() + 1,
+            None => 0,
+        };
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        let end = crate::keys::group_range(self.group).1;
+        self.storage.db().delete_range_cf(cf, log_key(self.group, from), end).map_err(StorageError::from)?;
+        // Truncated entries were never committed; if the deletion is lost in a
+        // crash, openraft truncates them again when the leader's log disagrees.
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Apply writes are not synced one by one. Before dropping log entries
+        // that could rebuild the applied state, make that state durable.
+        self.storage.syncer().sync().await?;
+        self.put_meta(MetaTag::LastPurged, "last purged log id", &log_id)?;
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        self.storage
+            .db()
+            .delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1))
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The state-machine store of the meta group: the catalog, persisted whole
+//! (it is small) with the applied log id in one WriteBatch.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use raftmq_types::{META_GROUP_ID, RaftRequest, RaftResponse};
+use rocksdb::WriteBatch;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::error::{decode, encode};
+use crate::keys::CF_META;
+use crate::sm_meta::{
+    LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
+    snapshot_id, write_synced,
+};
+use crate::{Catalog, SnapshotData, Storage, StorageError, TypeConfig};
+
+const CATALOG_KEY: &[u8] = b"catalog";
+
+#[derive(Clone)]
+pub struct MetaStateMachine {
+    storage: Storage,
+    catalog: Arc<watch::Sender<Arc<Catalog>>>,
+}
+
+impl MetaStateMachine {
+    pub async fn open(storage: Storage) -> Result<MetaStateMachine, StorageError> {
+        let catalog = read_catalog(&storage)?;
+        Ok(MetaStateMachine { storage, catalog: Arc::new(watch::channel(Arc::new(catalog)).0) })
+    }
+
+    /// The applied catalog, updated after every apply that changes it.
+    pub fn catalog_watch(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.subscribe()
+    }
+
+    fn build(&self) -> Result<Snapshot, StorageError> {
+        let (applied, membership) = read_applied_state(&self.storage, META_GROUP_ID)?;
+        let data = encode("catalog", &*self.catalog.borrow().clone())?;
+        let meta = SnapshotMeta {
+            last_log_id: applied.clone(),
+            last_membership: membership,
+            snapshot_id: snapshot_id(META_GROUP_ID, &applied),
+        };
+        let mut batch = WriteBatch::default();
+        put_snapshot(&self.storage, &mut batch, META_GROUP_ID, &meta, &data)?;
+        self.storage.db().write(batch)?;
+        Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
+    }
+}
+
+fn read_catalog(storage: &Storage) -> Result<Catalog, StorageError> {
+    match storage.db().get_cf(storage.cf(CF_META), CATALOG_KEY)? {
+        Some(bytes) => decode("catalog", &bytes),
+        None => Ok(Catalog::default()),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        Ok(self.build()?)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        Ok(read_applied_state(&self.storage, META_GROUP_ID)?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut catalog = (*self.catalog.borrow().clone()).clone();
+        let mut changed = false;
+        let mut responses = Vec::new();
+        let mut last_applied = None;
+        let mut last_membership = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let response = match &entry.payload {
+                EntryPayload::Normal(RaftRequest::Meta(command)) => {
+                    changed = true;
+                    RaftResponse::Meta(catalog.apply(command))
+                }
+                EntryPayload::Normal(RaftRequest::Queue(_)) => {
+                    warn!("queue command in the meta group ignored");
+                    RaftResponse::Empty
+                }
+                EntryPayload::Blank => RaftResponse::Empty,
+                EntryPayload::Membership(membership) => {
+                    last_membership = Some(Membership::new(Some(log_id.clone()), membership.clone()));
+                    RaftResponse::Empty
+                }
+            };
+            last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responses.push((responder, response));
+            }
+        }
+        let mut batch = WriteBatch::default();
+        if changed {
+            batch.put_cf(self.storage.cf(CF_META), CATALOG_KEY, encode("catalog", &catalog)?);
+        }
+        put_applied_state(&self.storage, &mut batch, META_GROUP_ID, &last_applied, last_membership.as_ref())?;
+        self.storage.db().write(batch).map_err(StorageError::from)?;
+        if changed {
+            self.catalog.send_replace(Arc::new(catalog));
+        }
+        for (responder, response) in responses {
+            responder.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let catalog: Catalog = decode("catalog", &data)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.storage.cf(CF_META), CATALOG_KEY, encode("catalog", &catalog)?);
+        put_applied_state(&self.storage, &mut batch, META_GROUP_ID, &meta.last_log_id, Some(&meta.last_membership))?;
+        put_snapshot(&self.storage, &mut batch, META_GROUP_ID, meta, &data)?;
+        write_synced(&self.storage, batch)?;
+        self.catalog.send_replace(Arc::new(catalog));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(read_snapshot(&self.storage, META_GROUP_ID)?)
+    }
+}

@@ -1,0 +1,271 @@
+//! The state-machine store of one queue group: applies committed queue
+//! commands with `raftmq-queue` and persists their changes.
+//!
+//! Apply writes every change of one apply call, plus the applied log id, in one
+//! WriteBatch without fsync: the log entries are already durable, and after a
+//! crash apply resumes from the persisted applied log id.
+
+use std::io;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use raftmq_queue::{Change, DeliveryState, QueueState};
+use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage};
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::error::{decode, encode};
+use crate::keys::{CF_QUEUE, QueueKind, group_range, queue_key, queue_kind_range, queue_offset};
+use crate::sm_meta::{
+    LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
+    snapshot_id, write_synced,
+};
+use crate::{SnapshotData, Storage, StorageError, TypeConfig};
+
+#[derive(Clone)]
+pub struct QueueStateMachine {
+    storage: Storage,
+    group: GroupId,
+    state: Arc<RwLock<QueueState>>,
+    /// The last applied log index, for long-polling consumers to wait on.
+    applied: Arc<watch::Sender<u64>>,
+}
+
+/// Read access to a queue group's applied state, for the server.
+#[derive(Clone)]
+pub struct QueueReader {
+    storage: Storage,
+    group: GroupId,
+    state: Arc<RwLock<QueueState>>,
+    applied: watch::Receiver<u64>,
+}
+
+/// A snapshot: every queue record of the group (keys without the group prefix).
+#[derive(Serialize, Deserialize)]
+struct QueueSnapshot {
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl QueueStateMachine {
+    /// Opens the group's state and rebuilds the in-memory delivery index from
+    /// the delivery records (bodies stay on disk).
+    pub async fn open(storage: Storage, group: GroupId) -> Result<QueueStateMachine, StorageError> {
+        let state = load_state(&storage, group)?;
+        let (applied, _) = read_applied_state(&storage, group)?;
+        let index = applied.map(|l| l.index()).unwrap_or(0);
+        Ok(QueueStateMachine {
+            storage,
+            group,
+            state: Arc::new(RwLock::new(state)),
+            applied: Arc::new(watch::channel(index).0),
+        })
+    }
+
+    pub fn reader(&self) -> QueueReader {
+        QueueReader {
+            storage: self.storage.clone(),
+            group: self.group,
+            state: self.state.clone(),
+            applied: self.applied.subscribe(),
+        }
+    }
+
+    fn write_changes(&self, batch: &mut WriteBatch, changes: &[Change]) -> Result<(), StorageError> {
+        let cf = self.storage.cf(CF_QUEUE);
+        for change in changes {
+            match change {
+                Change::PutMessage(message) => {
+                    batch.put_cf(cf, queue_key(self.group, QueueKind::Body, message.offset), encode("message", message)?)
+                }
+                Change::PutDelivery { offset, state } => {
+                    batch.put_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset), encode("delivery", state)?)
+                }
+                Change::DeleteMessage(offset) => {
+                    batch.delete_cf(cf, queue_key(self.group, QueueKind::Body, *offset));
+                    batch.delete_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset));
+                }
+                Change::DeleteAllMessages => {
+                    for kind in [QueueKind::Delivery, QueueKind::Body] {
+                        let (start, end) = queue_kind_range(self.group, kind);
+                        batch.delete_range_cf(cf, start, end);
+                    }
+                }
+                Change::PutNextOffset(offset) => {
+                    batch.put_cf(cf, queue_key(self.group, QueueKind::Header, Offset(0)), encode("next offset", offset)?)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> Result<Snapshot, StorageError> {
+        let (applied, membership) = read_applied_state(&self.storage, self.group)?;
+        let (start, end) = group_range(self.group);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end);
+        let mut records = Vec::new();
+        for item in self.storage.db().iterator_cf_opt(
+            self.storage.cf(CF_QUEUE),
+            options,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            records.push((key[8..].to_vec(), value.to_vec()));
+        }
+        let data = encode("snapshot", &QueueSnapshot { records })?;
+        let meta = SnapshotMeta {
+            last_log_id: applied.clone(),
+            last_membership: membership,
+            snapshot_id: snapshot_id(self.group, &applied),
+        };
+        let mut batch = WriteBatch::default();
+        put_snapshot(&self.storage, &mut batch, self.group, &meta, &data)?;
+        self.storage.db().write(batch)?;
+        Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
+    }
+}
+
+fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageError> {
+    let db = storage.db();
+    let cf = storage.cf(CF_QUEUE);
+    let next_offset: Offset = match db.get_cf(cf, queue_key(group, QueueKind::Header, Offset(0)))? {
+        Some(bytes) => decode("next offset", &bytes)?,
+        None => Offset(0),
+    };
+    let (start, end) = queue_kind_range(group, QueueKind::Delivery);
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(end);
+    let mut deliveries = Vec::new();
+    for item in db.iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        let (key, value) = item?;
+        let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+        let state: DeliveryState = decode("delivery", &value)?;
+        deliveries.push((offset, state));
+    }
+    Ok(QueueState::restore(next_offset, deliveries))
+}
+
+impl QueueReader {
+    pub fn group_id(&self) -> GroupId {
+        self.group
+    }
+
+    /// The applied state; hold the guard briefly and never across an await.
+    pub fn state(&self) -> RwLockReadGuard<'_, QueueState> {
+        self.state.read().expect("queue state lock poisoned")
+    }
+
+    /// Changes whenever apply advances; long polls wait on it.
+    pub fn applied_index_watch(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Reads message bodies; offsets not found (acked meanwhile) are skipped.
+    pub fn read_messages(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
+        let cf = self.storage.cf(CF_QUEUE);
+        let keys: Vec<_> = offsets.iter().map(|o| (cf, queue_key(self.group, QueueKind::Body, *o))).collect();
+        let mut messages = Vec::with_capacity(offsets.len());
+        for value in self.storage.db().multi_get_cf(keys) {
+            if let Some(bytes) = value? {
+                messages.push(decode("message", &bytes)?);
+            }
+        }
+        Ok(messages)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for QueueStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        Ok(self.build()?)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for QueueStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        Ok(read_applied_state(&self.storage, self.group)?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let mut changes = Vec::new();
+        let mut responses = Vec::new();
+        let mut last_applied = None;
+        let mut last_membership = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let response = match &entry.payload {
+                EntryPayload::Normal(RaftRequest::Queue(request)) => {
+                    let mut state = self.state.write().expect("queue state lock poisoned");
+                    RaftResponse::Queue(state.apply(log_id.index(), request, &mut changes))
+                }
+                EntryPayload::Normal(RaftRequest::Meta(command)) => {
+                    warn!(group = %self.group, ?command, "meta command in a queue group ignored");
+                    RaftResponse::Empty
+                }
+                EntryPayload::Blank => RaftResponse::Empty,
+                EntryPayload::Membership(membership) => {
+                    last_membership = Some(Membership::new(Some(log_id.clone()), membership.clone()));
+                    RaftResponse::Empty
+                }
+            };
+            last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responses.push((responder, response));
+            }
+        }
+        self.write_changes(&mut batch, &changes)?;
+        put_applied_state(&self.storage, &mut batch, self.group, &last_applied, last_membership.as_ref())?;
+        self.storage.db().write(batch).map_err(StorageError::from)?;
+        for (responder, response) in responses {
+            responder.send(response);
+        }
+        if let Some(log_id) = last_applied {
+            self.applied.send_replace(log_id.index());
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let decoded: QueueSnapshot = decode("snapshot", &data)?;
+        let cf = self.storage.cf(CF_QUEUE);
+        let mut batch = WriteBatch::default();
+        let (start, end) = group_range(self.group);
+        batch.delete_range_cf(cf, &start, &end);
+        for (suffix, value) in decoded.records {
+            let mut key = self.group.to_be_bytes().to_vec();
+            key.extend_from_slice(&suffix);
+            batch.put_cf(cf, key, value);
+        }
+        put_applied_state(&self.storage, &mut batch, self.group, &meta.last_log_id, Some(&meta.last_membership))?;
+        put_snapshot(&self.storage, &mut batch, self.group, meta, &data)?;
+        write_synced(&self.storage, batch)?;
+        let state = load_state(&self.storage, self.group)?;
+        *self.state.write().expect("queue state lock poisoned") = state;
+        if let Some(log_id) = &meta.last_log_id {
+            self.applied.send_replace(log_id.index());
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(read_snapshot(&self.storage, self.group)?)
+    }
+}

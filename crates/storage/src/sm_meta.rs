@@ -1,0 +1,86 @@
+//! What both state machines keep beside their data: the last applied log id,
+//! the last membership, and the current snapshot, in `raft_meta`.
+
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use raftmq_types::GroupId;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{decode, encode};
+use crate::keys::{CF_RAFT_META, MetaTag, meta_key};
+use crate::{SnapshotData, Storage, StorageError, TypeConfig};
+
+pub(crate) type LogId = LogIdOf<TypeConfig>;
+pub(crate) type Membership = StoredMembershipOf<TypeConfig>;
+pub(crate) type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
+pub(crate) type Snapshot = SnapshotOf<TypeConfig, SnapshotData>;
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+pub(crate) fn read_applied_state(storage: &Storage, group: GroupId) -> Result<(Option<LogId>, Membership), StorageError> {
+    let db = storage.db();
+    let cf = storage.cf(CF_RAFT_META);
+    let applied = match db.get_cf(cf, meta_key(group, MetaTag::LastApplied))? {
+        Some(bytes) => decode("last applied log id", &bytes)?,
+        None => None,
+    };
+    let membership = match db.get_cf(cf, meta_key(group, MetaTag::Membership))? {
+        Some(bytes) => decode("membership", &bytes)?,
+        None => Membership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// Adds the applied position (and membership, if it changed) to an apply batch,
+/// so that data and position are written atomically.
+pub(crate) fn put_applied_state(
+    storage: &Storage,
+    batch: &mut WriteBatch,
+    group: GroupId,
+    applied: &Option<LogId>,
+    membership: Option<&Membership>,
+) -> Result<(), StorageError> {
+    let cf = storage.cf(CF_RAFT_META);
+    batch.put_cf(cf, meta_key(group, MetaTag::LastApplied), encode("last applied log id", applied)?);
+    if let Some(membership) = membership {
+        batch.put_cf(cf, meta_key(group, MetaTag::Membership), encode("membership", membership)?);
+    }
+    Ok(())
+}
+
+/// Keeps the latest snapshot, so `get_current_snapshot` returns exactly what
+/// was built or installed.
+pub(crate) fn put_snapshot(storage: &Storage, batch: &mut WriteBatch, group: GroupId, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
+    batch.put_cf(storage.cf(CF_RAFT_META), meta_key(group, MetaTag::Snapshot), encode("snapshot", &stored)?);
+    Ok(())
+}
+
+pub(crate) fn read_snapshot(storage: &Storage, group: GroupId) -> Result<Option<Snapshot>, StorageError> {
+    match storage.db().get_cf(storage.cf(CF_RAFT_META), meta_key(group, MetaTag::Snapshot))? {
+        Some(bytes) => {
+            let stored: StoredSnapshot = decode("snapshot", &bytes)?;
+            Ok(Some(Snapshot { meta: stored.meta, snapshot: SnapshotData::new(stored.data) }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A snapshot id unique per group and position.
+pub(crate) fn snapshot_id(group: GroupId, applied: &Option<LogId>) -> String {
+    match applied {
+        Some(log_id) => format!("{group}-{}-{}", log_id.committed_leader_id(), log_id.index()),
+        None => format!("{group}-empty"),
+    }
+}
+
+pub(crate) fn write_synced(storage: &Storage, batch: WriteBatch) -> Result<(), StorageError> {
+    let mut options = rocksdb::WriteOptions::default();
+    options.set_sync(true);
+    storage.db().write_opt(batch, &options)?;
+    Ok(())
+}

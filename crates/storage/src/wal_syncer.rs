@@ -1,0 +1,80 @@
+//! Group commit for the write-ahead log.
+//!
+//! Every log append of every group on the node writes its batch, then asks the
+//! syncer to make it durable. The syncer thread takes every request pending,
+//! calls `flush_wal(true)` (an fsync) once, and completes them all. So N
+//! appends arriving together cost one fsync instead of N.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use rocksdb::DB;
+use tracing::error;
+
+use crate::StorageError;
+
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+pub struct WalSyncer {
+    requests: mpsc::Sender<Done>,
+    syncs: Arc<AtomicU64>,
+    requests_total: Arc<AtomicU64>,
+}
+
+impl WalSyncer {
+    pub fn start(db: Arc<DB>) -> WalSyncer {
+        let (requests, receiver) = mpsc::channel::<Done>();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let thread_syncs = syncs.clone();
+        std::thread::Builder::new()
+            .name("raftmq-wal-sync".into())
+            .spawn(move || {
+                // Ends when every sender is gone, i.e. when the storage is dropped.
+                while let Ok(first) = receiver.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(receiver.try_iter());
+                    let result = db.flush_wal(true).map_err(|e| e.to_string());
+                    thread_syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = &result {
+                        error!(error = %e, "fsync of the write-ahead log failed");
+                    }
+                    for done in batch {
+                        done(result.clone());
+                    }
+                }
+            })
+            .expect("spawn the WAL sync thread");
+        WalSyncer { requests, syncs, requests_total: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Calls `done` once everything written to the WAL before this call is on disk.
+    pub fn sync_then(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StorageError> {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests.send(Box::new(done)).map_err(|_| StorageError::SyncerStopped)
+    }
+
+    /// Waits until everything written to the WAL so far is on disk.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sync_then(move |result| {
+            let _ = tx.send(result);
+        })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Sync(e)),
+            Err(_) => Err(StorageError::SyncerStopped),
+        }
+    }
+
+    /// fsyncs performed so far.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Sync requests received so far (each append or vote is one).
+    pub fn request_count(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+}
+

@@ -1,0 +1,220 @@
+//! Storage tests: openraft's own conformance suite, durability across a
+//! reopen, WAL group commit, and snapshot transfer between databases.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::{EntryPayload, StorageError as RaftStorageError};
+use raftmq_storage::{LogStore, MetaStateMachine, QueueStateMachine, Storage, TypeConfig};
+use raftmq_types::{
+    GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
+    RaftRequest, TimestampMs,
+};
+use tempfile::TempDir;
+
+type Entry = openraft::alias::EntryOf<TypeConfig>;
+type LogId = openraft::alias::LogIdOf<TypeConfig>;
+
+const GROUP: GroupId = GroupId(7);
+
+fn open(dir: &TempDir) -> Storage {
+    Storage::open(&dir.path().join("db")).expect("open storage")
+}
+
+struct QueueStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, QueueStateMachine, TempDir> for QueueStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, QueueStateMachine), RaftStorageError<TypeConfig>> {
+        let dir = TempDir::new().map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&e)))?;
+        let storage = open(&dir);
+        let sm = QueueStateMachine::open(storage.clone(), GROUP)
+            .await
+            .map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&io::Error::from(e))))?;
+        Ok((dir, LogStore::new(storage, GROUP), sm))
+    }
+}
+
+struct MetaStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, MetaStateMachine, TempDir> for MetaStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, MetaStateMachine), RaftStorageError<TypeConfig>> {
+        let dir = TempDir::new().map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&e)))?;
+        let storage = open(&dir);
+        let sm = MetaStateMachine::open(storage.clone())
+            .await
+            .map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&io::Error::from(e))))?;
+        Ok((dir, LogStore::new(storage, META_GROUP_ID), sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_group_store_passes_openraft_suite() {
+    Suite::test_all(QueueStoreBuilder).await.expect("openraft storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn meta_group_store_passes_openraft_suite() {
+    Suite::test_all(MetaStoreBuilder).await.expect("openraft storage suite");
+}
+
+fn vote() -> openraft::alias::VoteOf<TypeConfig> {
+    openraft::alias::VoteOf::<TypeConfig>::new(1, 1)
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(term, 1, index)
+}
+
+fn queue_entry(term: u64, index: u64, now: u64, command: QueueCommand) -> Entry {
+    Entry::new(
+        log_id(term, index),
+        EntryPayload::Normal(RaftRequest::Queue(QueueRequest { now: TimestampMs(now), command })),
+    )
+}
+
+async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+    rx.await.expect("callback called").expect("append flushed");
+}
+
+fn produce(n: usize) -> QueueCommand {
+    QueueCommand::Produce {
+        messages: (0..n).map(|i| NewMessage { body: format!("m{i}").into_bytes(), headers: BTreeMap::new() }).collect(),
+    }
+}
+
+async fn apply(sm: &mut QueueStateMachine, entries: Vec<Entry>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.expect("apply");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_vote_and_queue_state_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let entries = vec![
+        queue_entry(1, 1, 100, produce(3)),
+        queue_entry(1, 2, 200, QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 10_000 }),
+    ];
+    {
+        let storage = open(&dir);
+        let mut log = LogStore::new(storage.clone(), GROUP);
+        log.save_vote(&vote()).await.unwrap();
+        append(&mut log, entries.clone()).await;
+        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        apply(&mut sm, entries.clone()).await;
+        let ack = QueueCommand::Ack {
+            receipts: vec![raftmq_types::Receipt { offset: Offset(0), lease_id: 2 }],
+        };
+        let third = queue_entry(1, 3, 300, ack);
+        append(&mut log, vec![third.clone()]).await;
+        apply(&mut sm, vec![third]).await;
+        let stats = sm.reader().state().stats(TimestampMs(300));
+        assert_eq!((stats.depth, stats.next_offset), (2, Offset(3)));
+    }
+    let storage = open(&dir);
+    let mut log = LogStore::new(storage.clone(), GROUP);
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote()));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.map(|l| l.index()), Some(3));
+    assert_eq!(log.try_get_log_entries(1..3).await.unwrap(), entries);
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index()), Some(3));
+    let reader = sm.reader();
+    let stats = reader.state().stats(TimestampMs(300));
+    assert_eq!((stats.depth, stats.in_flight, stats.available, stats.next_offset), (2, 0, 2, Offset(3)));
+    let bodies = reader.read_messages(&[Offset(0), Offset(1), Offset(2)]).unwrap();
+    assert_eq!(bodies.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![Offset(1), Offset(2)], "acked body is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_appends_of_many_groups_share_fsyncs() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let before = storage.syncer().sync_count();
+    let mut tasks = Vec::new();
+    for group in 1..=50u64 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut log = LogStore::new(storage, GroupId(group));
+            for index in 1..=10 {
+                append(&mut log, vec![queue_entry(1, index, 1, produce(1))]).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let syncs = storage.syncer().sync_count() - before;
+    println!("500 appends took {syncs} fsyncs");
+    assert!(syncs < 500, "every append fsynced on its own: {syncs} fsyncs");
+    // Each group still reads back exactly its own entries.
+    let mut log = LogStore::new(storage, GroupId(17));
+    assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_installs_on_a_fresh_replica() {
+    let source_dir = TempDir::new().unwrap();
+    let source = open(&source_dir);
+    let mut sm = QueueStateMachine::open(source, GROUP).await.unwrap();
+    apply(
+        &mut sm,
+        vec![
+            queue_entry(1, 1, 100, produce(5)),
+            queue_entry(1, 2, 200, QueueCommand::Lease { max_messages: 2, visibility_timeout_ms: 1000 }),
+        ],
+    )
+    .await;
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.as_ref().map(|l| l.index()), Some(2));
+
+    let target_dir = TempDir::new().unwrap();
+    let target = open(&target_dir);
+    let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
+    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let expected = sm.reader().state().stats(TimestampMs(500));
+    assert_eq!(replica.reader().state().stats(TimestampMs(500)), expected);
+    assert_eq!(replica.reader().read_messages(&[Offset(4)]).unwrap()[0].body, b"m4".to_vec());
+    let current = replica.get_current_snapshot().await.unwrap().expect("installed snapshot is current");
+    assert_eq!(current.meta, snapshot.meta);
+    // And it survives a reopen.
+    drop(replica);
+    let reopened = QueueStateMachine::open(target, GROUP).await.unwrap();
+    assert_eq!(reopened.reader().state().stats(TimestampMs(500)), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_survives_reopen_and_deleted_group_data_is_gone() {
+    let dir = TempDir::new().unwrap();
+    {
+        let storage = open(&dir);
+        let mut sm = MetaStateMachine::open(storage.clone()).await.unwrap();
+        let create = MetaCommand::CreateQueue {
+            name: QueueName::new("orders").unwrap(),
+            config: QueueConfig::default(),
+            replicas: vec![1, 2, 3],
+            now: TimestampMs(1),
+        };
+        let entry = Entry::new(log_id(1, 1), EntryPayload::Normal(RaftRequest::Meta(create)));
+        sm.apply(futures::stream::iter([Ok((entry, None))])).await.unwrap();
+        assert_eq!(sm.catalog_watch().borrow().queues.len(), 1);
+
+        let mut log = LogStore::new(storage.clone(), GROUP);
+        append(&mut log, vec![queue_entry(1, 1, 1, produce(1))]).await;
+        storage.delete_group_data(GROUP).unwrap();
+        assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+    }
+    let storage = open(&dir);
+    let sm = MetaStateMachine::open(storage).await.unwrap();
+    let catalog = sm.catalog_watch().borrow().clone();
+    assert_eq!(catalog.queues[&QueueName::new("orders").unwrap()].group_id, GroupId(1));
+    assert_eq!(catalog.next_group_id, 2);
+    let _ = Arc::clone(&catalog);
+}
