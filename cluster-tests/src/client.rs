@@ -13,8 +13,8 @@ use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::queue_service_client::QueueServiceClient;
 use raftmq_proto::v1::{
     AckRequest, ConsumeRequest, CreateQueueRequest, DeleteQueueRequest, GetClusterStatusRequest,
-    GetClusterStatusResponse, GetQueueRequest, Message, ProduceMessage, ProduceRequest,
-    QueueConfig, QueueInfo, SettleResponse,
+    GetClusterStatusResponse, GetQueueRequest, Message, ProduceMessage, ProduceRequest, QueueConfig, QueueInfo,
+    SettleResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -29,10 +29,7 @@ const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 /// Errors after which the outcome is unknown and a retry is reasonable: no
 /// leader yet, a node going away under the call, a timeout.
 pub fn is_retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
 }
 
 /// `message` with a gRPC deadline; the server sees it as `grpc-timeout`.
@@ -44,12 +41,8 @@ pub fn request_with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 
 /// A message body as text; the tests only produce UTF-8 bodies.
 pub fn body_text(message: &Message) -> String {
-    String::from_utf8(message.body.clone()).unwrap_or_else(|_| {
-        panic!(
-            "offset {} has a body that is not UTF-8: {:?}",
-            message.offset, message.body
-        )
-    })
+    String::from_utf8(message.body.clone())
+        .unwrap_or_else(|_| panic!("offset {} has a body that is not UTF-8: {:?}", message.offset, message.body))
 }
 
 /// Runs a call with a client-side timeout on top of the gRPC deadline, so a
@@ -60,9 +53,7 @@ async fn bounded<T>(
 ) -> Result<T, Status> {
     match tokio::time::timeout(timeout + Duration::from_secs(2), call).await {
         Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no answer within {timeout:?} (client-side timeout)"
-        ))),
+        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {timeout:?} (client-side timeout)"))),
     }
 }
 
@@ -89,47 +80,27 @@ impl Client {
         Client {
             endpoint: endpoint.to_string(),
             queues: QueueServiceClient::new(channel.clone()),
-            messages: MessageServiceClient::new(channel.clone())
-                .max_decoding_message_size(MAX_DECODING_BYTES),
+            messages: MessageServiceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES),
             cluster: ClusterServiceClient::new(channel.clone()),
             channel,
         }
     }
 
     pub async fn create_queue(&self, name: &str, config: QueueConfig) -> Result<QueueInfo, Status> {
-        let request = CreateQueueRequest {
-            name: name.to_string(),
-            config: Some(config),
-        };
-        let response = bounded(
-            CALL_TIMEOUT,
-            self.queues.clone().create_queue(timed(request)),
-        )
-        .await?;
-        response
-            .queue
-            .ok_or_else(|| Status::internal("CreateQueueResponse without a queue"))
+        let request = CreateQueueRequest { name: name.to_string(), config: Some(config) };
+        let response = bounded(CALL_TIMEOUT, self.queues.clone().create_queue(timed(request))).await?;
+        response.queue.ok_or_else(|| Status::internal("CreateQueueResponse without a queue"))
     }
 
     pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, Status> {
-        let request = GetQueueRequest {
-            name: name.to_string(),
-        };
+        let request = GetQueueRequest { name: name.to_string() };
         let response = bounded(CALL_TIMEOUT, self.queues.clone().get_queue(timed(request))).await?;
-        response
-            .queue
-            .ok_or_else(|| Status::internal("GetQueueResponse without a queue"))
+        response.queue.ok_or_else(|| Status::internal("GetQueueResponse without a queue"))
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), Status> {
-        let request = DeleteQueueRequest {
-            name: name.to_string(),
-        };
-        bounded(
-            CALL_TIMEOUT,
-            self.queues.clone().delete_queue(timed(request)),
-        )
-        .await?;
+        let request = DeleteQueueRequest { name: name.to_string() };
+        bounded(CALL_TIMEOUT, self.queues.clone().delete_queue(timed(request))).await?;
         Ok(())
     }
 
@@ -139,30 +110,14 @@ impl Client {
         queue: &str,
         bodies: impl IntoIterator<Item = B>,
     ) -> Result<Vec<u64>, Status> {
-        let messages = bodies
-            .into_iter()
-            .map(|body| ProduceMessage {
-                body: body.into(),
-                headers: Default::default(),
-            })
-            .collect();
+        let messages =
+            bodies.into_iter().map(|body| ProduceMessage { body: body.into(), headers: Default::default() }).collect();
         self.produce_messages(queue, messages).await
     }
 
-    pub async fn produce_messages(
-        &self,
-        queue: &str,
-        messages: Vec<ProduceMessage>,
-    ) -> Result<Vec<u64>, Status> {
-        let request = ProduceRequest {
-            queue: queue.to_string(),
-            messages,
-        };
-        Ok(
-            bounded(CALL_TIMEOUT, self.messages.clone().produce(timed(request)))
-                .await?
-                .offsets,
-        )
+    pub async fn produce_messages(&self, queue: &str, messages: Vec<ProduceMessage>) -> Result<Vec<u64>, Status> {
+        let request = ProduceRequest { queue: queue.to_string(), messages };
+        Ok(bounded(CALL_TIMEOUT, self.messages.clone().produce(timed(request))).await?.offsets)
     }
 
     /// Leases up to `max_messages`, waiting up to `wait_time_ms` for some.
@@ -174,38 +129,19 @@ impl Client {
         wait_time_ms: u64,
         visibility_timeout_ms: u64,
     ) -> Result<Vec<Message>, Status> {
-        let request = ConsumeRequest {
-            queue: queue.to_string(),
-            max_messages,
-            wait_time_ms,
-            visibility_timeout_ms,
-        };
+        let request = ConsumeRequest { queue: queue.to_string(), max_messages, wait_time_ms, visibility_timeout_ms };
         let timeout = CALL_TIMEOUT + Duration::from_millis(wait_time_ms);
         let mut client = self.messages.clone();
-        Ok(bounded(
-            timeout,
-            client.consume(request_with_timeout(request, timeout)),
-        )
-        .await?
-        .messages)
+        Ok(bounded(timeout, client.consume(request_with_timeout(request, timeout))).await?.messages)
     }
 
     pub async fn ack(&self, queue: &str, receipts: Vec<String>) -> Result<SettleResponse, Status> {
-        let request = AckRequest {
-            queue: queue.to_string(),
-            receipts,
-        };
+        let request = AckRequest { queue: queue.to_string(), receipts };
         bounded(CALL_TIMEOUT, self.messages.clone().ack(timed(request))).await
     }
 
     pub async fn cluster_status(&self) -> Result<GetClusterStatusResponse, Status> {
-        bounded(
-            CALL_TIMEOUT,
-            self.cluster
-                .clone()
-                .get_cluster_status(timed(GetClusterStatusRequest {})),
-        )
-        .await
+        bounded(CALL_TIMEOUT, self.cluster.clone().get_cluster_status(timed(GetClusterStatusRequest {}))).await
     }
 }
 

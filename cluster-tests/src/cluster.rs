@@ -37,10 +37,7 @@ const LOG_TAIL_LINES: usize = 80;
 /// The repository root: the binary's relative paths (`examples/`, `proto/`)
 /// are resolved from here.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("cluster-tests/ sits in the repository root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cluster-tests/ sits in the repository root").to_path_buf()
 }
 
 /// The `raftmq` binary under test: `$RAFTMQ_BIN`, or `raftmq` in the target
@@ -50,12 +47,10 @@ pub fn raftmq_binary() -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => {
             let exe = std::env::current_exe().expect("locate the test executable");
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| {
-                panic!(
-                    "test executable {} is not in target/<profile>/deps",
-                    exe.display()
-                )
-            });
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or_else(|| panic!("test executable {} is not in target/<profile>/deps", exe.display()));
             profile_dir.join("raftmq")
         }
     };
@@ -103,10 +98,7 @@ impl TestCluster {
     pub fn start(n: usize) -> TestCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let binary = raftmq_binary();
-        let root = tempfile::Builder::new()
-            .prefix("raftmq-cluster-")
-            .tempdir()
-            .expect("create the cluster's temp dir");
+        let root = tempfile::Builder::new().prefix("raftmq-cluster-").tempdir().expect("create the cluster's temp dir");
         let nodes = free_loopback_addrs(n)
             .into_iter()
             .enumerate()
@@ -114,33 +106,15 @@ impl TestCluster {
                 let id = i as NodeId + 1;
                 let dir = root.path().join(format!("node{id}"));
                 std::fs::create_dir_all(&dir).expect("create node dir");
-                Node {
-                    id,
-                    addr,
-                    dir,
-                    process: None,
-                    starts: 0,
-                }
+                Node { id, addr, dir, process: None, starts: 0 }
             })
             .collect();
-        let mut cluster = TestCluster {
-            nodes,
-            binary,
-            root: Some(root),
-        };
+        let mut cluster = TestCluster { nodes, binary, root: Some(root) };
         for id in cluster.node_ids() {
             cluster.spawn(id);
         }
-        let listing: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|n| format!("node {} at {}", n.id, n.addr))
-            .collect();
-        println!(
-            "started {}; logs and data in {}",
-            listing.join(", "),
-            cluster.root_path().display()
-        );
+        let listing: Vec<String> = cluster.nodes.iter().map(|n| format!("node {} at {}", n.id, n.addr)).collect();
+        println!("started {}; logs and data in {}", listing.join(", "), cluster.root_path().display());
         cluster
     }
 
@@ -175,11 +149,7 @@ impl TestCluster {
     }
 
     pub fn running_nodes(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|n| n.process.is_some())
-            .map(|n| n.id)
-            .collect()
+        self.nodes.iter().filter(|n| n.process.is_some()).map(|n| n.id).collect()
     }
 
     /// Panics if a node that should be running has exited on its own (a
@@ -190,10 +160,7 @@ impl TestCluster {
                 && let Some(status) = child.try_wait().expect("poll a node process")
             {
                 node.process = None;
-                panic!(
-                    "node {} exited unexpectedly with {status}; its log is printed below",
-                    node.id
-                );
+                panic!("node {} exited unexpectedly with {status}; its log is printed below", node.id);
             }
         }
     }
@@ -207,12 +174,7 @@ impl TestCluster {
             let mut views = Vec::new();
             for id in self.running_nodes() {
                 let leader = match self.client(id).cluster_status().await {
-                    Ok(status) => status
-                        .groups
-                        .iter()
-                        .find(|g| g.group_id == 0)
-                        .map(|g| g.leader_id)
-                        .unwrap_or(0),
+                    Ok(status) => status.groups.iter().find(|g| g.group_id == 0).map(|g| g.leader_id).unwrap_or(0),
                     Err(_) => 0,
                 };
                 views.push((id, leader));
@@ -222,9 +184,7 @@ impl TestCluster {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "cluster not ready within {timeout:?}: (node, meta leader it sees) = {views:?}"
-                );
+                panic!("cluster not ready within {timeout:?}: (node, meta leader it sees) = {views:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -240,9 +200,7 @@ impl TestCluster {
             attempts += 1;
             match client.create_queue(name, config).await {
                 // An earlier attempt took effect but its answer was lost.
-                Err(status) if status.code() == tonic::Code::AlreadyExists && attempts > 1 => {
-                    Ok(())
-                }
+                Err(status) if status.code() == tonic::Code::AlreadyExists && attempts > 1 => Ok(()),
                 other => other.map(|_| ()),
             }
         })
@@ -277,22 +235,15 @@ impl TestCluster {
     /// does not answer or hosts no replica of the queue.
     pub async fn group_status(&self, node: NodeId, queue: &str) -> Option<GroupStatus> {
         let status = self.client(node).cluster_status().await.ok()?;
-        status
-            .groups
-            .into_iter()
-            .find(|g| g.group_id != 0 && g.queue == queue)
+        status.groups.into_iter().find(|g| g.group_id != 0 && g.queue == queue)
     }
 
     /// kill -9: `Child::kill` sends SIGKILL on unix. Waits for the process.
     pub fn kill(&mut self, node: NodeId) {
         let child = self.node_mut(node).process.take();
         let mut child = child.unwrap_or_else(|| panic!("kill node {node}: it is not running"));
-        child
-            .kill()
-            .unwrap_or_else(|e| panic!("kill node {node}: {e}"));
-        child
-            .wait()
-            .unwrap_or_else(|e| panic!("reap node {node}: {e}"));
+        child.kill().unwrap_or_else(|e| panic!("kill node {node}: {e}"));
+        child.wait().unwrap_or_else(|e| panic!("reap node {node}: {e}"));
         println!("killed node {node} (SIGKILL)");
     }
 
@@ -316,11 +267,7 @@ impl TestCluster {
 
     async fn stop_nodes(&mut self, ids: &[NodeId]) {
         for &id in ids {
-            let child = self
-                .node(id)
-                .process
-                .as_ref()
-                .unwrap_or_else(|| panic!("stop node {id}: it is not running"));
+            let child = self.node(id).process.as_ref().unwrap_or_else(|| panic!("stop node {id}: it is not running"));
             let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
             // SAFETY: kill(2) takes plain integers; `pid` is our child and not
             // yet reaped, so it cannot name another process.
@@ -334,25 +281,18 @@ impl TestCluster {
             let node = self.node_mut(id);
             let child = node.process.as_mut().expect("checked above");
             loop {
-                match child
-                    .try_wait()
-                    .unwrap_or_else(|e| panic!("wait for node {id}: {e}"))
-                {
+                match child.try_wait().unwrap_or_else(|e| panic!("wait for node {id}: {e}")) {
                     Some(status) => {
                         println!("stopped node {id} (SIGTERM): {status}");
                         node.process = None;
                         break;
                     }
-                    None if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
+                    None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
                     None => {
                         let _ = child.kill();
                         let _ = child.wait();
                         node.process = None;
-                        panic!(
-                            "node {id} did not exit within {GRACEFUL_STOP_TIMEOUT:?} of SIGTERM; killed it"
-                        );
+                        panic!("node {id} did not exit within {GRACEFUL_STOP_TIMEOUT:?} of SIGTERM; killed it");
                     }
                 }
             }
@@ -361,10 +301,7 @@ impl TestCluster {
 
     /// Starts a stopped or killed node again: same id, address and data.
     pub fn restart(&mut self, node: NodeId) {
-        assert!(
-            !self.is_running(node),
-            "restart node {node}: it is still running; kill or stop it first"
-        );
+        assert!(!self.is_running(node), "restart node {node}: it is still running; kill or stop it first");
         self.spawn(node);
         println!("restarted node {node}");
     }
@@ -382,12 +319,7 @@ impl TestCluster {
     pub fn print_log_tails(&self) {
         for node in &self.nodes {
             let path = node.log_path();
-            eprintln!(
-                "----- node {} ({}) last {LOG_TAIL_LINES} lines of {} -----",
-                node.id,
-                node.addr,
-                path.display()
-            );
+            eprintln!("----- node {} ({}) last {LOG_TAIL_LINES} lines of {} -----", node.id, node.addr, path.display());
             match std::fs::read(&path) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
@@ -403,33 +335,20 @@ impl TestCluster {
     }
 
     fn root_path(&self) -> &Path {
-        self.root
-            .as_ref()
-            .expect("the temp dir lives as long as the cluster")
-            .path()
+        self.root.as_ref().expect("the temp dir lives as long as the cluster").path()
     }
 
     fn node(&self, id: NodeId) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
     fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
     /// `1=127.0.0.1:P1,2=127.0.0.1:P2,…`, the node itself included.
     fn peers_flag(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",")
     }
 
     fn spawn(&mut self, id: NodeId) {
@@ -442,12 +361,8 @@ impl TestCluster {
             .append(true)
             .open(node.log_path())
             .unwrap_or_else(|e| panic!("open {}: {e}", node.log_path().display()));
-        writeln!(
-            log,
-            "===== test harness: start #{} of node {} at {} =====",
-            node.starts, id, node.addr
-        )
-        .expect("write the node log");
+        writeln!(log, "===== test harness: start #{} of node {} at {} =====", node.starts, id, node.addr)
+            .expect("write the node log");
         let log_for_stderr = log.try_clone().expect("duplicate the log file handle");
 
         let mut command = Command::new(&binary);
@@ -480,9 +395,7 @@ impl TestCluster {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {} for node {id}: {e}", binary.display()));
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {} for node {id}: {e}", binary.display()));
         node.process = Some(child);
     }
 }
@@ -508,11 +421,7 @@ impl Drop for TestCluster {
 /// bound, so no two nodes get the same port; the ports are free again when
 /// this returns, and the kernel does not hand them out again soon.
 fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("read a bound address"))
-        .collect()
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("read a bound address")).collect()
 }

@@ -59,25 +59,15 @@ pub(crate) fn remove_raftmq_env(command: &mut Command) {
 
 /// Runs `command` with `stdin` as its input, waits at most `timeout` for it
 /// to exit and returns its output. Panics (after killing it) on timeout.
-pub async fn run_with_timeout(
-    command: Command,
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-) -> CommandOutput {
+pub async fn run_with_timeout(command: Command, stdin: Option<&[u8]>, timeout: Duration) -> CommandOutput {
     let description = format!("{command:?}");
     let mut command = tokio::process::Command::from(command);
     command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {description}: {e}"));
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("start {description}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin was configured as a pipe");
         let input = input.to_vec();

@@ -15,11 +15,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Calls `check` until it returns `Some`, and returns that value. Panics with
 /// `what` once `timeout` has passed.
-pub async fn poll_until<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
+pub async fn poll_until<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {

@@ -8,37 +8,22 @@ use std::time::Duration;
 
 use raftmq_cluster_tests::pb::failed_receipt::Reason;
 use raftmq_cluster_tests::pb::{
-    AckRequest, ConsumeRequest, CreateQueueRequest, GetQueueRequest, NackRequest, ProduceMessage,
-    ProduceRequest, QueueConfig,
+    AckRequest, ConsumeRequest, CreateQueueRequest, GetQueueRequest, NackRequest, ProduceMessage, ProduceRequest,
+    QueueConfig,
 };
-use raftmq_cluster_tests::{
-    CALL_TIMEOUT, READY_TIMEOUT, TestCluster, poll_until, request_with_timeout,
-};
+use raftmq_cluster_tests::{CALL_TIMEOUT, READY_TIMEOUT, TestCluster, poll_until, request_with_timeout};
 use tonic::{Code, Status};
 
 const QUEUE: &str = "well-formed";
 const ONE_MIB: usize = 1024 * 1024;
 
 /// Asserts `result` failed with `code` and a message containing each of `mentions`.
-fn assert_rejected<T: Debug>(
-    what: &str,
-    result: Result<tonic::Response<T>, Status>,
-    code: Code,
-    mentions: &[&str],
-) {
+fn assert_rejected<T: Debug>(what: &str, result: Result<tonic::Response<T>, Status>, code: Code, mentions: &[&str]) {
     let status = match result {
-        Ok(response) => panic!(
-            "{what}: expected {code:?}, got OK: {:?}",
-            response.into_inner()
-        ),
+        Ok(response) => panic!("{what}: expected {code:?}, got OK: {:?}", response.into_inner()),
         Err(status) => status,
     };
-    assert_eq!(
-        status.code(),
-        code,
-        "{what}: wrong status code; message: {:?}",
-        status.message()
-    );
+    assert_eq!(status.code(), code, "{what}: wrong status code; message: {:?}", status.message());
     for needle in mentions {
         assert!(
             status.message().contains(needle),
@@ -54,26 +39,15 @@ fn req<T>(message: T) -> tonic::Request<T> {
 }
 
 fn message(body: impl Into<Vec<u8>>) -> ProduceMessage {
-    ProduceMessage {
-        body: body.into(),
-        headers: HashMap::new(),
-    }
+    ProduceMessage { body: body.into(), headers: HashMap::new() }
 }
 
 fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
-    ProduceRequest {
-        queue: queue.to_string(),
-        messages,
-    }
+    ProduceRequest { queue: queue.to_string(), messages }
 }
 
 fn consume(max_messages: u32, wait_time_ms: u64, visibility_timeout_ms: u64) -> ConsumeRequest {
-    ConsumeRequest {
-        queue: QUEUE.to_string(),
-        max_messages,
-        wait_time_ms,
-        visibility_timeout_ms,
-    }
+    ConsumeRequest { queue: QUEUE.to_string(), max_messages, wait_time_ms, visibility_timeout_ms }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,20 +55,13 @@ async fn bad_input_gets_clear_status() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
-    let node = cluster
-        .node_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let node = cluster.node_ids().into_iter().find(|id| *id != leader).expect("a follower");
     let client = cluster.client(node);
     let mut queues = client.queues.clone();
     let mut messages = client.messages.clone();
 
     // Queue names.
-    let create = |name: &str| CreateQueueRequest {
-        name: name.to_string(),
-        config: None,
-    };
+    let create = |name: &str| CreateQueueRequest { name: name.to_string(), config: None };
     assert_rejected(
         "create with a bad name",
         queues.create_queue(req(create("bad name!"))).await,
@@ -113,18 +80,10 @@ async fn bad_input_gets_clear_status() {
         Code::InvalidArgument,
         &["name", "200"],
     );
-    assert_rejected(
-        "create a duplicate",
-        queues.create_queue(req(create(QUEUE))).await,
-        Code::AlreadyExists,
-        &[QUEUE],
-    );
+    assert_rejected("create a duplicate", queues.create_queue(req(create(QUEUE))).await, Code::AlreadyExists, &[QUEUE]);
     let bad_config = CreateQueueRequest {
         name: "bad-config".to_string(),
-        config: Some(QueueConfig {
-            max_message_bytes: 64 * ONE_MIB as u64,
-            ..Default::default()
-        }),
+        config: Some(QueueConfig { max_message_bytes: 64 * ONE_MIB as u64, ..Default::default() }),
     };
     assert_rejected(
         "create with max_message_bytes 64 MiB",
@@ -134,27 +93,19 @@ async fn bad_input_gets_clear_status() {
     );
     assert_rejected(
         "get an unknown queue",
-        queues
-            .get_queue(req(GetQueueRequest {
-                name: "no-such-queue".into(),
-            }))
-            .await,
+        queues.get_queue(req(GetQueueRequest { name: "no-such-queue".into() })).await,
         Code::NotFound,
         &["no-such-queue"],
     );
     assert_rejected(
         "produce to an unknown queue",
-        messages
-            .produce(req(produce("no-such-queue", vec![message("x")])))
-            .await,
+        messages.produce(req(produce("no-such-queue", vec![message("x")]))).await,
         Code::NotFound,
         &["no-such-queue"],
     );
     assert_rejected(
         "produce to a bad queue name",
-        messages
-            .produce(req(produce("a/b", vec![message("x")])))
-            .await,
+        messages.produce(req(produce("a/b", vec![message("x")]))).await,
         Code::InvalidArgument,
         &["queue", "'/'"],
     );
@@ -168,18 +119,14 @@ async fn bad_input_gets_clear_status() {
     );
     assert_rejected(
         "produce an empty body",
-        messages
-            .produce(req(produce(QUEUE, vec![message("ok"), message("")])))
-            .await,
+        messages.produce(req(produce(QUEUE, vec![message("ok"), message("")]))).await,
         Code::InvalidArgument,
         &["messages[1]", "body"],
     );
     let too_big = message(vec![b'x'; ONE_MIB + 1]);
     assert_rejected(
         "produce a body over 1 MiB",
-        messages
-            .produce(req(produce(QUEUE, vec![message("ok"), too_big])))
-            .await,
+        messages.produce(req(produce(QUEUE, vec![message("ok"), too_big]))).await,
         Code::InvalidArgument,
         &["messages[1]", "max_message_bytes"],
     );
@@ -228,87 +175,36 @@ async fn bad_input_gets_clear_status() {
         Code::InvalidArgument,
         &["receipt", "not-a-receipt"],
     );
-    assert_rejected(
-        "ack no receipts",
-        messages.ack(req(ack(vec![]))).await,
-        Code::InvalidArgument,
-        &["receipts"],
-    );
-    let nack = NackRequest {
-        queue: QUEUE.to_string(),
-        receipts: vec!["not-a-receipt".into()],
-        delay_ms: 0,
-    };
-    assert_rejected(
-        "nack a malformed receipt",
-        messages.nack(req(nack)).await,
-        Code::InvalidArgument,
-        &["receipt"],
-    );
+    assert_rejected("ack no receipts", messages.ack(req(ack(vec![]))).await, Code::InvalidArgument, &["receipts"]);
+    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec!["not-a-receipt".into()], delay_ms: 0 };
+    assert_rejected("nack a malformed receipt", messages.nack(req(nack)).await, Code::InvalidArgument, &["receipt"]);
 
     // A stale receipt is not an error of the call: it is reported in `failed`.
-    client
-        .produce(QUEUE, ["settle me"])
-        .await
-        .expect("produce a good message");
-    let leased = client
-        .consume(QUEUE, 1, 5000, 60_000)
-        .await
-        .expect("consume a good message");
+    client.produce(QUEUE, ["settle me"]).await.expect("produce a good message");
+    let leased = client.consume(QUEUE, 1, 5000, 60_000).await.expect("consume a good message");
     assert_eq!(leased.len(), 1, "{leased:?}");
     let receipt = leased[0].receipt.clone();
     let first = client.ack(QUEUE, vec![receipt.clone()]).await.expect("ack");
     assert_eq!((first.succeeded, first.failed.len()), (1, 0), "{first:?}");
-    let stale = client
-        .ack(QUEUE, vec![receipt.clone()])
-        .await
-        .expect("ack with a stale receipt is answered");
+    let stale = client.ack(QUEUE, vec![receipt.clone()]).await.expect("ack with a stale receipt is answered");
     assert_eq!(stale.succeeded, 0, "{stale:?}");
     assert_eq!(stale.failed.len(), 1, "{stale:?}");
     assert_eq!(stale.failed[0].receipt, receipt);
     assert_eq!(stale.failed[0].reason(), Reason::MessageGone, "{stale:?}");
-    let nack = NackRequest {
-        queue: QUEUE.to_string(),
-        receipts: vec![receipt.clone()],
-        delay_ms: 0,
-    };
-    let stale_nack = messages
-        .nack(req(nack))
-        .await
-        .expect("nack with a stale receipt is answered")
-        .into_inner();
-    assert_eq!(
-        (stale_nack.succeeded, stale_nack.failed.len()),
-        (0, 1),
-        "{stale_nack:?}"
-    );
+    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec![receipt.clone()], delay_ms: 0 };
+    let stale_nack = messages.nack(req(nack)).await.expect("nack with a stale receipt is answered").into_inner();
+    assert_eq!((stale_nack.succeeded, stale_nack.failed.len()), (0, 1), "{stale_nack:?}");
 
     // The server is still up and serving, on every node.
     cluster.assert_running();
     cluster.wait_ready(Duration::from_secs(10)).await;
-    client
-        .produce(QUEUE, ["still alive"])
-        .await
-        .expect("produce after the bad input");
-    let after = client
-        .consume(QUEUE, 10, 5000, 60_000)
-        .await
-        .expect("consume after the bad input");
-    assert_eq!(
-        after.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
-        vec![b"still alive".as_slice()]
-    );
-    client
-        .ack(QUEUE, vec![after[0].receipt.clone()])
-        .await
-        .expect("ack after the bad input");
-    poll_until(
-        Duration::from_secs(10),
-        "the queue's depth is 0",
-        async || {
-            let stats = client.get_queue(QUEUE).await.ok()?.stats?;
-            (stats.depth == 0).then_some(())
-        },
-    )
+    client.produce(QUEUE, ["still alive"]).await.expect("produce after the bad input");
+    let after = client.consume(QUEUE, 10, 5000, 60_000).await.expect("consume after the bad input");
+    assert_eq!(after.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"still alive".as_slice()]);
+    client.ack(QUEUE, vec![after[0].receipt.clone()]).await.expect("ack after the bad input");
+    poll_until(Duration::from_secs(10), "the queue's depth is 0", async || {
+        let stats = client.get_queue(QUEUE).await.ok()?.stats?;
+        (stats.depth == 0).then_some(())
+    })
     .await;
 }

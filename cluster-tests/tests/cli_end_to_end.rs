@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::{
-    CommandOutput, READY_TIMEOUT, TestCluster, raftmq_command, run_with_timeout,
-};
+use raftmq_cluster_tests::{CommandOutput, READY_TIMEOUT, TestCluster, raftmq_command, run_with_timeout};
 use tokio::time::Instant;
 
 const QUEUE: &str = "cli-queue";
@@ -32,10 +30,7 @@ async fn assert_depth_reaches(endpoints: &str, depth: u64) {
         if depth_in(&get.assert_success().stdout) == Some(depth) {
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "queue get should show depth {depth}: {get}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(15), "queue get should show depth {depth}: {get}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -44,11 +39,7 @@ async fn assert_depth_reaches(endpoints: &str, depth: u64) {
 fn depth_in(output: &str) -> Option<u64> {
     let lower = output.to_lowercase();
     let after = &lower[lower.find("depth")? + "depth".len()..];
-    let digits: String = after
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = after.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
 
@@ -74,9 +65,8 @@ fn bodies_in(json_output: &str) -> Vec<String> {
         Ok(document) => collect(&document, &mut bodies),
         Err(_) => {
             for line in json_output.lines().filter(|l| !l.trim().is_empty()) {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                    panic!("consume --json printed a line that is not JSON ({e}): {line:?}")
-                });
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("consume --json printed a line that is not JSON ({e}): {line:?}"));
                 collect(&value, &mut bodies);
             }
         }
@@ -88,22 +78,13 @@ fn bodies_in(json_output: &str) -> Vec<String> {
 async fn cli_end_to_end() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
-    let endpoints: Vec<String> = cluster
-        .node_ids()
-        .iter()
-        .map(|id| cluster.addr(*id).to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.node_ids().iter().map(|id| cluster.addr(*id).to_string()).collect();
     let endpoints = endpoints.join(",");
     let run = async |args: &[&str], stdin: Option<&[u8]>| cli(&endpoints, args, stdin).await;
 
-    run(&["queue", "create", QUEUE], None)
-        .await
-        .assert_success();
+    run(&["queue", "create", QUEUE], None).await.assert_success();
     let list = run(&["queue", "list"], None).await;
-    assert!(
-        list.assert_success().stdout.contains(QUEUE),
-        "queue list does not show {QUEUE}: {list}"
-    );
+    assert!(list.assert_success().stdout.contains(QUEUE), "queue list does not show {QUEUE}: {list}");
 
     // The queue's group elects a leader shortly after the create; the CLI
     // retries UNAVAILABLE, so one produce is enough.
@@ -116,19 +97,7 @@ async fn cli_end_to_end() {
     let mut bodies = Vec::new();
     let started = Instant::now();
     while bodies.len() < 3 && started.elapsed() < Duration::from_secs(30) {
-        let consumed = run(
-            &[
-                "consume",
-                QUEUE,
-                "--max",
-                "10",
-                "--wait-ms",
-                "5000",
-                "--json",
-            ],
-            None,
-        )
-        .await;
+        let consumed = run(&["consume", QUEUE, "--max", "10", "--wait-ms", "5000", "--json"], None).await;
         bodies.extend(bodies_in(&consumed.assert_success().stdout));
     }
     bodies.sort();
@@ -139,18 +108,10 @@ async fn cli_end_to_end() {
 
     run(&["cluster", "status"], None).await.assert_success();
 
-    run(&["queue", "delete", QUEUE], None)
-        .await
-        .assert_success();
+    run(&["queue", "delete", QUEUE], None).await.assert_success();
     let gone = run(&["queue", "get", QUEUE], None).await;
-    assert!(
-        !gone.status.success(),
-        "queue get succeeded after delete: {gone}"
-    );
-    assert!(
-        gone.stderr.contains(QUEUE),
-        "the error for a deleted queue does not name it: {gone}"
-    );
+    assert!(!gone.status.success(), "queue get succeeded after delete: {gone}");
+    assert!(gone.stderr.contains(QUEUE), "the error for a deleted queue does not name it: {gone}");
 
     // A server with a bad setting refuses to start, names it, exits 2.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -169,11 +130,7 @@ async fn cli_end_to_end() {
         "1=127.0.0.1:1",
     ];
     let refused = raftmq(&args, None).await;
-    assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "a bad config must exit 2: {refused}"
-    );
+    assert_eq!(refused.status.code(), Some(2), "a bad config must exit 2: {refused}");
     let said = format!("{}{}", refused.stderr, refused.stdout);
     assert!(
         said.contains("listen_addr") || said.contains("listen-addr"),

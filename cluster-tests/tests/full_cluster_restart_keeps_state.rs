@@ -41,18 +41,9 @@ async fn consume_n(
     let mut messages = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while messages.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} messages consumed within 30 s",
-            messages.len()
-        );
+        assert!(Instant::now() < deadline, "only {} of {n} messages consumed within 30 s", messages.len());
         let want = (n - messages.len()) as u32;
-        messages.extend(
-            client
-                .consume(QUEUE, want, 1000, lease_ms)
-                .await
-                .expect("consume before the restart"),
-        );
+        messages.extend(client.consume(QUEUE, want, 1000, lease_ms).await.expect("consume before the restart"));
     }
     messages
 }
@@ -63,36 +54,21 @@ async fn restart_scenario(stop: Stop) {
     cluster.create_queue(QUEUE, QueueConfig::default()).await;
     let client = cluster.client(1);
 
-    let bodies: Vec<String> = (0..N_MESSAGES)
-        .map(|i| format!("survivor-{i:04}"))
-        .collect();
+    let bodies: Vec<String> = (0..N_MESSAGES).map(|i| format!("survivor-{i:04}")).collect();
     for chunk in bodies.chunks(50) {
-        client
-            .produce(QUEUE, chunk.to_vec())
-            .await
-            .expect("produce before the restart");
+        client.produce(QUEUE, chunk.to_vec()).await.expect("produce before the restart");
     }
 
     let acked = consume_n(&client, N_ACKED, 60_000).await;
-    let settled = client
-        .ack(QUEUE, acked.iter().map(|m| m.receipt.clone()).collect())
-        .await
-        .expect("ack");
+    let settled = client.ack(QUEUE, acked.iter().map(|m| m.receipt.clone()).collect()).await.expect("ack");
     assert_eq!(settled.succeeded as usize, N_ACKED, "{:?}", settled.failed);
     let acked: HashSet<String> = acked.iter().map(body_text).collect();
 
     let leased = consume_n(&client, N_LEASED, LEASE_MS).await;
-    let lease_ends_ms = leased
-        .iter()
-        .map(|m| m.lease_deadline_ms)
-        .max()
-        .expect("leased messages");
+    let lease_ends_ms = leased.iter().map(|m| m.lease_deadline_ms).max().expect("leased messages");
     let leased: HashSet<String> = leased.iter().map(body_text).collect();
-    let never_consumed: HashSet<String> = bodies
-        .iter()
-        .filter(|b| !acked.contains(*b) && !leased.contains(*b))
-        .cloned()
-        .collect();
+    let never_consumed: HashSet<String> =
+        bodies.iter().filter(|b| !acked.contains(*b) && !leased.contains(*b)).cloned().collect();
     assert_eq!(never_consumed.len(), N_MESSAGES - N_ACKED - N_LEASED);
 
     match stop {
@@ -104,11 +80,9 @@ async fn restart_scenario(stop: Stop) {
     cluster.leader_of(QUEUE, Duration::from_secs(30)).await;
 
     let client = cluster.client(2);
-    let info = retry_unavailable(Duration::from_secs(30), async || {
-        client.get_queue(QUEUE).await
-    })
-    .await
-    .expect("the queue exists after the restart");
+    let info = retry_unavailable(Duration::from_secs(30), async || client.get_queue(QUEUE).await)
+        .await
+        .expect("the queue exists after the restart");
     assert_eq!(info.name, QUEUE);
 
     // Everything not acked comes back: the never-consumed ones at once, the
@@ -122,22 +96,11 @@ async fn restart_scenario(stop: Stop) {
             delivered.len(),
             N_MESSAGES - N_ACKED
         );
-        let messages = client
-            .consume(QUEUE, 100, 2000, 60_000)
-            .await
-            .expect("consume after the restart");
+        let messages = client.consume(QUEUE, 100, 2000, 60_000).await.expect("consume after the restart");
         for message in &messages {
             let text = body_text(message);
-            assert!(
-                !acked.contains(&text),
-                "{text:?} was acked before the restart but delivered again"
-            );
-            assert!(
-                delivered
-                    .insert(text.clone(), message.delivery_attempt)
-                    .is_none(),
-                "{text:?} delivered twice"
-            );
+            assert!(!acked.contains(&text), "{text:?} was acked before the restart but delivered again");
+            assert!(delivered.insert(text.clone(), message.delivery_attempt).is_none(), "{text:?} delivered twice");
         }
         if !messages.is_empty() {
             client
@@ -148,33 +111,17 @@ async fn restart_scenario(stop: Stop) {
     }
     for (text, attempt) in &delivered {
         let expected = if leased.contains(text) { 2 } else { 1 };
-        assert_eq!(
-            *attempt, expected,
-            "{text:?}: delivery_attempt {attempt} after the restart"
-        );
+        assert_eq!(*attempt, expected, "{text:?}: delivery_attempt {attempt} after the restart");
     }
 
     // Nothing else comes back, even after the old leases would have ended.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
     let wait_ms = lease_ends_ms.saturating_sub(now_ms) + 1000;
-    let rest = client
-        .consume(QUEUE, 100, wait_ms, 60_000)
-        .await
-        .expect("final consume");
-    assert!(
-        rest.is_empty(),
-        "delivered after everything was acked: {rest:?}"
-    );
-    poll_until(
-        Duration::from_secs(10),
-        "the queue's depth is 0",
-        async || {
-            let stats = client.get_queue(QUEUE).await.ok()?.stats?;
-            (stats.depth == 0).then_some(())
-        },
-    )
+    let rest = client.consume(QUEUE, 100, wait_ms, 60_000).await.expect("final consume");
+    assert!(rest.is_empty(), "delivered after everything was acked: {rest:?}");
+    poll_until(Duration::from_secs(10), "the queue's depth is 0", async || {
+        let stats = client.get_queue(QUEUE).await.ok()?.stats?;
+        (stats.depth == 0).then_some(())
+    })
     .await;
 }

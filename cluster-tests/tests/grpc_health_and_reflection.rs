@@ -16,25 +16,19 @@ async fn reflect(
     client: &mut ServerReflectionClient<tonic::transport::Channel>,
     request: MessageRequest,
 ) -> MessageResponse {
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    };
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
     let stream = tokio_stream::iter(vec![request]);
     let mut responses = client
         .server_reflection_info(request_with_timeout(stream, CALL_TIMEOUT))
         .await
         .expect("open the reflection stream")
         .into_inner();
-    let response: ServerReflectionResponse =
-        tokio::time::timeout(CALL_TIMEOUT, responses.message())
-            .await
-            .expect("reflection answers in time")
-            .expect("read a reflection response")
-            .expect("one reflection response");
-    response
-        .message_response
-        .expect("the response carries an answer")
+    let response: ServerReflectionResponse = tokio::time::timeout(CALL_TIMEOUT, responses.message())
+        .await
+        .expect("reflection answers in time")
+        .expect("read a reflection response")
+        .expect("one reflection response");
+    response.message_response.expect("the response carries an answer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,27 +38,14 @@ async fn grpc_health_and_reflection() {
 
     for node in cluster.node_ids() {
         let mut health = HealthClient::new(cluster.client(node).channel);
-        for service in [
-            "",
-            "raftmq.v1.MessageService",
-            "raftmq.v1.QueueService",
-            "raftmq.v1.ClusterService",
-        ] {
-            let check = HealthCheckRequest {
-                service: service.to_string(),
-            };
+        for service in ["", "raftmq.v1.MessageService", "raftmq.v1.QueueService", "raftmq.v1.ClusterService"] {
+            let check = HealthCheckRequest { service: service.to_string() };
             let response = health
                 .check(request_with_timeout(check, CALL_TIMEOUT))
                 .await
-                .unwrap_or_else(|status| {
-                    panic!("health check of {service:?} on node {node}: {status:?}")
-                })
+                .unwrap_or_else(|status| panic!("health check of {service:?} on node {node}: {status:?}"))
                 .into_inner();
-            assert_eq!(
-                response.status(),
-                ServingStatus::Serving,
-                "node {node}, service {service:?}"
-            );
+            assert_eq!(response.status(), ServingStatus::Serving, "node {node}, service {service:?}");
         }
     }
 
@@ -76,30 +57,18 @@ async fn grpc_health_and_reflection() {
     };
     let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     println!("reflection lists {services:?}");
-    for expected in [
-        "raftmq.v1.MessageService",
-        "raftmq.v1.QueueService",
-        "raftmq.v1.ClusterService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            services.iter().any(|s| s == expected),
-            "reflection does not list {expected}: {services:?}"
-        );
+    for expected in
+        ["raftmq.v1.MessageService", "raftmq.v1.QueueService", "raftmq.v1.ClusterService", "grpc.health.v1.Health"]
+    {
+        assert!(services.iter().any(|s| s == expected), "reflection does not list {expected}: {services:?}");
     }
 
-    let described = reflect(
-        &mut reflection,
-        MessageRequest::FileContainingSymbol("raftmq.v1.MessageService".to_string()),
-    )
-    .await;
+    let described =
+        reflect(&mut reflection, MessageRequest::FileContainingSymbol("raftmq.v1.MessageService".to_string())).await;
     let MessageResponse::FileDescriptorResponse(files) = described else {
         panic!("file_containing_symbol raftmq.v1.MessageService answered with {described:?}");
     };
-    assert!(
-        !files.file_descriptor_proto.is_empty(),
-        "no descriptor for raftmq.v1.MessageService"
-    );
+    assert!(!files.file_descriptor_proto.is_empty(), "no descriptor for raftmq.v1.MessageService");
     // Serialized FileDescriptorProtos (the file and its dependencies); their
     // bytes hold the names as plain strings.
     let file = files
@@ -109,9 +78,6 @@ async fn grpc_health_and_reflection() {
         .find(|text| text.contains("MessageService"))
         .expect("a descriptor defines MessageService");
     for name in ["raftmq.v1", "Produce", "Consume", "Ack"] {
-        assert!(
-            file.contains(name),
-            "the MessageService descriptor does not mention {name}"
-        );
+        assert!(file.contains(name), "the MessageService descriptor does not mention {name}");
     }
 }

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::QueueConfig;
-use raftmq_cluster_tests::{
-    Client, READY_TIMEOUT, TestCluster, body_text, is_retryable, poll_until,
-};
+use raftmq_cluster_tests::{Client, READY_TIMEOUT, TestCluster, body_text, is_retryable, poll_until};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -45,28 +43,20 @@ async fn produce_until_stopped(
     let mut report = ProducerReport::default();
     let mut seq = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        let bodies: Vec<String> = (seq..seq + BATCH)
-            .map(|i| format!("p{producer}-{i:06}"))
-            .collect();
+        let bodies: Vec<String> = (seq..seq + BATCH).map(|i| format!("p{producer}-{i:06}")).collect();
         seq += BATCH;
         let sent_at = Instant::now();
         match client.produce(QUEUE, bodies.clone()).await {
             Ok(offsets) => {
                 assert_eq!(offsets.len(), BATCH, "one offset per message");
-                successes
-                    .lock()
-                    .expect("lock successes")
-                    .push((sent_at, Instant::now()));
+                successes.lock().expect("lock successes").push((sent_at, Instant::now()));
                 report.confirmed.extend(bodies.into_iter().zip(offsets));
             }
             Err(status) if is_retryable(&status) => {
                 report.unknown.extend(bodies);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(status) => panic!(
-                "producer {producer} via {}: unexpected error {status:?}",
-                client.endpoint
-            ),
+            Err(status) => panic!("producer {producer} via {}: unexpected error {status:?}", client.endpoint),
         }
     }
     report
@@ -77,65 +67,42 @@ async fn leader_kill_during_produce_loses_nothing() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
-    let followers: Vec<u64> = cluster
-        .node_ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|id| *id != leader).collect();
     // Two producers per follower. They keep their node; none talks to the
     // leader, which is about to die.
-    let targets: Vec<u64> = (0..N_PRODUCERS)
-        .map(|p| followers[p % followers.len()])
-        .collect();
+    let targets: Vec<u64> = (0..N_PRODUCERS).map(|p| followers[p % followers.len()]).collect();
     println!("queue {QUEUE} is led by node {leader}; producers target nodes {targets:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let successes = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
     let mut producers = JoinSet::new();
     for (producer, node) in targets.iter().enumerate() {
-        producers.spawn(produce_until_stopped(
-            producer,
-            cluster.client(*node),
-            stop.clone(),
-            successes.clone(),
-        ));
+        producers.spawn(produce_until_stopped(producer, cluster.client(*node), stop.clone(), successes.clone()));
     }
 
     let n_successes = || successes.lock().expect("lock successes").len();
-    poll_until(
-        Duration::from_secs(60),
-        "enough produces succeed before the kill",
-        async || (n_successes() * BATCH >= MIN_CONFIRMED_BEFORE_KILL).then_some(()),
-    )
+    poll_until(Duration::from_secs(60), "enough produces succeed before the kill", async || {
+        (n_successes() * BATCH >= MIN_CONFIRMED_BEFORE_KILL).then_some(())
+    })
     .await;
     cluster.kill(leader);
     let killed_at = Instant::now();
 
     // Only produces sent after the kill count: one the old leader committed
     // just before dying can still return OK a moment after the kill.
-    let recovered_at = poll_until(
-        Duration::from_secs(60),
-        "a produce sent after the kill succeeds",
-        async || {
-            let successes = successes.lock().expect("lock successes");
-            successes
-                .iter()
-                .filter(|(sent_at, _)| *sent_at > killed_at)
-                .map(|(_, done_at)| *done_at)
-                .min()
-        },
-    )
+    let recovered_at = poll_until(Duration::from_secs(60), "a produce sent after the kill succeeds", async || {
+        let successes = successes.lock().expect("lock successes");
+        successes.iter().filter(|(sent_at, _)| *sent_at > killed_at).map(|(_, done_at)| *done_at).min()
+    })
     .await;
     let recovery = recovered_at - killed_at;
     println!("first successful produce {recovery:?} after kill -9 of leader node {leader}");
 
     // Let the new leader take some load, then stop the producers.
     let before = n_successes();
-    poll_until(
-        Duration::from_secs(30),
-        "more produces succeed on the new leader",
-        async || (n_successes() >= before + 20).then_some(()),
-    )
+    poll_until(Duration::from_secs(30), "more produces succeed on the new leader", async || {
+        (n_successes() >= before + 20).then_some(())
+    })
     .await;
     stop.store(true, Ordering::Relaxed);
     let mut confirmed: HashMap<String, u64> = HashMap::new();
@@ -149,11 +116,7 @@ async fn leader_kill_during_produce_loses_nothing() {
     })
     .await;
     assert!(joined.is_ok(), "producers did not stop within 60 s");
-    println!(
-        "{} messages confirmed, {} of unknown outcome",
-        confirmed.len(),
-        unknown.len()
-    );
+    println!("{} messages confirmed, {} of unknown outcome", confirmed.len(), unknown.len());
     assert!(
         recovery < MAX_RECOVERY,
         "produces failed for {recovery:?} after the leader died; the limit is {MAX_RECOVERY:?}"
@@ -169,14 +132,9 @@ async fn leader_kill_during_produce_loses_nothing() {
     // nothing comes for 5 consumes in a row (then the check below says what
     // is missing).
     loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "draining the queue took over 180 s"
-        );
-        let messages = consumer
-            .consume(QUEUE, 1000, 1000, VISIBILITY_TIMEOUT_MS)
-            .await
-            .expect("consume after failover");
+        assert!(started.elapsed() < Duration::from_secs(180), "draining the queue took over 180 s");
+        let messages =
+            consumer.consume(QUEUE, 1000, 1000, VISIBILITY_TIMEOUT_MS).await.expect("consume after failover");
         if messages.is_empty() {
             empty_in_a_row += 1;
             if empty_in_a_row >= 5 || confirmed.keys().all(|body| delivered_bodies.contains(body)) {
@@ -196,33 +154,18 @@ async fn leader_kill_during_produce_loses_nothing() {
             // A body can be appended twice: a node that forwards a produce
             // retries it when the old leader dies under the call.
             delivered_bodies.insert(text.clone());
-            assert!(
-                delivered.insert(message.offset, text).is_none(),
-                "offset {} delivered twice",
-                message.offset
-            );
+            assert!(delivered.insert(message.offset, text).is_none(), "offset {} delivered twice", message.offset);
             receipts.push(message.receipt.clone());
         }
-        let settled = consumer
-            .ack(QUEUE, receipts)
-            .await
-            .expect("ack after failover");
+        let settled = consumer.ack(QUEUE, receipts).await.expect("ack after failover");
         assert!(settled.failed.is_empty(), "{:?}", settled.failed);
     }
     let mut offsets_of: HashMap<&String, Vec<u64>> = HashMap::new();
     for (offset, body) in &delivered {
         offsets_of.entry(body).or_default().push(*offset);
     }
-    let lost: Vec<&String> = confirmed
-        .keys()
-        .filter(|body| !offsets_of.contains_key(body))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} confirmed messages were lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    let lost: Vec<&String> = confirmed.keys().filter(|body| !offsets_of.contains_key(body)).collect();
+    assert!(lost.is_empty(), "{} confirmed messages were lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
     for (body, offset) in &confirmed {
         assert!(
             offsets_of[body].contains(offset),
@@ -242,22 +185,12 @@ async fn leader_kill_during_produce_loses_nothing() {
     cluster.restart(leader);
     cluster.wait_ready(READY_TIMEOUT).await;
     let new_leader = cluster.leader_of(QUEUE, Duration::from_secs(30)).await;
-    let target = cluster
-        .group_status(new_leader, QUEUE)
-        .await
-        .expect("the leader's view of the queue")
-        .applied_index;
-    let caught_up = poll_until(
-        Duration::from_secs(60),
-        "the restarted node catches up",
-        async || {
-            let status = cluster.group_status(leader, QUEUE).await?;
-            (status.applied_index >= target).then_some(status.applied_index)
-        },
-    )
+    let target = cluster.group_status(new_leader, QUEUE).await.expect("the leader's view of the queue").applied_index;
+    let caught_up = poll_until(Duration::from_secs(60), "the restarted node catches up", async || {
+        let status = cluster.group_status(leader, QUEUE).await?;
+        (status.applied_index >= target).then_some(status.applied_index)
+    })
     .await;
-    println!(
-        "restarted node {leader} applied index {caught_up}, leader node {new_leader} had {target}"
-    );
+    println!("restarted node {leader} applied index {caught_up}, leader node {new_leader} had {target}");
     cluster.assert_running();
 }

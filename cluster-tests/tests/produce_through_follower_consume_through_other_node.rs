@@ -29,11 +29,7 @@ async fn produce_through_follower_consume_through_other_node() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
-    let followers: Vec<u64> = cluster
-        .node_ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|id| *id != leader).collect();
     let (producer_node, consumer_node) = (followers[0], followers[1]);
     println!(
         "queue {QUEUE} is led by node {leader}; producing through node {producer_node}, consuming through node {consumer_node}"
@@ -49,18 +45,11 @@ async fn produce_through_follower_consume_through_other_node() {
             let mut produced = Vec::new();
             for batch in (p..N_MESSAGES / BATCH).step_by(N_PRODUCERS) {
                 let bodies: Vec<String> = (batch * BATCH..(batch + 1) * BATCH).map(body).collect();
-                let offsets =
-                    client
-                        .produce(QUEUE, bodies.clone())
-                        .await
-                        .unwrap_or_else(|status| {
-                            panic!("produce batch {batch} through node {producer_node}: {status:?}")
-                        });
-                assert_eq!(
-                    offsets.len(),
-                    BATCH,
-                    "produce batch {batch}: one offset per message"
-                );
+                let offsets = client
+                    .produce(QUEUE, bodies.clone())
+                    .await
+                    .unwrap_or_else(|status| panic!("produce batch {batch} through node {producer_node}: {status:?}"));
+                assert_eq!(offsets.len(), BATCH, "produce batch {batch}: one offset per message");
                 produced.extend(offsets.into_iter().zip(bodies));
             }
             produced
@@ -77,15 +66,9 @@ async fn produce_through_follower_consume_through_other_node() {
         }
     })
     .await;
-    assert!(
-        all_produced.is_ok(),
-        "producing {N_MESSAGES} messages took longer than {PRODUCE_TIMEOUT:?}"
-    );
+    assert!(all_produced.is_ok(), "producing {N_MESSAGES} messages took longer than {PRODUCE_TIMEOUT:?}");
     assert_eq!(body_at.len(), N_MESSAGES);
-    println!(
-        "produced {N_MESSAGES} messages through node {producer_node} in {:?}",
-        started.elapsed()
-    );
+    println!("produced {N_MESSAGES} messages through node {producer_node} in {:?}", started.elapsed());
 
     let consumer = cluster.client(consumer_node);
     let started = Instant::now();
@@ -104,11 +87,7 @@ async fn produce_through_follower_consume_through_other_node() {
         let mut receipts = Vec::new();
         for message in &messages {
             let text = body_text(message);
-            assert_eq!(
-                message.delivery_attempt, 1,
-                "offset {} was delivered more than once",
-                message.offset
-            );
+            assert_eq!(message.delivery_attempt, 1, "offset {} was delivered more than once", message.offset);
             assert_eq!(
                 body_at.get(&message.offset),
                 Some(&text),
@@ -122,51 +101,24 @@ async fn produce_through_follower_consume_through_other_node() {
                 message.offset
             );
             last_offset = Some(message.offset);
-            assert!(
-                delivered.insert(message.offset, text).is_none(),
-                "offset {} delivered twice",
-                message.offset
-            );
+            assert!(delivered.insert(message.offset, text).is_none(), "offset {} delivered twice", message.offset);
             receipts.push(message.receipt.clone());
         }
         if !receipts.is_empty() {
             let n = receipts.len();
-            let settled = consumer
-                .ack(QUEUE, receipts)
-                .await
-                .expect("ack through the consuming node");
-            assert!(
-                settled.failed.is_empty(),
-                "fresh receipts failed to ack: {:?}",
-                settled.failed
-            );
+            let settled = consumer.ack(QUEUE, receipts).await.expect("ack through the consuming node");
+            assert!(settled.failed.is_empty(), "fresh receipts failed to ack: {:?}", settled.failed);
             assert_eq!(settled.succeeded as usize, n);
         }
     }
-    assert_eq!(
-        delivered, body_at,
-        "the delivered messages differ from the produced ones"
-    );
-    println!(
-        "consumed and acked {N_MESSAGES} messages through node {consumer_node} in {:?}",
-        started.elapsed()
-    );
+    assert_eq!(delivered, body_at, "the delivered messages differ from the produced ones");
+    println!("consumed and acked {N_MESSAGES} messages through node {consumer_node} in {:?}", started.elapsed());
 
-    poll_until(
-        Duration::from_secs(15),
-        "the queue's depth is 0",
-        async || {
-            let stats = consumer.get_queue(QUEUE).await.ok()?.stats?;
-            (stats.depth == 0).then_some(())
-        },
-    )
+    poll_until(Duration::from_secs(15), "the queue's depth is 0", async || {
+        let stats = consumer.get_queue(QUEUE).await.ok()?.stats?;
+        (stats.depth == 0).then_some(())
+    })
     .await;
-    let leftover = consumer
-        .consume(QUEUE, 10, 1000, 0)
-        .await
-        .expect("consume from the drained queue");
-    assert!(
-        leftover.is_empty(),
-        "a drained queue delivered {leftover:?}"
-    );
+    let leftover = consumer.consume(QUEUE, 10, 1000, 0).await.expect("consume from the drained queue");
+    assert!(leftover.is_empty(), "a drained queue delivered {leftover:?}");
 }

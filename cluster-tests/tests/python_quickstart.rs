@@ -37,10 +37,7 @@ async fn python_quickstart() {
             .unwrap_or_else(|| panic!("message {n} not received: {output}"));
         assert!(line.contains("attempt=1"), "{line}");
         assert!(line.contains(&format!("body='hello {n}'")), "{line}");
-        assert!(
-            line.contains(&format!("'n': '{n}'")),
-            "headers not delivered: {line}"
-        );
+        assert!(line.contains(&format!("'n': '{n}'")), "headers not delivered: {line}");
     }
     assert!(has("acked 3 messages"), "{output}");
     assert!(has("depth after ack: 0"), "{output}");

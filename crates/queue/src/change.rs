@@ -9,10 +9,7 @@ pub enum Change {
     /// A new message body, written once at produce.
     PutMessage(StoredMessage),
     /// Create or overwrite the delivery record of a message.
-    PutDelivery {
-        offset: Offset,
-        state: DeliveryState,
-    },
+    PutDelivery { offset: Offset, state: DeliveryState },
     /// Drop a message's body and delivery record.
     DeleteMessage(Offset),
     /// Drop every body and delivery record of the queue (purge).

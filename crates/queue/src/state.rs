@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt,
-    ReceiptFailure, ReceiptFailureReason, StoredMessage, TimestampMs,
+    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt, ReceiptFailure,
+    ReceiptFailureReason, StoredMessage, TimestampMs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,14 +83,8 @@ impl QueueState {
     }
 
     /// Rebuilds the state from persisted delivery records.
-    pub fn restore(
-        next_offset: Offset,
-        deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>,
-    ) -> Self {
-        let mut state = QueueState {
-            next_offset,
-            ..Default::default()
-        };
+    pub fn restore(next_offset: Offset, deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>) -> Self {
+        let mut state = QueueState { next_offset, ..Default::default() };
         for (offset, delivery) in deliveries {
             state.insert(offset, delivery);
         }
@@ -106,66 +100,37 @@ impl QueueState {
         self.deliveries.get(&offset)
     }
 
-    pub fn apply(
-        &mut self,
-        log_index: u64,
-        request: &QueueRequest,
-        changes: &mut Vec<Change>,
-    ) -> QueueResponse {
+    pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {
             QueueCommand::Produce { messages } => self.produce(now, messages, changes),
-            QueueCommand::Lease {
-                max_messages,
-                visibility_timeout_ms,
-            } => self.lease(
-                log_index,
-                now,
-                *max_messages,
-                *visibility_timeout_ms,
-                changes,
-            ),
-            QueueCommand::Ack { receipts } => {
-                self.settle(now, receipts, changes, |state, offset, _| {
-                    state.remove(offset);
-                    Some(Change::DeleteMessage(offset))
-                })
+            QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
+                self.lease(log_index, now, *max_messages, *visibility_timeout_ms, changes)
             }
-            QueueCommand::Nack { receipts, delay_ms } => {
-                self.settle(now, receipts, changes, |state, offset, d| {
-                    let updated = DeliveryState {
-                        attempts: d.attempts,
-                        visible_at: now.saturating_add_ms(*delay_ms),
-                        lease: None,
-                    };
-                    state.replace(offset, updated);
-                    Some(Change::PutDelivery {
-                        offset,
-                        state: updated,
-                    })
-                })
-            }
-            QueueCommand::ExtendLease {
-                receipts,
-                visibility_timeout_ms,
-            } => self.settle(now, receipts, changes, |state, offset, d| {
-                let lease = d.lease.map(|l| Lease {
-                    lease_id: l.lease_id,
-                    deadline: now.saturating_add_ms(*visibility_timeout_ms),
-                });
-                let updated = DeliveryState { lease, ..d };
-                state.replace(offset, updated);
-                Some(Change::PutDelivery {
-                    offset,
-                    state: updated,
-                })
+            QueueCommand::Ack { receipts } => self.settle(now, receipts, changes, |state, offset, _| {
+                state.remove(offset);
+                Some(Change::DeleteMessage(offset))
             }),
+            QueueCommand::Nack { receipts, delay_ms } => self.settle(now, receipts, changes, |state, offset, d| {
+                let updated =
+                    DeliveryState { attempts: d.attempts, visible_at: now.saturating_add_ms(*delay_ms), lease: None };
+                state.replace(offset, updated);
+                Some(Change::PutDelivery { offset, state: updated })
+            }),
+            QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
+                self.settle(now, receipts, changes, |state, offset, d| {
+                    let lease = d.lease.map(|l| Lease {
+                        lease_id: l.lease_id,
+                        deadline: now.saturating_add_ms(*visibility_timeout_ms),
+                    });
+                    let updated = DeliveryState { lease, ..d };
+                    state.replace(offset, updated);
+                    Some(Change::PutDelivery { offset, state: updated })
+                })
+            }
             QueueCommand::Purge => {
                 let removed = self.deliveries.len() as u64;
-                *self = QueueState {
-                    next_offset: self.next_offset,
-                    ..Default::default()
-                };
+                *self = QueueState { next_offset: self.next_offset, ..Default::default() };
                 changes.push(Change::DeleteAllMessages);
                 QueueResponse::Purged { removed }
             }
@@ -174,40 +139,25 @@ impl QueueState {
         response
     }
 
-    fn produce(
-        &mut self,
-        now: TimestampMs,
-        messages: &[NewMessage],
-        changes: &mut Vec<Change>,
-    ) -> QueueResponse {
+    fn produce(&mut self, now: TimestampMs, messages: &[NewMessage], changes: &mut Vec<Change>) -> QueueResponse {
         let first_offset = self.next_offset;
         for message in messages {
             let offset = self.next_offset;
             self.next_offset = Offset(offset.0 + 1);
-            let delivery = DeliveryState {
-                attempts: 0,
-                visible_at: now,
-                lease: None,
-            };
+            let delivery = DeliveryState { attempts: 0, visible_at: now, lease: None };
             changes.push(Change::PutMessage(StoredMessage {
                 offset,
                 publish_time: now,
                 body: message.body.clone(),
                 headers: message.headers.clone(),
             }));
-            changes.push(Change::PutDelivery {
-                offset,
-                state: delivery,
-            });
+            changes.push(Change::PutDelivery { offset, state: delivery });
             self.insert(offset, delivery);
         }
         if !messages.is_empty() {
             changes.push(Change::PutNextOffset(self.next_offset));
         }
-        QueueResponse::Produced {
-            first_offset,
-            count: messages.len() as u32,
-        }
+        QueueResponse::Produced { first_offset, count: messages.len() as u32 }
     }
 
     fn lease(
@@ -220,34 +170,20 @@ impl QueueState {
     ) -> QueueResponse {
         self.promote_due(now);
         let deadline = now.saturating_add_ms(visibility_timeout_ms);
-        let chosen: Vec<Offset> = self
-            .ready
-            .iter()
-            .take(max_messages as usize)
-            .copied()
-            .collect();
+        let chosen: Vec<Offset> = self.ready.iter().take(max_messages as usize).copied().collect();
         let mut messages = Vec::with_capacity(chosen.len());
         for offset in chosen {
             let current = self.deliveries[&offset];
             let updated = DeliveryState {
                 attempts: current.attempts.saturating_add(1),
                 visible_at: current.visible_at,
-                lease: Some(Lease {
-                    lease_id: log_index,
-                    deadline,
-                }),
+                lease: Some(Lease { lease_id: log_index, deadline }),
             };
             self.replace(offset, updated);
-            changes.push(Change::PutDelivery {
-                offset,
-                state: updated,
-            });
+            changes.push(Change::PutDelivery { offset, state: updated });
             messages.push(DeliveredMessage {
                 offset,
-                receipt: Receipt {
-                    offset,
-                    lease_id: log_index,
-                },
+                receipt: Receipt { offset, lease_id: log_index },
                 delivery_attempt: updated.attempts,
                 lease_deadline: deadline,
             });
@@ -276,16 +212,10 @@ impl QueueState {
                     }
                     succeeded += 1;
                 }
-                Check::Failed(reason) => failures.push(ReceiptFailure {
-                    receipt: *receipt,
-                    reason,
-                }),
+                Check::Failed(reason) => failures.push(ReceiptFailure { receipt: *receipt, reason }),
             }
         }
-        QueueResponse::Settled {
-            succeeded,
-            failures,
-        }
+        QueueResponse::Settled { succeeded, failures }
     }
 
     fn check(&self, now: TimestampMs, receipt: &Receipt) -> Check {
@@ -293,9 +223,7 @@ impl QueueState {
             return Check::Failed(ReceiptFailureReason::MessageGone);
         };
         match delivery.lease {
-            Some(lease) if lease.lease_id == receipt.lease_id && lease.deadline > now => {
-                Check::Valid
-            }
+            Some(lease) if lease.lease_id == receipt.lease_id && lease.deadline > now => Check::Valid,
             _ => Check::Failed(ReceiptFailureReason::LeaseGone),
         }
     }
@@ -351,32 +279,18 @@ impl QueueState {
     pub fn has_available(&self, now: TimestampMs) -> bool {
         !self.ready.is_empty()
             || self.waiting.first().is_some_and(|(at, _)| *at <= now)
-            || self
-                .leased
-                .first()
-                .is_some_and(|(deadline, _)| *deadline <= now)
+            || self.leased.first().is_some_and(|(deadline, _)| *deadline <= now)
     }
 
     pub fn next_wakeup(&self, now: TimestampMs) -> Option<TimestampMs> {
-        let waiting = self
-            .waiting
-            .range((TimestampMs(now.0.saturating_add(1)), Offset(0))..)
-            .next();
-        let leased = self
-            .leased
-            .range((TimestampMs(now.0.saturating_add(1)), Offset(0))..)
-            .next();
-        [waiting, leased]
-            .into_iter()
-            .flatten()
-            .map(|(at, _)| *at)
-            .min()
+        let waiting = self.waiting.range((TimestampMs(now.0.saturating_add(1)), Offset(0))..).next();
+        let leased = self.leased.range((TimestampMs(now.0.saturating_add(1)), Offset(0))..).next();
+        [waiting, leased].into_iter().flatten().map(|(at, _)| *at).min()
     }
 
     pub fn stats(&self, now: TimestampMs) -> QueueStats {
         let due = |set: &BTreeSet<(TimestampMs, Offset)>| {
-            set.range(..(TimestampMs(now.0.saturating_add(1)), Offset(0)))
-                .count() as u64
+            set.range(..(TimestampMs(now.0.saturating_add(1)), Offset(0))).count() as u64
         };
         let waiting_due = due(&self.waiting);
         let leased_due = due(&self.leased);
@@ -399,10 +313,7 @@ impl QueueState {
                 "index sizes disagree with the delivery records"
             );
             for (offset, delivery) in &self.deliveries {
-                debug_assert!(
-                    *offset < self.next_offset,
-                    "offset {offset} at or past next_offset"
-                );
+                debug_assert!(*offset < self.next_offset, "offset {offset} at or past next_offset");
                 let indexed = self.ready.contains(offset)
                     || match slot(delivery) {
                         Slot::Waiting(at) => self.waiting.contains(&(at, *offset)),

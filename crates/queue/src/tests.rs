@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt,
-    ReceiptFailure, ReceiptFailureReason, TimestampMs,
+    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt, ReceiptFailure,
+    ReceiptFailureReason, TimestampMs,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,14 +35,7 @@ impl Harness {
     fn apply(&mut self, now: u64, command: QueueCommand) -> QueueResponse {
         self.index += 1;
         let mut changes = Vec::new();
-        let response = self.state.apply(
-            self.index,
-            &QueueRequest {
-                now: TimestampMs(now),
-                command,
-            },
-            &mut changes,
-        );
+        let response = self.state.apply(self.index, &QueueRequest { now: TimestampMs(now), command }, &mut changes);
         for change in changes {
             match change {
                 Change::PutMessage(m) => {
@@ -66,30 +59,16 @@ impl Harness {
     }
 
     fn produce(&mut self, now: u64, bodies: &[&str]) -> (u64, u32) {
-        let messages = bodies
-            .iter()
-            .map(|b| NewMessage {
-                body: b.as_bytes().to_vec(),
-                ..Default::default()
-            })
-            .collect();
+        let messages =
+            bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec(), ..Default::default() }).collect();
         match self.apply(now, QueueCommand::Produce { messages }) {
-            QueueResponse::Produced {
-                first_offset,
-                count,
-            } => (first_offset.0, count),
+            QueueResponse::Produced { first_offset, count } => (first_offset.0, count),
             other => panic!("unexpected {other:?}"),
         }
     }
 
     fn lease(&mut self, now: u64, max: u32, timeout: u64) -> Vec<DeliveredMessage> {
-        match self.apply(
-            now,
-            QueueCommand::Lease {
-                max_messages: max,
-                visibility_timeout_ms: timeout,
-            },
-        ) {
+        match self.apply(now, QueueCommand::Lease { max_messages: max, visibility_timeout_ms: timeout }) {
             QueueResponse::Leased { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
@@ -97,21 +76,13 @@ impl Harness {
 
     fn settle(&mut self, now: u64, command: QueueCommand) -> (u32, Vec<ReceiptFailure>) {
         match self.apply(now, command) {
-            QueueResponse::Settled {
-                succeeded,
-                failures,
-            } => (succeeded, failures),
+            QueueResponse::Settled { succeeded, failures } => (succeeded, failures),
             other => panic!("unexpected {other:?}"),
         }
     }
 
     fn ack(&mut self, now: u64, receipts: &[Receipt]) -> (u32, Vec<ReceiptFailure>) {
-        self.settle(
-            now,
-            QueueCommand::Ack {
-                receipts: receipts.to_vec(),
-            },
-        )
+        self.settle(now, QueueCommand::Ack { receipts: receipts.to_vec() })
     }
 
     /// A replica restarted from what was persisted.
@@ -178,13 +149,7 @@ fn expired_lease_makes_message_available_again_with_higher_attempt() {
     assert_eq!(second[0].delivery_attempt, 2);
     assert_ne!(second[0].receipt, first[0].receipt);
     // The first receipt is dead now, the second one works.
-    assert_eq!(
-        q.ack(1030, &[first[0].receipt]),
-        (
-            0,
-            vec![failure(first[0].receipt, ReceiptFailureReason::LeaseGone)]
-        )
-    );
+    assert_eq!(q.ack(1030, &[first[0].receipt]), (0, vec![failure(first[0].receipt, ReceiptFailureReason::LeaseGone)]));
     assert_eq!(q.ack(1031, &[second[0].receipt]), (1, vec![]));
 }
 
@@ -207,27 +172,15 @@ fn double_ack_reports_message_gone() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 100)[0].receipt;
-    assert_eq!(
-        q.ack(30, &[r, r]),
-        (1, vec![failure(r, ReceiptFailureReason::MessageGone)])
-    );
-    assert_eq!(
-        q.ack(31, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
-    );
+    assert_eq!(q.ack(30, &[r, r]), (1, vec![failure(r, ReceiptFailureReason::MessageGone)]));
+    assert_eq!(q.ack(31, &[r]), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
 }
 
 #[test]
 fn ack_of_unknown_offset_reports_message_gone() {
     let mut q = Harness::new();
-    let r = Receipt {
-        offset: Offset(42),
-        lease_id: 1,
-    };
-    assert_eq!(
-        q.ack(10, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
-    );
+    let r = Receipt { offset: Offset(42), lease_id: 1 };
+    assert_eq!(q.ack(10, &[r]), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
 }
 
 #[test]
@@ -235,10 +188,7 @@ fn ack_after_lease_expiry_reports_lease_gone_and_keeps_message() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 100)[0].receipt;
-    assert_eq!(
-        q.ack(120, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
-    );
+    assert_eq!(q.ack(120, &[r]), (0, vec![failure(r, ReceiptFailureReason::LeaseGone)]));
     assert_eq!(q.state.stats(TimestampMs(120)).depth, 1);
     assert_eq!(offsets(&q.lease(121, 1, 100)), vec![0]);
 }
@@ -247,14 +197,8 @@ fn ack_after_lease_expiry_reports_lease_gone_and_keeps_message() {
 fn ack_of_never_leased_message_reports_lease_gone() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
-    let r = Receipt {
-        offset: Offset(0),
-        lease_id: 99,
-    };
-    assert_eq!(
-        q.ack(20, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
-    );
+    let r = Receipt { offset: Offset(0), lease_id: 99 };
+    assert_eq!(q.ack(20, &[r]), (0, vec![failure(r, ReceiptFailureReason::LeaseGone)]));
 }
 
 #[test]
@@ -262,31 +206,16 @@ fn nack_with_delay_hides_message_until_delay_passes() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
-    assert_eq!(
-        q.settle(
-            30,
-            QueueCommand::Nack {
-                receipts: vec![r],
-                delay_ms: 500
-            }
-        ),
-        (1, vec![])
-    );
+    assert_eq!(q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: 500 }), (1, vec![]));
     assert!(!q.state.has_available(TimestampMs(529)));
-    assert_eq!(
-        q.state.next_wakeup(TimestampMs(100)),
-        Some(TimestampMs(530))
-    );
+    assert_eq!(q.state.next_wakeup(TimestampMs(100)), Some(TimestampMs(530)));
     assert_eq!(q.state.stats(TimestampMs(100)).delayed, 1);
     assert!(q.lease(529, 1, 1000).is_empty());
     let again = q.lease(530, 1, 1000);
     assert_eq!(offsets(&again), vec![0]);
     assert_eq!(again[0].delivery_attempt, 2);
     // The nacked receipt cannot settle anything any more.
-    assert_eq!(
-        q.ack(531, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
-    );
+    assert_eq!(q.ack(531, &[r]), (0, vec![failure(r, ReceiptFailureReason::LeaseGone)]));
 }
 
 #[test]
@@ -294,13 +223,7 @@ fn nack_without_delay_is_available_at_once() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
-    q.settle(
-        30,
-        QueueCommand::Nack {
-            receipts: vec![r],
-            delay_ms: 0,
-        },
-    );
+    q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: 0 });
     assert!(q.state.has_available(TimestampMs(30)));
     assert_eq!(offsets(&q.lease(30, 1, 1000)), vec![0]);
 }
@@ -308,21 +231,9 @@ fn nack_without_delay_is_available_at_once() {
 #[test]
 fn nack_of_unknown_receipt_fails() {
     let mut q = Harness::new();
-    let r = Receipt {
-        offset: Offset(3),
-        lease_id: 3,
-    };
-    let (ok, failed) = q.settle(
-        10,
-        QueueCommand::Nack {
-            receipts: vec![r],
-            delay_ms: 0,
-        },
-    );
-    assert_eq!(
-        (ok, failed),
-        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
-    );
+    let r = Receipt { offset: Offset(3), lease_id: 3 };
+    let (ok, failed) = q.settle(10, QueueCommand::Nack { receipts: vec![r], delay_ms: 0 });
+    assert_eq!((ok, failed), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
 }
 
 #[test]
@@ -330,20 +241,8 @@ fn extend_lease_pushes_the_deadline() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 100)[0].receipt;
-    assert_eq!(
-        q.settle(
-            90,
-            QueueCommand::ExtendLease {
-                receipts: vec![r],
-                visibility_timeout_ms: 1000
-            }
-        ),
-        (1, vec![])
-    );
-    assert!(
-        q.lease(120, 1, 100).is_empty(),
-        "re-leased at the old deadline"
-    );
+    assert_eq!(q.settle(90, QueueCommand::ExtendLease { receipts: vec![r], visibility_timeout_ms: 1000 }), (1, vec![]));
+    assert!(q.lease(120, 1, 100).is_empty(), "re-leased at the old deadline");
     assert_eq!(q.state.stats(TimestampMs(120)).in_flight, 1);
     assert_eq!(q.ack(1000, &[r]), (1, vec![]));
 }
@@ -353,17 +252,8 @@ fn extend_after_expiry_fails() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 100)[0].receipt;
-    let (ok, failed) = q.settle(
-        200,
-        QueueCommand::ExtendLease {
-            receipts: vec![r],
-            visibility_timeout_ms: 1000,
-        },
-    );
-    assert_eq!(
-        (ok, failed),
-        (0, vec![failure(r, ReceiptFailureReason::LeaseGone)])
-    );
+    let (ok, failed) = q.settle(200, QueueCommand::ExtendLease { receipts: vec![r], visibility_timeout_ms: 1000 });
+    assert_eq!((ok, failed), (0, vec![failure(r, ReceiptFailureReason::LeaseGone)]));
 }
 
 #[test]
@@ -371,16 +261,10 @@ fn purge_removes_everything_and_offsets_keep_growing() {
     let mut q = Harness::new();
     q.produce(10, &["a", "b", "c"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
-    assert_eq!(
-        q.apply(30, QueueCommand::Purge),
-        QueueResponse::Purged { removed: 3 }
-    );
+    assert_eq!(q.apply(30, QueueCommand::Purge), QueueResponse::Purged { removed: 3 });
     assert_eq!(q.state.stats(TimestampMs(30)).depth, 0);
     assert!(q.stored_deliveries.is_empty() && q.stored_bodies.is_empty());
-    assert_eq!(
-        q.ack(31, &[r]),
-        (0, vec![failure(r, ReceiptFailureReason::MessageGone)])
-    );
+    assert_eq!(q.ack(31, &[r]), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
     assert_eq!(q.produce(40, &["d"]), (3, 1));
     assert_eq!(offsets(&q.lease(41, 10, 1000)), vec![3]);
 }
@@ -390,18 +274,9 @@ fn stats_count_each_kind_of_message() {
     let mut q = Harness::new();
     q.produce(0, &["a", "b", "c", "d"]);
     let leased = q.lease(10, 2, 100); // 0, 1 until 110
-    q.settle(
-        20,
-        QueueCommand::Nack {
-            receipts: vec![leased[1].receipt],
-            delay_ms: 1000,
-        },
-    ); // 1 delayed until 1020
+    q.settle(20, QueueCommand::Nack { receipts: vec![leased[1].receipt], delay_ms: 1000 }); // 1 delayed until 1020
     let s = q.state.stats(TimestampMs(50));
-    assert_eq!(
-        (s.depth, s.in_flight, s.delayed, s.available, s.next_offset),
-        (4, 1, 1, 2, Offset(4))
-    );
+    assert_eq!((s.depth, s.in_flight, s.delayed, s.available, s.next_offset), (4, 1, 1, 2, Offset(4)));
     // After the lease runs out, message 0 counts as available again.
     let s = q.state.stats(TimestampMs(110));
     assert_eq!((s.in_flight, s.delayed, s.available), (0, 1, 3));
@@ -433,22 +308,10 @@ fn restore_from_persisted_changes_continues_identically() {
     q.produce(0, &["a", "b", "c", "d"]);
     let leased = q.lease(10, 3, 100);
     q.ack(20, &[leased[0].receipt]);
-    q.settle(
-        30,
-        QueueCommand::Nack {
-            receipts: vec![leased[1].receipt],
-            delay_ms: 500,
-        },
-    );
-    let mut restarted = Harness {
-        state: q.restored(),
-        ..Harness::new()
-    };
+    q.settle(30, QueueCommand::Nack { receipts: vec![leased[1].receipt], delay_ms: 500 });
+    let mut restarted = Harness { state: q.restored(), ..Harness::new() };
     restarted.index = q.index;
-    assert_eq!(
-        restarted.state.stats(TimestampMs(40)),
-        q.state.stats(TimestampMs(40))
-    );
+    assert_eq!(restarted.state.stats(TimestampMs(40)), q.state.stats(TimestampMs(40)));
     for now in [50, 120, 600] {
         assert_eq!(restarted.lease(now, 10, 100), q.lease(now, 10, 100));
     }
@@ -459,10 +322,8 @@ fn restore_from_persisted_changes_continues_identically() {
 /// RAFTMQ_TEST_SEED=<seed>.
 #[test]
 fn random_commands_are_deterministic_and_never_redeliver_acked() {
-    let seed: u64 = std::env::var("RAFTMQ_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
+    let seed: u64 =
+        std::env::var("RAFTMQ_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     println!("seed {seed} (replay with RAFTMQ_TEST_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut a = Harness::new();
@@ -475,10 +336,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         let command = match rng.random_range(0..10) {
             0..=2 => QueueCommand::Produce {
                 messages: (0..rng.random_range(0..5))
-                    .map(|i| NewMessage {
-                        body: vec![i as u8 + 1],
-                        ..Default::default()
-                    })
+                    .map(|i| NewMessage { body: vec![i as u8 + 1], ..Default::default() })
                     .collect(),
             },
             3..=4 => QueueCommand::Lease {
@@ -487,9 +345,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             },
             5..=6 if !receipts.is_empty() => {
                 let n = rng.random_range(1..=receipts.len().min(4));
-                QueueCommand::Ack {
-                    receipts: receipts.split_off(receipts.len() - n),
-                }
+                QueueCommand::Ack { receipts: receipts.split_off(receipts.len() - n) }
             }
             7 if !receipts.is_empty() => QueueCommand::Nack {
                 receipts: vec![receipts.swap_remove(rng.random_range(0..receipts.len()))],
@@ -500,10 +356,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                 visibility_timeout_ms: rng.random_range(1..1000),
             },
             9 if rng.random_range(0..50) == 0 => QueueCommand::Purge,
-            _ => QueueCommand::Lease {
-                max_messages: 1,
-                visibility_timeout_ms: 100,
-            },
+            _ => QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 100 },
         };
         let ra = a.apply(now, command.clone());
         let rb = b.apply(now, command.clone());
@@ -511,11 +364,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         match (&command, &ra) {
             (_, QueueResponse::Leased { messages }) => {
                 for m in messages {
-                    assert!(
-                        !acked.contains(&m.offset),
-                        "acked {} leased again (seed {seed})",
-                        m.offset
-                    );
+                    assert!(!acked.contains(&m.offset), "acked {} leased again (seed {seed})", m.offset);
                     receipts.push(m.receipt);
                 }
             }
@@ -532,10 +381,6 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         if rng.random_range(0..100) == 0 {
             b.state = b.restored();
         }
-        assert_eq!(
-            a.state.stats(TimestampMs(now)),
-            b.state.stats(TimestampMs(now)),
-            "seed {seed}"
-        );
+        assert_eq!(a.state.stats(TimestampMs(now)), b.state.stats(TimestampMs(now)), "seed {seed}");
     }
 }

@@ -5,6 +5,7 @@
 //! catalog lists it as a replica. All groups share the node's RocksDB instance
 //! and its peer channels.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -85,9 +86,7 @@ impl GroupManager {
         };
         let raft_config = Arc::new(raft_config.validate()?);
 
-        let meta_sm = MetaStateMachine::open(storage.clone())
-            .await
-            .map_err(|e| GroupError::Storage(e.to_string()))?;
+        let meta_sm = MetaStateMachine::open(storage.clone()).await.map_err(|e| GroupError::Storage(e.to_string()))?;
         let catalog = meta_sm.catalog_watch();
         let meta = openraft::Raft::new(
             node_id,
@@ -146,7 +145,7 @@ impl GroupManager {
     /// Cluster members and their addresses, from the meta group's membership.
     pub fn members(&self) -> BTreeMap<NodeId, BasicNode> {
         let metrics = self.meta.metrics();
-        let membership = metrics.borrow().membership_config.clone();
+        let membership = metrics.borrow_watched().membership_config.clone();
         membership.nodes().map(|(id, node)| (*id, node.clone())).collect()
     }
 
@@ -165,11 +164,8 @@ impl GroupManager {
             .map(|(name, q)| (q.group_id, (name, q)))
             .collect();
 
-        let stale: Vec<QueueGroup> = self
-            .queue_groups()
-            .into_iter()
-            .filter(|g| !wanted.contains_key(&g.group_id))
-            .collect();
+        let stale: Vec<QueueGroup> =
+            self.queue_groups().into_iter().filter(|g| !wanted.contains_key(&g.group_id)).collect();
         for group in stale {
             info!(group_id = %group.group_id, queue = %group.queue, "stopping deleted queue group");
             self.queues.write().expect("queue map lock poisoned").remove(&group.group_id);
@@ -257,16 +253,11 @@ where
     }
 }
 
-async fn follow_catalog(
-    manager: std::sync::Weak<GroupManager>,
-    mut catalog: watch::Receiver<Arc<Catalog>>,
-) {
+async fn follow_catalog(manager: std::sync::Weak<GroupManager>, mut catalog: watch::Receiver<Arc<Catalog>>) {
     loop {
         // Also retry on a timer: a queue group that failed to start (for example
         // because a replica's address was not known yet) is retried.
-        if let Ok(Err(_closed)) =
-            tokio::time::timeout(std::time::Duration::from_secs(2), catalog.changed()).await
-        {
+        if let Ok(Err(_closed)) = tokio::time::timeout(std::time::Duration::from_secs(2), catalog.changed()).await {
             return; // the meta state machine is gone: the node is shutting down
         }
         let Some(manager) = manager.upgrade() else { return };

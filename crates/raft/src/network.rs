@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{AnyError, BasicNode, OptionalSend};
 use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
@@ -78,9 +76,7 @@ fn network_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 /// everything else (including the peer not hosting the group yet) is retried.
 fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("connect") => {
-            unreachable(status)
-        }
+        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("connect") => unreachable(status),
         tonic::Code::Unavailable => unreachable(status),
         _ => network_error(status),
     }
@@ -97,10 +93,7 @@ impl GroupConnection {
 
     fn reply_payload(&self, reply: RaftMessage) -> Result<bytes::Bytes, RPCError<TypeConfig>> {
         if !reply.error.is_empty() {
-            return Err(network_error(format!(
-                "node {} for group {}: {}",
-                self.target, self.group_id, reply.error
-            )));
+            return Err(network_error(format!("node {} for group {}: {}", self.target, self.group_id, reply.error)));
         }
         Ok(reply.payload)
     }

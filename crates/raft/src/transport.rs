@@ -86,10 +86,7 @@ impl RaftTransport for TransportService {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<RaftMessage>, Status> {
         let mut stream = request.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
+        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
         let group_id = GroupId(first.group_id);
         let (vote, meta): (Vote, SnapshotMeta) =
             codec::decode("snapshot header", &first.payload).map_err(bad_payload)?;
@@ -97,10 +94,8 @@ impl RaftTransport for TransportService {
         while let Some(chunk) = stream.next().await {
             data.extend_from_slice(&chunk?.payload);
         }
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
-            meta,
-            snapshot: SnapshotData::new(data),
-        };
+        let snapshot =
+            openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::new(data) };
         let result = if group_id == META_GROUP_ID {
             self.groups.meta().install_full_snapshot(vote, snapshot).await
         } else {

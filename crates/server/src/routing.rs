@@ -7,6 +7,8 @@
 //! the first node retries until the call's deadline. So forwarding never loops,
 //! and while leadership is unknown or moving the caller just sees latency.
 
+use openraft::async_runtime::WatchReceiver;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,11 +42,7 @@ pub struct CallContext {
 
 impl CallContext {
     pub fn from_metadata(metadata: &MetadataMap) -> CallContext {
-        let hops = metadata
-            .get(HOPS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let hops = metadata.get(HOPS_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let timeout = metadata
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
@@ -133,7 +131,7 @@ impl Router {
     }
 
     pub fn meta_leader(&self) -> Option<NodeId> {
-        self.groups.meta().metrics().borrow().current_leader
+        self.groups.meta().metrics().borrow_watched().current_leader
     }
 
     /// Looks the queue up in the local catalog.
@@ -144,13 +142,19 @@ impl Router {
     /// Runs `local` on the queue's leader: here if this node leads the queue,
     /// otherwise through `remote` on the node that does. Retries while
     /// leadership is unknown or moving, until the call's deadline.
-    pub async fn on_queue_leader<T>(
+    pub async fn on_queue_leader<T, L, LF, R, RF>(
         &self,
         ctx: CallContext,
         queue: &QueueName,
-        local: impl AsyncFn(QueueGroup, CatalogQueue) -> Result<T, LocalError>,
-        remote: impl AsyncFn(Channel, CallContext) -> Result<T, tonic::Status>,
-    ) -> Result<T, tonic::Status> {
+        local: L,
+        remote: R,
+    ) -> Result<T, tonic::Status>
+    where
+        L: Fn(QueueGroup, CatalogQueue) -> LF,
+        LF: Future<Output = Result<T, LocalError>>,
+        R: Fn(Channel, CallContext) -> RF,
+        RF: Future<Output = Result<T, tonic::Status>>,
+    {
         let mut hint: Option<NodeId> = None;
         let mut replica_cursor = 0usize;
         loop {
@@ -166,7 +170,7 @@ impl Router {
             };
             let target = match self.groups.queue_group(entry.group_id) {
                 Some(group) => {
-                    let leader = group.raft.metrics().borrow().current_leader;
+                    let leader = group.raft.metrics().borrow_watched().current_leader;
                     match leader.or(hint) {
                         Some(id) if id == self.node_id() => Target::Local(group),
                         Some(id) => Target::Remote(id),
@@ -193,16 +197,14 @@ impl Router {
                         }
                     }
                 },
-                Target::Remote(node) if ctx.can_forward() => {
-                    match remote(self.channel_to(node)?, ctx).await {
-                        Err(status) if is_retryable(&status) => {
-                            debug!(%queue, node, error = %status.message(), "forwarded call failed; retrying");
-                            hint = None;
-                            tokio::time::sleep(RETRY_PAUSE).await;
-                        }
-                        other => return other,
+                Target::Remote(node) if ctx.can_forward() => match remote(self.channel_to(node)?, ctx).await {
+                    Err(status) if is_retryable(&status) => {
+                        debug!(%queue, node, error = %status.message(), "forwarded call failed; retrying");
+                        hint = None;
+                        tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                }
+                    other => return other,
+                },
                 Target::Remote(_) => {
                     return Err(ApiError::Unavailable(format!(
                         "node {} does not lead queue {queue} and the call was already forwarded",
@@ -224,13 +226,17 @@ impl Router {
 
     /// Proposes a meta command on the meta leader, forwarding with `remote`
     /// when this node does not lead the meta group.
-    pub async fn on_meta_leader<T>(
+    pub async fn on_meta_leader<T, R, RF>(
         &self,
         ctx: CallContext,
         command: MetaCommand,
         local: impl Fn(MetaResponse) -> Result<T, ApiError>,
-        remote: impl AsyncFn(Channel, CallContext) -> Result<T, tonic::Status>,
-    ) -> Result<T, tonic::Status> {
+        remote: R,
+    ) -> Result<T, tonic::Status>
+    where
+        R: Fn(Channel, CallContext) -> RF,
+        RF: Future<Output = Result<T, tonic::Status>>,
+    {
         loop {
             match self.meta_leader() {
                 Some(leader) if leader == self.node_id() => {

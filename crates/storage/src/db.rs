@@ -33,11 +33,8 @@ impl Storage {
             cf_options.set_compression_type(DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(name, cf_options)
         };
-        let db = DB::open_cf_descriptors(
-            &options,
-            path,
-            [cf(CF_RAFT_LOG), cf(CF_RAFT_META), cf(CF_QUEUE), cf(CF_META)],
-        )?;
+        let db =
+            DB::open_cf_descriptors(&options, path, [cf(CF_RAFT_LOG), cf(CF_RAFT_META), cf(CF_QUEUE), cf(CF_META)])?;
         let db = Arc::new(db);
         let storage = Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db };
         storage.check_format_version()?;

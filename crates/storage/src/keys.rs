@@ -98,7 +98,11 @@ mod tests {
     #[test]
     fn group_range_holds_exactly_the_group() {
         let (start, end) = group_range(GroupId(5));
-        let inside = [log_key(GroupId(5), 0).to_vec(), log_key(GroupId(5), u64::MAX).to_vec(), meta_key(GroupId(5), MetaTag::Snapshot).to_vec()];
+        let inside = [
+            log_key(GroupId(5), 0).to_vec(),
+            log_key(GroupId(5), u64::MAX).to_vec(),
+            meta_key(GroupId(5), MetaTag::Snapshot).to_vec(),
+        ];
         for key in inside {
             assert!(key.as_slice() >= start.as_slice() && key.as_slice() < end.as_slice());
         }

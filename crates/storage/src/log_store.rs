@@ -9,10 +9,10 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
+use openraft::OptionalSend;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
 use raftmq_types::GroupId;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
@@ -35,7 +35,11 @@ impl LogStore {
         LogStore { storage, group }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, tag: MetaTag, what: &'static str) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: MetaTag,
+        what: &'static str,
+    ) -> Result<Option<T>, StorageError> {
         let cf = self.storage.cf(CF_RAFT_META);
         match self.storage.db().get_cf(cf, meta_key(self.group, tag))? {
             Some(bytes) => Ok(Some(decode(what, &bytes)?)),
@@ -158,9 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.
         self.storage.db().write(batch).map_err(StorageError::from)?;
-        self.storage
-            .syncer()
-            .sync_then(move |result| callback.io_completed(result.map_err(io::Error::other)))?;
+        self.storage.syncer().sync_then(move |result| callback.io_completed(result.map_err(io::Error::other)))?;
         Ok(())
     }
 
@@ -171,7 +173,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let cf = self.storage.cf(CF_RAFT_LOG);
         let end = crate::keys::group_range(self.group).1;
-        self.storage.db().delete_range_cf(cf, log_key(self.group, from), end).map_err(StorageError::from)?;
+        self.storage
+            .db()
+            .delete_range_cf(cf, log_key(self.group, from).as_slice(), end.as_slice())
+            .map_err(StorageError::from)?;
         // Truncated entries were never committed; if the deletion is lost in a
         // crash, openraft truncates them again when the leader's log disagrees.
         Ok(())

@@ -17,7 +17,7 @@ use crate::error::{decode, encode};
 use crate::keys::CF_META;
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
-    snapshot_id, write_synced,
+    write_synced,
 };
 use crate::{Catalog, SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -43,11 +43,7 @@ impl MetaStateMachine {
     fn build(&self) -> Result<Snapshot, StorageError> {
         let (applied, membership) = read_applied_state(&self.storage, META_GROUP_ID)?;
         let data = encode("catalog", &*self.catalog.borrow().clone())?;
-        let meta = SnapshotMeta {
-            last_log_id: applied.clone(),
-            last_membership: membership,
-            snapshot_id: snapshot_id(META_GROUP_ID, &applied),
-        };
+        let meta = SnapshotMeta { last_log_id: applied.clone(), last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, META_GROUP_ID, &meta, &data)?;
         self.storage.db().write(batch)?;

@@ -23,7 +23,7 @@ use crate::error::{decode, encode};
 use crate::keys::{CF_QUEUE, QueueKind, group_range, queue_key, queue_kind_range, queue_offset};
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
-    snapshot_id, write_synced,
+    write_synced,
 };
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -79,9 +79,11 @@ impl QueueStateMachine {
         let cf = self.storage.cf(CF_QUEUE);
         for change in changes {
             match change {
-                Change::PutMessage(message) => {
-                    batch.put_cf(cf, queue_key(self.group, QueueKind::Body, message.offset), encode("message", message)?)
-                }
+                Change::PutMessage(message) => batch.put_cf(
+                    cf,
+                    queue_key(self.group, QueueKind::Body, message.offset),
+                    encode("message", message)?,
+                ),
                 Change::PutDelivery { offset, state } => {
                     batch.put_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset), encode("delivery", state)?)
                 }
@@ -95,9 +97,11 @@ impl QueueStateMachine {
                         batch.delete_range_cf(cf, start, end);
                     }
                 }
-                Change::PutNextOffset(offset) => {
-                    batch.put_cf(cf, queue_key(self.group, QueueKind::Header, Offset(0)), encode("next offset", offset)?)
-                }
+                Change::PutNextOffset(offset) => batch.put_cf(
+                    cf,
+                    queue_key(self.group, QueueKind::Header, Offset(0)),
+                    encode("next offset", offset)?,
+                ),
             }
         }
         Ok(())
@@ -118,11 +122,7 @@ impl QueueStateMachine {
             records.push((key[8..].to_vec(), value.to_vec()));
         }
         let data = encode("snapshot", &QueueSnapshot { records })?;
-        let meta = SnapshotMeta {
-            last_log_id: applied.clone(),
-            last_membership: membership,
-            snapshot_id: snapshot_id(self.group, &applied),
-        };
+        let meta = SnapshotMeta { last_log_id: applied.clone(), last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, self.group, &meta, &data)?;
         self.storage.db().write(batch)?;

@@ -21,7 +21,10 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-pub(crate) fn read_applied_state(storage: &Storage, group: GroupId) -> Result<(Option<LogId>, Membership), StorageError> {
+pub(crate) fn read_applied_state(
+    storage: &Storage,
+    group: GroupId,
+) -> Result<(Option<LogId>, Membership), StorageError> {
     let db = storage.db();
     let cf = storage.cf(CF_RAFT_META);
     let applied = match db.get_cf(cf, meta_key(group, MetaTag::LastApplied))? {
@@ -54,7 +57,13 @@ pub(crate) fn put_applied_state(
 
 /// Keeps the latest snapshot, so `get_current_snapshot` returns exactly what
 /// was built or installed.
-pub(crate) fn put_snapshot(storage: &Storage, batch: &mut WriteBatch, group: GroupId, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+pub(crate) fn put_snapshot(
+    storage: &Storage,
+    batch: &mut WriteBatch,
+    group: GroupId,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
     let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
     batch.put_cf(storage.cf(CF_RAFT_META), meta_key(group, MetaTag::Snapshot), encode("snapshot", &stored)?);
     Ok(())
@@ -67,14 +76,6 @@ pub(crate) fn read_snapshot(storage: &Storage, group: GroupId) -> Result<Option<
             Ok(Some(Snapshot { meta: stored.meta, snapshot: SnapshotData::new(stored.data) }))
         }
         None => Ok(None),
-    }
-}
-
-/// A snapshot id unique per group and position.
-pub(crate) fn snapshot_id(group: GroupId, applied: &Option<LogId>) -> String {
-    match applied {
-        Some(log_id) => format!("{group}-{}-{}", log_id.committed_leader_id(), log_id.index()),
-        None => format!("{group}-empty"),
     }
 }
 

@@ -77,4 +77,3 @@ impl WalSyncer {
         self.requests_total.load(Ordering::Relaxed)
     }
 }
-

@@ -78,7 +78,7 @@ fn queue_entry(term: u64, index: u64, now: u64, command: QueueCommand) -> Entry 
 }
 
 async fn append(log: &mut LogStore, entries: Vec<Entry>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = TypeConfig::oneshot();
     log.append(entries, IOFlushed::signal(tx)).await.expect("append");
     rx.await.expect("callback called").expect("append flushed");
 }
@@ -108,9 +108,7 @@ async fn log_vote_and_queue_state_survive_reopen() {
         append(&mut log, entries.clone()).await;
         let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
         apply(&mut sm, entries.clone()).await;
-        let ack = QueueCommand::Ack {
-            receipts: vec![raftmq_types::Receipt { offset: Offset(0), lease_id: 2 }],
-        };
+        let ack = QueueCommand::Ack { receipts: vec![raftmq_types::Receipt { offset: Offset(0), lease_id: 2 }] };
         let third = queue_entry(1, 3, 300, ack);
         append(&mut log, vec![third.clone()]).await;
         apply(&mut sm, vec![third]).await;

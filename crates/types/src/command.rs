@@ -37,7 +37,9 @@ pub enum MetaCommand {
         replicas: Vec<NodeId>,
         now: TimestampMs,
     },
-    DeleteQueue { name: QueueName },
+    DeleteQueue {
+        name: QueueName,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,12 +77,22 @@ pub enum QueueCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueResponse {
     /// The batch got offsets `first_offset .. first_offset + count`.
-    Produced { first_offset: Offset, count: u32 },
+    Produced {
+        first_offset: Offset,
+        count: u32,
+    },
     /// Leased messages in offset order; bodies are read from storage by the caller.
-    Leased { messages: Vec<DeliveredMessage> },
+    Leased {
+        messages: Vec<DeliveredMessage>,
+    },
     /// Result of Ack, Nack or ExtendLease: receipts not listed in `failures` took effect.
-    Settled { succeeded: u32, failures: Vec<ReceiptFailure> },
-    Purged { removed: u64 },
+    Settled {
+        succeeded: u32,
+        failures: Vec<ReceiptFailure>,
+    },
+    Purged {
+        removed: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,4 +118,30 @@ pub enum ReceiptFailureReason {
     /// The lease this receipt names has ended (expired, nacked, or the
     /// message was delivered again under a newer lease).
     LeaseGone,
+}
+
+/// Log lines show what an entry does without its payload (bodies can be large).
+impl std::fmt::Display for RaftRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftRequest::Meta(MetaCommand::CreateQueue { name, replicas, .. }) => {
+                write!(f, "create queue {name} on {replicas:?}")
+            }
+            RaftRequest::Meta(MetaCommand::DeleteQueue { name }) => write!(f, "delete queue {name}"),
+            RaftRequest::Queue(QueueRequest { now, command }) => match command {
+                QueueCommand::Produce { messages } => write!(f, "produce {} messages at {now}", messages.len()),
+                QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
+                    write!(f, "lease up to {max_messages} for {visibility_timeout_ms} ms at {now}")
+                }
+                QueueCommand::Ack { receipts } => write!(f, "ack {} receipts at {now}", receipts.len()),
+                QueueCommand::Nack { receipts, delay_ms } => {
+                    write!(f, "nack {} receipts, delay {delay_ms} ms, at {now}", receipts.len())
+                }
+                QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
+                    write!(f, "extend {} leases by {visibility_timeout_ms} ms at {now}", receipts.len())
+                }
+                QueueCommand::Purge => write!(f, "purge at {now}"),
+            },
+        }
+    }
 }

@@ -13,11 +13,11 @@ pub mod name;
 pub mod receipt;
 
 pub use command::{
-    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueRequest, QueueResponse,
-    RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
+    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueRequest, QueueResponse, RaftRequest, RaftResponse,
+    ReceiptFailure, ReceiptFailureReason,
 };
 pub use config::{ConfigError, QueueConfig};
-pub use ids::{GroupId, NodeId, Offset, TimestampMs, META_GROUP_ID};
+pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};
 pub use message::{NewMessage, StoredMessage};
 pub use name::{QueueName, QueueNameError};
 pub use receipt::{Receipt, ReceiptParseError};

@@ -29,10 +29,7 @@ impl QueueName {
         if len > MAX_QUEUE_NAME_LEN {
             return Err(QueueNameError::TooLong { len });
         }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(QueueNameError::InvalidCharacter { bad });
         }
         Ok(QueueName(name))
@@ -63,10 +60,7 @@ mod tests {
     fn rejects_bad_names() {
         assert_eq!(QueueName::new(""), Err(QueueNameError::Empty));
         assert_eq!(QueueName::new("a".repeat(201)), Err(QueueNameError::TooLong { len: 201 }));
-        assert_eq!(
-            QueueName::new("has space"),
-            Err(QueueNameError::InvalidCharacter { bad: ' ' })
-        );
+        assert_eq!(QueueName::new("has space"), Err(QueueNameError::InvalidCharacter { bad: ' ' }));
         assert_eq!(QueueName::new("a/b"), Err(QueueNameError::InvalidCharacter { bad: '/' }));
     }
 }

@@ -1,5 +1,6 @@
 //! `raftmq.v1.ClusterService`: what this node knows of the cluster.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ fn group_status(group_id: GroupId, queue: String, metrics: &openraft::RaftMetric
         queue,
         leader_id: metrics.current_leader.unwrap_or(0),
         term: metrics.current_term,
-        commit_index: metrics.committed.as_ref().map(|l| l.index()).unwrap_or(0),
+        commit_index: metrics.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
         applied_index: metrics.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
         last_log_index,
         voters: metrics.membership_config.membership().voter_ids().collect(),
@@ -57,10 +58,10 @@ impl ClusterService for ClusterServiceImpl {
         _request: Request<GetClusterStatusRequest>,
     ) -> Result<Response<GetClusterStatusResponse>, Status> {
         let groups = self.router.groups();
-        let meta_metrics = groups.meta().metrics().borrow().clone();
+        let meta_metrics = groups.meta().metrics().borrow_watched().clone();
         let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics)];
         for group in groups.queue_groups() {
-            let metrics = group.raft.metrics().borrow().clone();
+            let metrics = group.raft.metrics().borrow_watched().clone();
             statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics));
         }
         // A peer is reachable if the meta leader heard from it recently; on a
@@ -73,7 +74,7 @@ impl ClusterService for ClusterServiceImpl {
                 || heartbeat
                     .as_ref()
                     .and_then(|h| h.get(&id).cloned().flatten())
-                    .map(|t| t.elapsed() < Duration::from_secs(3))
+                    .map(|t| openraft::Instant::elapsed(&*t) < Duration::from_secs(3))
                     .unwrap_or(false);
             nodes.push(NodeInfo { id, addr: node.addr, reachable });
         }

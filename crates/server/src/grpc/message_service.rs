@@ -5,14 +5,16 @@
 //! proposal; nothing here touches storage except reading message bodies for
 //! a consume.
 
+use openraft::async_runtime::WatchReceiver;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::message_service_server::MessageService;
 use raftmq_proto::v1::{
-    AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, ProduceRequest,
-    ProduceResponse, SettleResponse,
+    AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, ProduceRequest, ProduceResponse,
+    SettleResponse,
 };
 use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
 use raftmq_types::{NewMessage, QueueCommand, QueueName, QueueRequest, QueueResponse, Receipt};
@@ -22,6 +24,8 @@ use tonic::{Request, Response, Status};
 use crate::clock;
 use crate::convert;
 use crate::error::ApiError;
+use raftmq_raft::QueueGroup;
+
 use crate::routing::{CallContext, LocalError, Router, propose};
 
 pub const MAX_BATCH: usize = 1000;
@@ -50,10 +54,7 @@ fn check_batch(field: &str, n: usize) -> Result<(), Status> {
 
 fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>, Status> {
     check_batch("receipts", receipts.len())?;
-    receipts
-        .iter()
-        .map(|r| r.parse::<Receipt>().map_err(|e| ApiError::from(e).into()))
-        .collect()
+    receipts.iter().map(|r| r.parse::<Receipt>().map_err(|e| ApiError::from(e).into())).collect()
 }
 
 fn check_duration(field: &str, ms: u64, allow_zero: bool) -> Result<(), Status> {
@@ -67,30 +68,99 @@ fn check_duration(field: &str, ms: u64, allow_zero: bool) -> Result<(), Status> 
     Ok(())
 }
 
+type Client = MessageServiceClient<tonic::transport::Channel>;
+
+fn client(channel: tonic::transport::Channel) -> Client {
+    MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+fn unexpected(response: QueueResponse) -> LocalError {
+    ApiError::Internal(format!("unexpected response {response:?}")).into()
+}
+
 impl MessageServiceImpl {
     /// Ack, Nack and ExtendLease share everything but the command.
-    async fn settle(
+    async fn settle<R, RF>(
         &self,
         ctx: CallContext,
         queue: &QueueName,
         command: QueueCommand,
-        remote: impl AsyncFn(MessageServiceClient<tonic::transport::Channel>, CallContext) -> Result<SettleResponse, Status>,
-    ) -> Result<SettleResponse, Status> {
+        remote: R,
+    ) -> Result<SettleResponse, Status>
+    where
+        R: Fn(Client, CallContext) -> RF,
+        RF: Future<Output = Result<SettleResponse, Status>>,
+    {
         self.router
             .on_queue_leader(
                 ctx,
                 queue,
-                async |group, _entry| {
-                    let response =
-                        propose(&group, QueueRequest { now: clock::now(), command: command.clone() }).await?;
-                    match response {
-                        QueueResponse::Settled { succeeded, failures } => Ok(convert::settle_response(succeeded, &failures)),
-                        other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                |group, _entry| {
+                    let command = command.clone();
+                    async move {
+                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                            QueueResponse::Settled { succeeded, failures } => {
+                                Ok(convert::settle_response(succeeded, &failures))
+                            }
+                            other => Err(unexpected(other)),
+                        }
                     }
                 },
-                async |channel, ctx| remote(MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX), ctx).await,
+                |channel, ctx| remote(client(channel), ctx),
             )
             .await
+    }
+}
+
+/// Leases messages on the leader, waiting up to `wait_until` for some to
+/// become available. Proposes nothing while nothing is available.
+async fn lease_on_leader(
+    group: QueueGroup,
+    max_messages: u32,
+    visibility_timeout_ms: u64,
+    wait_until: Instant,
+) -> Result<Vec<raftmq_proto::v1::Message>, LocalError> {
+    let mut applied = group.reader.applied_index_watch();
+    let own_id = group.raft.metrics().borrow_watched().id;
+    loop {
+        let now = clock::now();
+        let (available, wakeup) = {
+            let state = group.reader.state();
+            (state.has_available(now), state.next_wakeup(now))
+        };
+        if available {
+            let command = QueueCommand::Lease { max_messages, visibility_timeout_ms };
+            match propose(&group, QueueRequest { now, command }).await? {
+                QueueResponse::Leased { messages } if !messages.is_empty() => {
+                    let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
+                    let bodies = group
+                        .reader
+                        .read_messages(&offsets)
+                        .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
+                    return Ok(convert::delivered(&messages, bodies));
+                }
+                QueueResponse::Leased { .. } => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        if Instant::now() >= wait_until {
+            return Ok(Vec::new());
+        }
+        // Sleep until something is applied, a lease or delay runs out, or the wait ends.
+        let mut sleep_until = wait_until;
+        if let Some(wakeup) = wakeup {
+            let in_ms = wakeup.0.saturating_sub(now.0);
+            sleep_until = sleep_until.min(Instant::now() + Duration::from_millis(in_ms));
+        }
+        // Leadership may move while waiting; re-check it on every wake-up.
+        let leader = group.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(own_id) {
+            return Err(LocalError::NotLeader(leader));
+        }
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
     }
 }
 
@@ -102,7 +172,9 @@ impl MessageService for MessageServiceImpl {
         let queue = queue_name(&request.queue)?;
         check_batch("messages", request.messages.len())?;
         if let Some(i) = request.messages.iter().position(|m| m.body.is_empty()) {
-            return Err(ApiError::InvalidArgument(format!("messages[{i}].body: is empty; send at least one byte")).into());
+            return Err(
+                ApiError::InvalidArgument(format!("messages[{i}].body: is empty; send at least one byte")).into()
+            );
         }
         let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
         let offsets = self
@@ -110,26 +182,29 @@ impl MessageService for MessageServiceImpl {
             .on_queue_leader(
                 ctx,
                 &queue,
-                async |group, entry| {
-                    let limit = entry.config.max_message_bytes;
-                    if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
-                        return Err(ApiError::InvalidArgument(format!(
-                            "messages[{i}]: {} bytes (body plus headers) exceed the queue's max_message_bytes of {limit}",
-                            m.size_bytes()
-                        ))
-                        .into());
-                    }
-                    let command = QueueCommand::Produce { messages: messages.clone() };
-                    match propose(&group, QueueRequest { now: clock::now(), command }).await? {
-                        QueueResponse::Produced { first_offset, count } => {
-                            Ok((first_offset.0..first_offset.0 + u64::from(count)).collect::<Vec<u64>>())
+                |group, entry| {
+                    let messages = messages.clone();
+                    async move {
+                        let limit = entry.config.max_message_bytes;
+                        if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
+                            return Err(ApiError::InvalidArgument(format!(
+                                "messages[{i}]: {} bytes (body plus headers) exceed the queue's max_message_bytes of {limit}",
+                                m.size_bytes()
+                            ))
+                            .into());
                         }
-                        other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                        let command = QueueCommand::Produce { messages };
+                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                            QueueResponse::Produced { first_offset, count } => {
+                                Ok((first_offset.0..first_offset.0 + u64::from(count)).collect::<Vec<u64>>())
+                            }
+                            other => Err(unexpected(other)),
+                        }
                     }
                 },
-                async |channel, ctx| {
-                    let mut client = MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX);
-                    Ok(client.produce(ctx.forward(request.clone())).await?.into_inner().offsets)
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(client(channel).produce(request).await?.into_inner().offsets) }
                 },
             )
             .await?;
@@ -159,62 +234,19 @@ impl MessageService for MessageServiceImpl {
             .on_queue_leader(
                 ctx,
                 &queue,
-                async |group, entry| {
+                |group, entry| {
                     let visibility_timeout_ms = match request.visibility_timeout_ms {
                         0 => entry.config.visibility_timeout_ms,
                         ms => ms,
                     };
-                    let mut applied = group.reader.applied_index_watch();
-                    loop {
-                        let now = clock::now();
-                        let (available, wakeup) = {
-                            let state = group.reader.state();
-                            (state.has_available(now), state.next_wakeup(now))
-                        };
-                        if available {
-                            let command =
-                                QueueCommand::Lease { max_messages: request.max_messages, visibility_timeout_ms };
-                            match propose(&group, QueueRequest { now, command }).await? {
-                                QueueResponse::Leased { messages } if !messages.is_empty() => {
-                                    let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
-                                    let bodies = group
-                                        .reader
-                                        .read_messages(&offsets)
-                                        .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
-                                    return Ok(convert::delivered(&messages, bodies));
-                                }
-                                QueueResponse::Leased { .. } => {}
-                                other => {
-                                    return Err(ApiError::Internal(format!("unexpected response {other:?}")).into());
-                                }
-                            }
-                        }
-                        if Instant::now() >= wait_until {
-                            return Ok(Vec::new());
-                        }
-                        // Sleep until something is applied, a lease or delay runs out, or the wait ends.
-                        let mut sleep_until = wait_until;
-                        if let Some(wakeup) = wakeup {
-                            let in_ms = wakeup.0.saturating_sub(now.0);
-                            sleep_until = sleep_until.min(Instant::now() + Duration::from_millis(in_ms));
-                        }
-                        // Leadership may move while waiting; re-check it on every wake-up.
-                        if group.raft.metrics().borrow().current_leader != Some(group_leader_self(&group)) {
-                            return Err(LocalError::NotLeader(None));
-                        }
-                        tokio::select! {
-                            _ = applied.changed() => {}
-                            _ = tokio::time::sleep_until(sleep_until) => {}
-                        }
-                    }
+                    lease_on_leader(group, request.max_messages, visibility_timeout_ms, wait_until)
                 },
-                async |channel, ctx| {
-                    let mut client = MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+                |channel, ctx| {
                     let mut forwarded = request.clone();
                     // The time already spent here counts against the wait.
-                    forwarded.wait_time_ms =
-                        wait_until.saturating_duration_since(Instant::now()).as_millis() as u64;
-                    Ok(client.consume(ctx.forward(forwarded)).await?.into_inner().messages)
+                    forwarded.wait_time_ms = wait_until.saturating_duration_since(Instant::now()).as_millis() as u64;
+                    let forwarded = ctx.forward(forwarded);
+                    async move { Ok(client(channel).consume(forwarded).await?.into_inner().messages) }
                 },
             )
             .await?;
@@ -227,8 +259,9 @@ impl MessageService for MessageServiceImpl {
         let queue = queue_name(&request.queue)?;
         let receipts = parse_receipts(&request.receipts)?;
         let response = self
-            .settle(ctx, &queue, QueueCommand::Ack { receipts }, async |mut client, ctx| {
-                Ok(client.ack(ctx.forward(request.clone())).await?.into_inner())
+            .settle(ctx, &queue, QueueCommand::Ack { receipts }, |mut client, ctx| {
+                let request = ctx.forward(request.clone());
+                async move { Ok(client.ack(request).await?.into_inner()) }
             })
             .await?;
         Ok(Response::new(response))
@@ -242,8 +275,9 @@ impl MessageService for MessageServiceImpl {
         check_duration("delay_ms", request.delay_ms, true)?;
         let command = QueueCommand::Nack { receipts, delay_ms: request.delay_ms };
         let response = self
-            .settle(ctx, &queue, command, async |mut client, ctx| {
-                Ok(client.nack(ctx.forward(request.clone())).await?.into_inner())
+            .settle(ctx, &queue, command, |mut client, ctx| {
+                let request = ctx.forward(request.clone());
+                async move { Ok(client.nack(request).await?.into_inner()) }
             })
             .await?;
         Ok(Response::new(response))
@@ -257,14 +291,11 @@ impl MessageService for MessageServiceImpl {
         check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
         let command = QueueCommand::ExtendLease { receipts, visibility_timeout_ms: request.visibility_timeout_ms };
         let response = self
-            .settle(ctx, &queue, command, async |mut client, ctx| {
-                Ok(client.extend_lease(ctx.forward(request.clone())).await?.into_inner())
+            .settle(ctx, &queue, command, |mut client, ctx| {
+                let request = ctx.forward(request.clone());
+                async move { Ok(client.extend_lease(request).await?.into_inner()) }
             })
             .await?;
         Ok(Response::new(response))
     }
-}
-
-fn group_leader_self(group: &raftmq_raft::QueueGroup) -> raftmq_types::NodeId {
-    group.raft.metrics().borrow().id
 }

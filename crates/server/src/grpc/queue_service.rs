@@ -4,6 +4,7 @@
 //! Get and list answer from this node's catalog; statistics come from a
 //! replica and say which node computed them and at which applied index.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
 use raftmq_proto::v1::queue_service_client::QueueServiceClient;
@@ -33,7 +34,7 @@ impl QueueServiceImpl {
     fn stats(&self, group: &QueueGroup) -> QueueStats {
         let stats = group.reader.state().stats(clock::now());
         let metrics = group.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         QueueStats {
             depth: stats.depth,
             in_flight: stats.in_flight,
@@ -63,8 +64,7 @@ impl QueueServiceImpl {
             .map(|id| (catalog.queues.values().filter(|q| q.replicas.contains(id)).count(), *id))
             .collect();
         load.sort();
-        let mut replicas: Vec<NodeId> =
-            load.into_iter().take(replication_factor as usize).map(|(_, id)| id).collect();
+        let mut replicas: Vec<NodeId> = load.into_iter().take(replication_factor as usize).map(|(_, id)| id).collect();
         replicas.sort();
         replicas
     }
@@ -100,9 +100,9 @@ impl QueueService for QueueServiceImpl {
                     MetaResponse::QueueAlreadyExists { .. } => Err(ApiError::QueueAlreadyExists(name.to_string())),
                     other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
                 },
-                async |channel, ctx| {
-                    let response = QueueServiceClient::new(channel).create_queue(ctx.forward(request.clone())).await?;
-                    Ok(response.into_inner().queue)
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(QueueServiceClient::new(channel).create_queue(request).await?.into_inner().queue) }
                 },
             )
             .await;
@@ -112,7 +112,8 @@ impl QueueService for QueueServiceImpl {
             Err(status) => return Err(status),
         }
         // Created here: the meta leader applied it, so the local catalog has it.
-        let info = self.local_info(&name).ok_or_else(|| ApiError::Internal("created queue missing from catalog".into()))?;
+        let info =
+            self.local_info(&name).ok_or_else(|| ApiError::Internal("created queue missing from catalog".into()))?;
         Ok(Response::new(CreateQueueResponse { queue: Some(info) }))
     }
 
@@ -131,10 +132,19 @@ impl QueueService for QueueServiceImpl {
             .on_queue_leader(
                 ctx,
                 &name,
-                async |group, entry| Ok(convert::queue_info(&name, &entry, Some(self.stats(&group)))),
-                async |channel, ctx| {
-                    let response = QueueServiceClient::new(channel).get_queue(ctx.forward(request.clone())).await?;
-                    response.into_inner().queue.ok_or_else(|| Status::internal("forwarded GetQueue returned no queue"))
+                |group, entry| {
+                    let info = convert::queue_info(&name, &entry, Some(self.stats(&group)));
+                    async move { Ok(info) }
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move {
+                        let response = QueueServiceClient::new(channel).get_queue(request).await?;
+                        response
+                            .into_inner()
+                            .queue
+                            .ok_or_else(|| Status::internal("forwarded GetQueue returned no queue"))
+                    }
                 },
             )
             .await?;
@@ -170,9 +180,12 @@ impl QueueService for QueueServiceImpl {
                     MetaResponse::QueueNotFound => Err(ApiError::QueueNotFound(name.to_string())),
                     other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
                 },
-                async |channel, ctx| {
-                    QueueServiceClient::new(channel).delete_queue(ctx.forward(request.clone())).await?;
-                    Ok(())
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move {
+                        QueueServiceClient::new(channel).delete_queue(request).await?;
+                        Ok(())
+                    }
                 },
             )
             .await?;
@@ -188,13 +201,15 @@ impl QueueService for QueueServiceImpl {
             .on_queue_leader(
                 ctx,
                 &name,
-                async |group, _entry| match propose(&group, QueueRequest { now: clock::now(), command: QueueCommand::Purge }).await? {
-                    QueueResponse::Purged { removed } => Ok(removed),
-                    other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                |group, _entry| async move {
+                    match propose(&group, QueueRequest { now: clock::now(), command: QueueCommand::Purge }).await? {
+                        QueueResponse::Purged { removed } => Ok(removed),
+                        other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                    }
                 },
-                async |channel, ctx| {
-                    let response = QueueServiceClient::new(channel).purge_queue(ctx.forward(request.clone())).await?;
-                    Ok(response.into_inner().removed)
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(QueueServiceClient::new(channel).purge_queue(request).await?.into_inner().removed) }
                 },
             )
             .await?;

@@ -1,0 +1,36 @@
+//! `raftmq cluster status`.
+
+use clap::Subcommand;
+use raftmq_client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, and per Raft group the leader, term, commit and applied index.
+    Status,
+}
+
+pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let status = client.cluster_status().await?;
+            println!("answered by node {}", status.node_id);
+            println!("{:<6} {:<24} reachable", "node", "address");
+            for node in &status.nodes {
+                println!("{:<6} {:<24} {}", node.id, node.addr, if node.reachable { "yes" } else { "no" });
+            }
+            println!();
+            println!(
+                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10}  voters",
+                "group", "queue", "leader", "term", "commit", "applied", "last_log"
+            );
+            for g in &status.groups {
+                let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
+                println!(
+                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10}  {:?}",
+                    g.group_id, queue, g.leader_id, g.term, g.commit_index, g.applied_index, g.last_log_index, g.voters
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `raftmq produce|consume|ack|nack`.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use raftmq_client::{Client, v1 as pb};
+
+use super::output;
+
+/// Messages per Produce call when reading stdin.
+const PRODUCE_BATCH: usize = 500;
+
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    queue: String,
+    /// Message bodies; without any, each stdin line is one message.
+    bodies: Vec<String>,
+    /// A header for every message, KEY=VALUE; repeatable.
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    queue: String,
+    /// Messages per call, 1 to 1000.
+    #[arg(long, default_value_t = 10)]
+    pub max: u32,
+    /// How long to wait when the queue is empty.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+    /// Lease duration; the queue's default when absent.
+    #[arg(long)]
+    visibility_timeout_ms: Option<u64>,
+    /// Leave the messages leased instead of acknowledging them (prints receipts).
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Keep consuming until this many messages arrived or a wait returns nothing.
+    #[arg(long)]
+    count: Option<u64>,
+    /// One JSON object per message.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AckArgs {
+    queue: String,
+    #[arg(required = true)]
+    receipts: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NackArgs {
+    queue: String,
+    #[arg(required = true)]
+    receipts: Vec<String>,
+    /// Delay before the messages may be delivered again.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+}
+
+fn parse_headers(headers: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    headers
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("--header {h:?}: use KEY=VALUE"),
+        })
+        .collect()
+}
+
+pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
+    let headers = parse_headers(&args.headers)?;
+    let message = |body: String| pb::ProduceMessage { body: body.into_bytes(), headers: headers.clone() };
+    if !args.bodies.is_empty() {
+        let offsets = client.produce(&args.queue, args.bodies.into_iter().map(message).collect()).await?;
+        print_offsets(&offsets);
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    let mut batch = Vec::new();
+    let mut total = 0usize;
+    for line in stdin.lock().lines() {
+        let line = line.context("read stdin")?;
+        if line.is_empty() {
+            continue;
+        }
+        batch.push(message(line));
+        if batch.len() == PRODUCE_BATCH {
+            total += batch.len();
+            print_offsets(&client.produce(&args.queue, std::mem::take(&mut batch)).await?);
+        }
+    }
+    if !batch.is_empty() {
+        total += batch.len();
+        print_offsets(&client.produce(&args.queue, batch).await?);
+    }
+    if total == 0 {
+        bail!("nothing to produce: pass bodies as arguments or lines on stdin");
+    }
+    Ok(())
+}
+
+fn print_offsets(offsets: &[u64]) {
+    for offset in offsets {
+        println!("{offset}");
+    }
+}
+
+pub async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut received = 0u64;
+    loop {
+        let wanted = match args.count {
+            Some(count) => (count - received).min(u64::from(args.max)) as u32,
+            None => args.max,
+        };
+        let messages = client
+            .consume(
+                &args.queue,
+                wanted,
+                Duration::from_millis(args.wait_ms),
+                args.visibility_timeout_ms.map(Duration::from_millis),
+            )
+            .await?;
+        for m in &messages {
+            if args.json {
+                println!("{}", output::message_json(m));
+            } else {
+                println!("{}", output::message_text(m, args.no_ack));
+            }
+        }
+        received += messages.len() as u64;
+        if !args.no_ack && !messages.is_empty() {
+            let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+            let settled = client.ack(&args.queue, receipts).await?;
+            for failed in &settled.failed {
+                eprintln!("warning: ack of {} failed: {:?}", failed.receipt, failed.reason());
+            }
+        }
+        let done = match args.count {
+            Some(count) => received >= count || messages.is_empty(),
+            None => true,
+        };
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+fn print_settled(verb: &str, settled: &pb::SettleResponse) -> anyhow::Result<()> {
+    println!("{verb} {}", settled.succeeded);
+    for failed in &settled.failed {
+        eprintln!("{}: {:?}", failed.receipt, failed.reason());
+    }
+    if !settled.failed.is_empty() {
+        bail!("{} receipts did not take effect", settled.failed.len());
+    }
+    Ok(())
+}
+
+pub async fn ack(client: &Client, args: AckArgs) -> anyhow::Result<()> {
+    print_settled("acked", &client.ack(&args.queue, args.receipts).await?)
+}
+
+pub async fn nack(client: &Client, args: NackArgs) -> anyhow::Result<()> {
+    print_settled("nacked", &client.nack(&args.queue, args.receipts, Duration::from_millis(args.delay_ms)).await?)
+}

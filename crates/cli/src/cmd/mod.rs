@@ -1,0 +1,111 @@
+//! Command-line interface: one module per command group.
+//!
+//! `server` and `dev` run nodes; the others are clients of a running cluster.
+
+mod cluster;
+mod dev;
+mod message;
+mod output;
+mod queue;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use raftmq_client::Client;
+
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Debug, Parser)]
+#[command(name = "raftmq", version, about = "A replicated message queue: server, local cluster and client")]
+pub struct Cli {
+    /// Nodes to talk to (any node of the cluster will do), comma-separated host:port.
+    #[arg(long, global = true, env = "RAFTMQ_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Server(server::ServerArgs),
+    /// Run a local three-node cluster for development, until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Create, inspect, delete and purge queues.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Produce messages: the BODY arguments, or one message per stdin line.
+    Produce(message::ProduceArgs),
+    /// Consume messages (and acknowledge them, unless --no-ack).
+    Consume(message::ConsumeArgs),
+    /// Acknowledge messages by receipt.
+    Ack(message::AckArgs),
+    /// Give messages back for redelivery.
+    Nack(message::NackArgs),
+    /// Cluster inspection.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Dev(args) => dev::run(args),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("start the tokio runtime");
+            let result = runtime.block_on(async move {
+                let client = Client::connect(&cli.endpoints)?;
+                match command {
+                    Command::Queue(c) => queue::run(&client, c).await,
+                    Command::Produce(a) => message::produce(&client, a).await,
+                    Command::Consume(a) => message::consume(&client, a).await,
+                    Command::Ack(a) => message::ack(&client, a).await,
+                    Command::Nack(a) => message::nack(&client, a).await,
+                    Command::Cluster(c) => cluster::run(&client, c).await,
+                    Command::Server(_) | Command::Dev(_) => unreachable!("handled above"),
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoints_may_follow_the_subcommand() {
+        let cli = Cli::try_parse_from(["raftmq", "queue", "list", "--endpoints", "a:1,b:2"]).unwrap();
+        assert_eq!(cli.endpoints, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn consume_defaults() {
+        let cli = Cli::try_parse_from(["raftmq", "consume", "q"]).unwrap();
+        match cli.command {
+            Command::Consume(args) => {
+                assert_eq!((args.max, args.wait_ms, args.no_ack), (10, 1000, false));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Printing results as text or JSON.
+
+use raftmq_client::v1 as pb;
+use serde_json::json;
+
+pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
+    let config = q.config.clone().unwrap_or_default();
+    let stats = q.stats.as_ref().map(|s| {
+        json!({
+            "depth": s.depth, "in_flight": s.in_flight, "delayed": s.delayed, "available": s.available,
+            "next_offset": s.next_offset, "leader_id": s.leader_id, "applied_index": s.applied_index,
+            "reported_by": s.reported_by,
+        })
+    });
+    json!({
+        "name": q.name, "group_id": q.group_id, "replicas": q.replicas, "created_at_ms": q.created_at_ms,
+        "config": {
+            "visibility_timeout_ms": config.visibility_timeout_ms,
+            "max_message_bytes": config.max_message_bytes,
+            "replication_factor": config.replication_factor,
+        },
+        "stats": stats,
+    })
+}
+
+pub fn queue_text(q: &pb::QueueInfo) -> String {
+    let config = q.config.clone().unwrap_or_default();
+    let mut out = format!(
+        "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n",
+        q.name,
+        q.replicas,
+        q.group_id,
+        config.visibility_timeout_ms,
+        config.max_message_bytes,
+        config.replication_factor
+    );
+    match &q.stats {
+        Some(s) => out.push_str(&format!(
+            "  depth {}  in_flight {}  delayed {}  available {}  next_offset {}\n  leader {}  (reported by node {} at applied index {})\n",
+            s.depth, s.in_flight, s.delayed, s.available, s.next_offset, s.leader_id, s.reported_by, s.applied_index
+        )),
+        None => out.push_str("  (no statistics: the answering node holds no replica)\n"),
+    }
+    out
+}
+
+pub fn message_json(m: &pb::Message) -> serde_json::Value {
+    json!({
+        "offset": m.offset,
+        "body": String::from_utf8_lossy(&m.body),
+        "headers": m.headers,
+        "publish_time_ms": m.publish_time_ms,
+        "delivery_attempt": m.delivery_attempt,
+        "receipt": m.receipt,
+        "lease_deadline_ms": m.lease_deadline_ms,
+    })
+}
+
+pub fn message_text(m: &pb::Message, show_receipt: bool) -> String {
+    let mut headers: Vec<String> = m.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    headers.sort();
+    let mut line = format!("{}\tattempt {}\t{}", m.offset, m.delivery_attempt, String::from_utf8_lossy(&m.body));
+    if !headers.is_empty() {
+        line.push_str(&format!("\t[{}]", headers.join(" ")));
+    }
+    if show_receipt {
+        line.push_str(&format!("\treceipt {}", m.receipt));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_text_shows_offset_attempt_body_headers() {
+        let m = pb::Message {
+            offset: 7,
+            body: b"hi".to_vec().into(),
+            headers: [("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())].into(),
+            delivery_attempt: 2,
+            receipt: "r1-7-9".into(),
+            ..Default::default()
+        };
+        assert_eq!(message_text(&m, false), "7\tattempt 2\thi\t[a=1 b=2]");
+        assert!(message_text(&m, true).ends_with("receipt r1-7-9"));
+        assert_eq!(message_json(&m)["body"], "hi");
+    }
+
+    #[test]
+    fn queue_text_names_the_depth() {
+        let q = pb::QueueInfo {
+            name: "q".into(),
+            stats: Some(pb::QueueStats { depth: 42, ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(queue_text(&q).contains("depth 42"));
+    }
+}

@@ -1,0 +1,73 @@
+//! `raftmq server`: one node, configured by file, environment and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use raftmq_server::config::{ConfigOverrides, ServerConfig, parse_peers};
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// TOML config file (see deploy/node1.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    #[arg(long)]
+    listen_addr: Option<SocketAddr>,
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initial members, this node included: "1=host:port,2=host:port,3=host:port".
+    #[arg(long)]
+    peers: Option<String>,
+}
+
+pub fn run(args: ServerArgs) -> ExitCode {
+    let peers = match args.peers.as_deref().map(parse_peers).transpose() {
+        Ok(peers) => peers,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let overrides = ConfigOverrides {
+        node_id: args.node_id,
+        listen_addr: args.listen_addr,
+        advertise_addr: args.advertise_addr,
+        data_dir: args.data_dir,
+        peers,
+    };
+    let config = match ServerConfig::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the tokio runtime");
+    match runtime.block_on(raftmq_server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "node stopped");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
