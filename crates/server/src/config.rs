@@ -137,10 +137,10 @@ impl ServerConfig {
             figment = figment.merge(Serialized::default("peers", v));
         }
         // data_dir defaults from node_id, so it is filled in after the rest.
-        if figment.find_value("data_dir").is_err() {
-            if let Ok(id) = figment.extract_inner::<u64>("node_id") {
-                figment = figment.merge(Serialized::default("data_dir", format!("./data/node-{id}")));
-            }
+        if figment.find_value("data_dir").is_err()
+            && let Ok(id) = figment.extract_inner::<u64>("node_id")
+        {
+            figment = figment.merge(Serialized::default("data_dir", format!("./data/node-{id}")));
         }
         let config: ServerConfig = figment.extract().map_err(|e| describe(path, e))?;
         config.validate()?;
@@ -233,6 +233,8 @@ fn describe(path: Option<&Path>, error: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+// figment's Jail API returns its large error type by value.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

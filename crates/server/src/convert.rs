@@ -23,7 +23,7 @@ pub fn delivered(leased: &[DeliveredMessage], bodies: Vec<StoredMessage>) -> Vec
             let stored = bodies.remove(&lease.offset.0)?;
             Some(pb::Message {
                 offset: lease.offset.0,
-                body: stored.body.into(),
+                body: stored.body,
                 headers: stored.headers.into_iter().collect(),
                 publish_time_ms: stored.publish_time.0,
                 receipt: lease.receipt.to_string(),

@@ -43,7 +43,7 @@ impl MetaStateMachine {
     fn build(&self) -> Result<Snapshot, StorageError> {
         let (applied, membership) = read_applied_state(&self.storage, META_GROUP_ID)?;
         let data = encode("catalog", &*self.catalog.borrow().clone())?;
-        let meta = SnapshotMeta { last_log_id: applied.clone(), last_membership: membership };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, META_GROUP_ID, &meta, &data)?;
         self.storage.db().write(batch)?;
@@ -96,7 +96,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                 }
                 EntryPayload::Blank => RaftResponse::Empty,
                 EntryPayload::Membership(membership) => {
-                    last_membership = Some(Membership::new(Some(log_id.clone()), membership.clone()));
+                    last_membership = Some(Membership::new(Some(log_id), membership.clone()));
                     RaftResponse::Empty
                 }
             };

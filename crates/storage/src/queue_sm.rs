@@ -122,7 +122,7 @@ impl QueueStateMachine {
             records.push((key[8..].to_vec(), value.to_vec()));
         }
         let data = encode("snapshot", &QueueSnapshot { records })?;
-        let meta = SnapshotMeta { last_log_id: applied.clone(), last_membership: membership };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, self.group, &meta, &data)?;
         self.storage.db().write(batch)?;
@@ -217,7 +217,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
                 }
                 EntryPayload::Blank => RaftResponse::Empty,
                 EntryPayload::Membership(membership) => {
-                    last_membership = Some(Membership::new(Some(log_id.clone()), membership.clone()));
+                    last_membership = Some(Membership::new(Some(log_id), membership.clone()));
                     RaftResponse::Empty
                 }
             };

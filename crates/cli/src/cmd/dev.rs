@@ -119,10 +119,10 @@ async fn wait_ready(addrs: &[String], nodes: &mut [Node]) -> Result<(), String> 
         if let Some((id, log)) = exited(nodes) {
             return Err(format!("node {id} exited:\n{}", tail(&log, 30)));
         }
-        if let Ok(status) = client.cluster_status().await {
-            if status.groups.first().is_some_and(|meta| meta.leader_id != 0) {
-                return Ok(());
-            }
+        if let Ok(status) = client.cluster_status().await
+            && status.groups.first().is_some_and(|meta| meta.leader_id != 0)
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err("no meta-group leader within 60 s; see the node logs".into());

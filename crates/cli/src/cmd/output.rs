@@ -4,7 +4,7 @@ use raftmq_client::v1 as pb;
 use serde_json::json;
 
 pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
-    let config = q.config.clone().unwrap_or_default();
+    let config = q.config.unwrap_or_default();
     let stats = q.stats.as_ref().map(|s| {
         json!({
             "depth": s.depth, "in_flight": s.in_flight, "delayed": s.delayed, "available": s.available,
@@ -24,7 +24,7 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
 }
 
 pub fn queue_text(q: &pb::QueueInfo) -> String {
-    let config = q.config.clone().unwrap_or_default();
+    let config = q.config.unwrap_or_default();
     let mut out = format!(
         "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n",
         q.name,
@@ -77,7 +77,7 @@ mod tests {
     fn message_text_shows_offset_attempt_body_headers() {
         let m = pb::Message {
             offset: 7,
-            body: b"hi".to_vec().into(),
+            body: b"hi".to_vec(),
             headers: [("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())].into(),
             delivery_attempt: 2,
             receipt: "r1-7-9".into(),

@@ -121,10 +121,10 @@ impl QueueService for QueueServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let request = request.into_inner();
         let name = queue_name(&request.name)?;
-        if let Some(info) = self.local_info(&name) {
-            if info.stats.is_some() || !ctx.can_forward() {
-                return Ok(Response::new(GetQueueResponse { queue: Some(info) }));
-            }
+        if let Some(info) = self.local_info(&name)
+            && (info.stats.is_some() || !ctx.can_forward())
+        {
+            return Ok(Response::new(GetQueueResponse { queue: Some(info) }));
         }
         // No replica here (or the catalog trails): ask the queue's leader.
         let info = self
