@@ -69,7 +69,8 @@ pub fn group_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
     let start = group.to_be_bytes().to_vec();
     let end = match group.0.checked_add(1) {
         Some(next) => next.to_be_bytes().to_vec(),
-        None => vec![0xff; 9],
+        // Longer than any key, so above every key of the last group.
+        None => vec![0xff; 18],
     };
     (start, end)
 }

@@ -17,7 +17,9 @@ use crate::StorageError;
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub struct WalSyncer {
-    requests: mpsc::Sender<Done>,
+    /// `None` only while dropping: closing the channel stops the thread.
+    requests: Option<mpsc::Sender<Done>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     syncs: Arc<AtomicU64>,
     requests_total: Arc<AtomicU64>,
 }
@@ -27,7 +29,7 @@ impl WalSyncer {
         let (requests, receiver) = mpsc::channel::<Done>();
         let syncs = Arc::new(AtomicU64::new(0));
         let thread_syncs = syncs.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raftmq-wal-sync".into())
             .spawn(move || {
                 // Ends when every sender is gone, i.e. when the storage is dropped.
@@ -45,13 +47,14 @@ impl WalSyncer {
                 }
             })
             .expect("spawn the WAL sync thread");
-        WalSyncer { requests, syncs, requests_total: Arc::new(AtomicU64::new(0)) }
+        WalSyncer { requests: Some(requests), thread: Some(thread), syncs, requests_total: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Calls `done` once everything written to the WAL before this call is on disk.
     pub fn sync_then(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), StorageError> {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
-        self.requests.send(Box::new(done)).map_err(|_| StorageError::SyncerStopped)
+        let requests = self.requests.as_ref().ok_or(StorageError::SyncerStopped)?;
+        requests.send(Box::new(done)).map_err(|_| StorageError::SyncerStopped)
     }
 
     /// Waits until everything written to the WAL so far is on disk.
@@ -75,5 +78,16 @@ impl WalSyncer {
     /// Sync requests received so far (each append or vote is one).
     pub fn request_count(&self) -> u64 {
         self.requests_total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WalSyncer {
+    /// Waits for pending syncs and for the thread to let go of the database,
+    /// so that the database is closed when the last `Storage` is dropped.
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
