@@ -107,7 +107,7 @@ impl ServerConfig {
         let mut figment = Figment::from(Serialized::defaults(Defaults {
             listen_addr: "127.0.0.1:7001".into(),
             raft: RaftTuning::default(),
-            log: "info".into(),
+            log: "info,openraft=warn".into(),
         }));
         if let Some(path) = path {
             if !path.is_file() {
@@ -275,7 +275,7 @@ mod tests {
             let config = load_str(GOOD).unwrap();
             assert_eq!(config.node_id, 2);
             assert_eq!(config.raft, RaftTuning::default());
-            assert_eq!(config.log, "info");
+            assert_eq!(config.log, "info,openraft=warn");
             assert_eq!(config.advertise_addr(), "127.0.0.1:7002");
             Ok(())
         });
