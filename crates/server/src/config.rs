@@ -93,6 +93,19 @@ pub fn parse_peers(list: &str) -> Result<Vec<PeerConfig>, ConfigError> {
         .collect()
 }
 
+/// Settings read from `RAFTMQ_<NAME>`; nested ones use `__` (RAFTMQ_RAFT__HEARTBEAT_INTERVAL_MS).
+/// `RAFTMQ_PEERS` is parsed separately, in the compact form of `--peers`.
+const ENV_SETTINGS: &[&str] = &[
+    "node_id",
+    "listen_addr",
+    "advertise_addr",
+    "data_dir",
+    "log",
+    "raft__heartbeat_interval_ms",
+    "raft__election_timeout_min_ms",
+    "raft__election_timeout_max_ms",
+];
+
 /// The defaults, expressed as a partial document so that required settings
 /// stay missing unless given.
 #[derive(Serialize)]
@@ -117,7 +130,11 @@ impl ServerConfig {
         }
         // RAFTMQ_PEERS has a compact form of its own; everything else maps
         // directly (RAFTMQ_RAFT__HEARTBEAT_INTERVAL_MS for nested settings).
-        figment = figment.merge(Env::prefixed("RAFTMQ_").ignore(&["PEERS", "ENDPOINTS"]).split("__"));
+        // Only the node's own settings: other RAFTMQ_* variables (the CLI's
+        // RAFTMQ_ENDPOINTS, test tooling) are not mistakes in this config.
+        let env = Env::prefixed("RAFTMQ_")
+            .filter(|key| ENV_SETTINGS.iter().any(|known| key.as_str().eq_ignore_ascii_case(known)));
+        figment = figment.merge(env.split("__"));
         if let Ok(peers) = std::env::var("RAFTMQ_PEERS") {
             figment = figment.merge(Serialized::default("peers", parse_peers(&peers)?));
         }
@@ -286,6 +303,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("RAFTMQ_LISTEN_ADDR", "127.0.0.1:9002");
             jail.set_env("RAFTMQ_RAFT__HEARTBEAT_INTERVAL_MS", "100");
+            jail.set_env("RAFTMQ_ENDPOINTS", "not-a-setting-of-the-server");
             let config = load_str(GOOD).unwrap();
             assert_eq!(config.listen_addr.to_string(), "127.0.0.1:9002");
             assert_eq!(config.raft.heartbeat_interval_ms, 100);
