@@ -270,8 +270,13 @@ impl Router {
     }
 }
 
+/// Whether a forwarded call should be tried again, via whoever leads next.
+/// UNAVAILABLE is the peer saying so; UNKNOWN and CANCELLED are what tonic
+/// reports when the connection to the peer breaks mid-call, typically because
+/// the leader died. (As with any retry of a produce whose answer was lost,
+/// the batch may then be stored twice; producer dedup ids will close that.)
 fn is_retryable(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }
 
 /// `Some(leader hint)` when a write failed only because this node does not lead.
@@ -300,6 +305,16 @@ pub async fn propose(group: &QueueGroup, request: QueueRequest) -> Result<QueueR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broken_forwards_are_retried_but_answers_are_not() {
+        for code in [tonic::Code::Unavailable, tonic::Code::Unknown, tonic::Code::Cancelled] {
+            assert!(is_retryable(&tonic::Status::new(code, "x")), "{code:?}");
+        }
+        for code in [tonic::Code::InvalidArgument, tonic::Code::NotFound, tonic::Code::DeadlineExceeded] {
+            assert!(!is_retryable(&tonic::Status::new(code, "x")), "{code:?}");
+        }
+    }
 
     #[test]
     fn parses_grpc_timeouts() {
