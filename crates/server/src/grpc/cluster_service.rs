@@ -4,13 +4,14 @@ use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftmq_proto::v1::cluster_service_client::ClusterServiceClient;
 use raftmq_proto::v1::cluster_service_server::ClusterService;
 use raftmq_proto::v1::{GetClusterStatusRequest, GetClusterStatusResponse, GroupStatus, NodeInfo};
 use raftmq_storage::TypeConfig;
 use raftmq_types::{GroupId, META_GROUP_ID};
 use tonic::{Request, Response, Status};
 
-use crate::routing::Router;
+use crate::routing::{CallContext, Router};
 
 pub struct ClusterServiceImpl {
     router: Arc<Router>,
@@ -19,6 +20,18 @@ pub struct ClusterServiceImpl {
 impl ClusterServiceImpl {
     pub fn new(router: Arc<Router>) -> Self {
         ClusterServiceImpl { router }
+    }
+}
+
+impl ClusterServiceImpl {
+    /// The meta leader's view of the nodes, or `None` if it does not answer within a second.
+    async fn nodes_from(&self, leader: u64, ctx: CallContext) -> Option<Vec<NodeInfo>> {
+        let addr = self.router.groups().member_addr(leader)?;
+        let channel = self.router.groups().peers().channel(&addr).ok()?;
+        let mut request = ctx.forward(GetClusterStatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        let response = ClusterServiceClient::new(channel).get_cluster_status(request).await.ok()?;
+        Some(response.into_inner().nodes)
     }
 }
 
@@ -55,8 +68,9 @@ fn group_status(group_id: GroupId, queue: String, metrics: &openraft::RaftMetric
 impl ClusterService for ClusterServiceImpl {
     async fn get_cluster_status(
         &self,
-        _request: Request<GetClusterStatusRequest>,
+        request: Request<GetClusterStatusRequest>,
     ) -> Result<Response<GetClusterStatusResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
         let groups = self.router.groups();
         let meta_metrics = groups.meta().metrics().borrow_watched().clone();
         let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics)];
@@ -64,8 +78,15 @@ impl ClusterService for ClusterServiceImpl {
             let metrics = group.raft.metrics().borrow_watched().clone();
             statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics));
         }
-        // A peer is reachable if the meta leader heard from it recently; on a
-        // follower only the leader and this node are known to be reachable.
+        // Only the meta leader hears from every node; a follower asks it for
+        // the node list and falls back to what it knows itself.
+        if let Some(leader) = meta_metrics.current_leader.filter(|l| *l != groups.node_id())
+            && ctx.can_forward()
+            && let Some(nodes) = self.nodes_from(leader, ctx).await
+        {
+            return Ok(Response::new(GetClusterStatusResponse { node_id: groups.node_id(), nodes, groups: statuses }));
+        }
+        // A peer is reachable if the meta leader heard from it recently.
         let heartbeat = meta_metrics.heartbeat.clone();
         let mut nodes = Vec::new();
         for (id, node) in groups.members() {
