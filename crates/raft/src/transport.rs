@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
-use crate::groups::GroupManager;
+use crate::groups::{GroupManager, MetaRaft, QueueRaft};
 
 type Vote = openraft::alias::VoteOf<TypeConfig>;
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
@@ -43,23 +43,48 @@ fn bad_payload(e: codec::CodecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// The Raft node of one group hosted here: the meta group or a queue group.
+/// The two are different types (their state machines differ), so each RPC
+/// dispatches on this once.
+enum GroupRaft {
+    Meta(MetaRaft),
+    Queue(QueueRaft),
+}
+
+impl TransportService {
+    fn group(&self, group_id: GroupId) -> Option<GroupRaft> {
+        if group_id == META_GROUP_ID {
+            Some(GroupRaft::Meta(self.groups.meta().clone()))
+        } else {
+            self.groups.queue_group(group_id).map(|g| GroupRaft::Queue(g.raft))
+        }
+    }
+}
+
+/// Answers with `result` encoded, or with its error in-band.
+fn answer<T: Serialize, E: std::fmt::Display>(
+    group_id: GroupId,
+    what: &'static str,
+    result: Result<T, E>,
+) -> Result<Response<RaftMessage>, Status> {
+    match result {
+        Ok(value) => reply(group_id, what, &value),
+        Err(e) => reply_error(group_id, e),
+    }
+}
+
+const NOT_HOSTED: &str = "group not hosted on this node (yet)";
+
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     async fn append(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
         let group_id = GroupId(message.group_id);
         let rpc = codec::decode("append request", &message.payload).map_err(bad_payload)?;
-        let result = if group_id == META_GROUP_ID {
-            self.groups.meta().append_entries(rpc).await
-        } else {
-            let Some(group) = self.groups.queue_group(group_id) else {
-                return reply_error(group_id, "group not hosted on this node (yet)");
-            };
-            group.raft.append_entries(rpc).await
-        };
-        match result {
-            Ok(response) => reply(group_id, "append response", &response),
-            Err(e) => reply_error(group_id, e),
+        match self.group(group_id) {
+            Some(GroupRaft::Meta(raft)) => answer(group_id, "append response", raft.append_entries(rpc).await),
+            Some(GroupRaft::Queue(raft)) => answer(group_id, "append response", raft.append_entries(rpc).await),
+            None => reply_error(group_id, NOT_HOSTED),
         }
     }
 
@@ -67,17 +92,10 @@ impl RaftTransport for TransportService {
         let message = request.into_inner();
         let group_id = GroupId(message.group_id);
         let rpc = codec::decode("vote request", &message.payload).map_err(bad_payload)?;
-        let result = if group_id == META_GROUP_ID {
-            self.groups.meta().vote(rpc).await
-        } else {
-            let Some(group) = self.groups.queue_group(group_id) else {
-                return reply_error(group_id, "group not hosted on this node (yet)");
-            };
-            group.raft.vote(rpc).await
-        };
-        match result {
-            Ok(response) => reply(group_id, "vote response", &response),
-            Err(e) => reply_error(group_id, e),
+        match self.group(group_id) {
+            Some(GroupRaft::Meta(raft)) => answer(group_id, "vote response", raft.vote(rpc).await),
+            Some(GroupRaft::Queue(raft)) => answer(group_id, "vote response", raft.vote(rpc).await),
+            None => reply_error(group_id, NOT_HOSTED),
         }
     }
 
@@ -96,17 +114,14 @@ impl RaftTransport for TransportService {
         }
         let snapshot =
             openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::new(data) };
-        let result = if group_id == META_GROUP_ID {
-            self.groups.meta().install_full_snapshot(vote, snapshot).await
-        } else {
-            let Some(group) = self.groups.queue_group(group_id) else {
-                return reply_error(group_id, "group not hosted on this node (yet)");
-            };
-            group.raft.install_full_snapshot(vote, snapshot).await
-        };
-        match result {
-            Ok(response) => reply(group_id, "snapshot response", &response),
-            Err(e) => reply_error(group_id, e),
+        match self.group(group_id) {
+            Some(GroupRaft::Meta(raft)) => {
+                answer(group_id, "snapshot response", raft.install_full_snapshot(vote, snapshot).await)
+            }
+            Some(GroupRaft::Queue(raft)) => {
+                answer(group_id, "snapshot response", raft.install_full_snapshot(vote, snapshot).await)
+            }
+            None => reply_error(group_id, NOT_HOSTED),
         }
     }
 }
