@@ -4,10 +4,9 @@
 use std::io;
 use std::sync::Arc;
 
-use futures::{Stream, TryStreamExt};
-use openraft::entry::RaftEntry;
+use futures::Stream;
+use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
 use raftmq_types::{META_GROUP_ID, RaftRequest, RaftResponse};
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
@@ -16,8 +15,8 @@ use tracing::warn;
 use crate::error::{decode, encode};
 use crate::keys::CF_META;
 use crate::sm_meta::{
-    LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
-    write_synced,
+    LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
+    read_snapshot, write_synced,
 };
 use crate::{Catalog, SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -74,48 +73,31 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         Ok(read_applied_state(&self.storage, META_GROUP_ID)?)
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let mut catalog = (*self.catalog.borrow().clone()).clone();
         let mut changed = false;
-        let mut responses = Vec::new();
-        let mut last_applied = None;
-        let mut last_membership = None;
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let log_id = entry.log_id();
-            let response = match &entry.payload {
-                EntryPayload::Normal(RaftRequest::Meta(command)) => {
-                    changed = true;
-                    RaftResponse::Meta(catalog.apply(command))
-                }
-                EntryPayload::Normal(RaftRequest::Queue(_)) => {
-                    warn!("queue command in the meta group ignored");
-                    RaftResponse::Empty
-                }
-                EntryPayload::Blank => RaftResponse::Empty,
-                EntryPayload::Membership(membership) => {
-                    last_membership = Some(Membership::new(Some(log_id), membership.clone()));
-                    RaftResponse::Empty
-                }
-            };
-            last_applied = Some(log_id);
-            if let Some(responder) = responder {
-                responses.push((responder, response));
+        let applied = apply_entries(entries, |_index, request| match request {
+            RaftRequest::Meta(command) => {
+                changed = true;
+                RaftResponse::Meta(catalog.apply(command))
             }
-        }
+            RaftRequest::Queue(_) => {
+                warn!("queue command in the meta group ignored");
+                RaftResponse::Empty
+            }
+        })
+        .await?;
         let mut batch = WriteBatch::default();
         if changed {
             batch.put_cf(self.storage.cf(CF_META), CATALOG_KEY, encode("catalog", &catalog)?);
         }
-        put_applied_state(&self.storage, &mut batch, META_GROUP_ID, &last_applied, last_membership.as_ref())?;
-        self.storage.db().write(batch).map_err(StorageError::from)?;
+        // The catalog is published after it is written, like the answers.
+        applied.commit(&self.storage, batch, META_GROUP_ID)?;
         if changed {
             self.catalog.send_replace(Arc::new(catalog));
-        }
-        for (responder, response) in responses {
-            responder.send(response);
         }
         Ok(())
     }

@@ -8,10 +8,9 @@
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use futures::{Stream, TryStreamExt};
-use openraft::entry::RaftEntry;
+use futures::Stream;
+use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
 use raftmq_queue::{Change, DeliveryState, QueueState};
 use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
@@ -22,8 +21,8 @@ use tracing::warn;
 use crate::error::{decode, encode};
 use crate::keys::{CF_QUEUE, QueueKind, group_range, queue_key, queue_kind_range, queue_offset};
 use crate::sm_meta::{
-    LogId, Membership, Snapshot, SnapshotMeta, put_applied_state, put_snapshot, read_applied_state, read_snapshot,
-    write_synced,
+    LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
+    read_snapshot, write_synced,
 };
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -195,44 +194,25 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         Ok(read_applied_state(&self.storage, self.group)?)
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut batch = WriteBatch::default();
         let mut changes = Vec::new();
-        let mut responses = Vec::new();
-        let mut last_applied = None;
-        let mut last_membership = None;
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let log_id = entry.log_id();
-            let response = match &entry.payload {
-                EntryPayload::Normal(RaftRequest::Queue(request)) => {
-                    let mut state = self.state.write().expect("queue state lock poisoned");
-                    RaftResponse::Queue(state.apply(log_id.index(), request, &mut changes))
-                }
-                EntryPayload::Normal(RaftRequest::Meta(command)) => {
-                    warn!(group = %self.group, ?command, "meta command in a queue group ignored");
-                    RaftResponse::Empty
-                }
-                EntryPayload::Blank => RaftResponse::Empty,
-                EntryPayload::Membership(membership) => {
-                    last_membership = Some(Membership::new(Some(log_id), membership.clone()));
-                    RaftResponse::Empty
-                }
-            };
-            last_applied = Some(log_id);
-            if let Some(responder) = responder {
-                responses.push((responder, response));
+        let applied = apply_entries(entries, |index, request| match request {
+            RaftRequest::Queue(request) => {
+                let mut state = self.state.write().expect("queue state lock poisoned");
+                RaftResponse::Queue(state.apply(index, request, &mut changes))
             }
-        }
+            RaftRequest::Meta(command) => {
+                warn!(group = %self.group, ?command, "meta command in a queue group ignored");
+                RaftResponse::Empty
+            }
+        })
+        .await?;
+        let mut batch = WriteBatch::default();
         self.write_changes(&mut batch, &changes)?;
-        put_applied_state(&self.storage, &mut batch, self.group, &last_applied, last_membership.as_ref())?;
-        self.storage.db().write(batch).map_err(StorageError::from)?;
-        for (responder, response) in responses {
-            responder.send(response);
-        }
-        if let Some(log_id) = last_applied {
+        if let Some(log_id) = applied.commit(&self.storage, batch, self.group)? {
             self.applied.send_replace(log_id.index());
         }
         Ok(())

@@ -85,3 +85,63 @@ pub(crate) fn write_synced(storage: &Storage, batch: WriteBatch) -> Result<(), S
     storage.db().write_opt(batch, &options)?;
     Ok(())
 }
+
+/// What one apply call went through: the responses to send once the batch is
+/// written, and the position to persist with it.
+pub(crate) struct AppliedEntries {
+    pub responses: Vec<(openraft::storage::ApplyResponder<TypeConfig>, raftmq_types::RaftResponse)>,
+    pub last_applied: Option<LogId>,
+    pub last_membership: Option<Membership>,
+}
+
+impl AppliedEntries {
+    /// Persists the applied position in `batch`, writes it (not synced: the
+    /// log is durable and apply resumes from the persisted position), then
+    /// answers the proposers.
+    pub fn commit(
+        self,
+        storage: &Storage,
+        mut batch: WriteBatch,
+        group: GroupId,
+    ) -> Result<Option<LogId>, StorageError> {
+        put_applied_state(storage, &mut batch, group, &self.last_applied, self.last_membership.as_ref())?;
+        storage.db().write(batch)?;
+        for (responder, response) in self.responses {
+            responder.send(response);
+        }
+        Ok(self.last_applied)
+    }
+}
+
+/// Runs the application part of every entry through `apply_request`; blank
+/// and membership entries are handled here, the same for both state machines.
+pub(crate) async fn apply_entries<Strm>(
+    mut entries: Strm,
+    mut apply_request: impl FnMut(u64, &raftmq_types::RaftRequest) -> raftmq_types::RaftResponse,
+) -> Result<AppliedEntries, std::io::Error>
+where
+    Strm: futures::Stream<Item = Result<openraft::storage::EntryResponder<TypeConfig>, std::io::Error>>
+        + Unpin
+        + openraft::OptionalSend,
+{
+    use futures::TryStreamExt;
+    use openraft::entry::RaftEntry;
+
+    let mut applied = AppliedEntries { responses: Vec::new(), last_applied: None, last_membership: None };
+    while let Some((entry, responder)) = entries.try_next().await? {
+        let log_id = entry.log_id();
+        let response = match &entry.payload {
+            openraft::EntryPayload::Normal(request) => apply_request(log_id.index(), request),
+            openraft::EntryPayload::Blank => raftmq_types::RaftResponse::Empty,
+            openraft::EntryPayload::Membership(membership) => {
+                applied.last_membership = Some(Membership::new(Some(log_id), membership.clone()));
+                raftmq_types::RaftResponse::Empty
+            }
+        };
+        applied.last_applied = Some(log_id);
+        if let Some(responder) = responder {
+            applied.responses.push((responder, response));
+        }
+    }
+    Ok(applied)
+}
