@@ -2,6 +2,7 @@
 //!
 //! `server` and `dev` run nodes; the others are clients of a running cluster.
 
+mod bench;
 mod cluster;
 mod dev;
 mod message;
@@ -46,6 +47,8 @@ enum Command {
     /// Cluster inspection.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Measure throughput and latency against a running cluster.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     Command::Ack(a) => message::ack(&client, a).await,
                     Command::Nack(a) => message::nack(&client, a).await,
                     Command::Cluster(c) => cluster::run(&client, c).await,
+                    Command::Bench(a) => bench::run(&client, a).await,
                     Command::Server(_) | Command::Dev(_) => unreachable!("handled above"),
                 }
             });
