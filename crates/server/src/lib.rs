@@ -61,7 +61,7 @@ pub async fn run_with_listener(
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
     };
-    let groups = GroupManager::start(config.node_id, storage, initial_members, timing, PeerChannels::default())
+    let groups = GroupManager::start(config.node_id, storage.clone(), initial_members, timing, PeerChannels::default())
         .await
         .context("start raft groups")?;
     let router = Arc::new(Router::new(groups.clone()));
@@ -100,5 +100,11 @@ pub async fn run_with_listener(
         .context("serve grpc")?;
     info!(node_id = config.node_id, "shutting down raft groups");
     groups.shutdown().await;
+    // How well appends shared fsyncs over this run (group commit at work).
+    info!(
+        wal_syncs = storage.syncer().sync_count(),
+        wal_sync_requests = storage.syncer().request_count(),
+        "write-ahead log fsync totals"
+    );
     Ok(())
 }
