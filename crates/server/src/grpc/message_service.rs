@@ -158,7 +158,12 @@ async fn lease_on_leader(
             return Err(LocalError::NotLeader(leader));
         }
         tokio::select! {
-            _ = applied.changed() => {}
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    // The group stopped (queue deleted or node shutting down).
+                    return Err(ApiError::Unavailable(format!("queue {} is shutting down here", group.queue)).into());
+                }
+            }
             _ = tokio::time::sleep_until(sleep_until) => {}
         }
     }
