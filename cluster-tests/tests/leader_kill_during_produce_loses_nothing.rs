@@ -1,7 +1,8 @@
 //! Proves that an acknowledged produce survives kill -9 of the queue's leader
-//! in the middle of a stream of produces: producers see the queue writable
-//! again within seconds, every produce that returned OK is consumed afterwards
-//! at the offset it was given, and the killed node catches up on restart.
+//! in the middle of a stream of produces and consumes: producers see the queue
+//! writable again within seconds, every produce that returned OK is consumed
+//! (during the run or afterwards) at the offset it was given, no message acked
+//! during the run is delivered again, and the killed node catches up on restart.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +63,56 @@ async fn produce_until_stopped(
     report
 }
 
+/// Lease of the consumer that runs during the kill: short, so that messages it
+/// leased under a consume whose answer was lost come back for the final drain.
+const LIVE_VISIBILITY_TIMEOUT_MS: u64 = 5_000;
+
+/// Consumes and acks through `client` until `stop`, retrying through the
+/// failover. Returns (offset, body) of every message whose ack took effect.
+async fn consume_until_stopped(client: Client, stop: Arc<AtomicBool>) -> Vec<(u64, String)> {
+    let mut acked = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let messages = match client.consume(QUEUE, 100, 200, LIVE_VISIBILITY_TIMEOUT_MS).await {
+            Ok(messages) => messages,
+            Err(status) if is_retryable(&status) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(status) => panic!("live consumer via {}: unexpected error {status:?}", client.endpoint),
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+        // An ack whose answer was lost is retried with the same receipts:
+        // leases are replicated, so the new leader knows them. MESSAGE_GONE on
+        // a retry means the first attempt took effect.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let settled = loop {
+            match client.ack(QUEUE, receipts.clone()).await {
+                Ok(settled) => break settled,
+                Err(status) if is_retryable(&status) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("live consumer ack via {}: {status:?}", client.endpoint),
+            }
+        };
+        let lease_gone: HashSet<&String> = settled
+            .failed
+            .iter()
+            .filter(|f| f.reason() == raftmq_cluster_tests::pb::failed_receipt::Reason::LeaseGone)
+            .map(|f| &f.receipt)
+            .collect();
+        for message in &messages {
+            // LEASE_GONE: the lease ran out first; the message comes back later.
+            if !lease_gone.contains(&message.receipt) {
+                acked.push((message.offset, body_text(message)));
+            }
+        }
+    }
+    acked
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_during_produce_loses_nothing() {
     let mut cluster = TestCluster::start(3);
@@ -79,6 +130,10 @@ async fn leader_kill_during_produce_loses_nothing() {
     for (producer, node) in targets.iter().enumerate() {
         producers.spawn(produce_until_stopped(producer, cluster.client(*node), stop.clone(), successes.clone()));
     }
+
+    // One consumer on the other follower runs through the kill too.
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let live_consumer = tokio::spawn(consume_until_stopped(cluster.client(followers[1]), stop_consumer.clone()));
 
     let n_successes = || successes.lock().expect("lock successes").len();
     poll_until(Duration::from_secs(60), "enough produces succeed before the kill", async || {
@@ -116,6 +171,13 @@ async fn leader_kill_during_produce_loses_nothing() {
     })
     .await;
     assert!(joined.is_ok(), "producers did not stop within 60 s");
+    stop_consumer.store(true, Ordering::Relaxed);
+    let acked_live = tokio::time::timeout(Duration::from_secs(60), live_consumer)
+        .await
+        .expect("the live consumer did not stop within 60 s")
+        .expect("the live consumer panicked");
+    println!("the live consumer acked {} messages during the run", acked_live.len());
+    assert!(!acked_live.is_empty(), "the live consumer acked nothing");
     println!("{} messages confirmed, {} of unknown outcome", confirmed.len(), unknown.len());
     assert!(
         recovery < MAX_RECOVERY,
@@ -124,8 +186,9 @@ async fn leader_kill_during_produce_loses_nothing() {
 
     // Every confirmed message is there, at its offset; nothing else is.
     let consumer = cluster.client(followers[0]);
-    let mut delivered: HashMap<u64, String> = HashMap::new();
-    let mut delivered_bodies: HashSet<String> = HashSet::new();
+    let acked_live_offsets: HashSet<u64> = acked_live.iter().map(|(offset, _)| *offset).collect();
+    let mut delivered: HashMap<u64, String> = acked_live.iter().cloned().collect();
+    let mut delivered_bodies: HashSet<String> = acked_live.iter().map(|(_, body)| body.clone()).collect();
     let mut empty_in_a_row = 0;
     let started = Instant::now();
     // Until every confirmed message is seen and the queue is empty, or
@@ -154,6 +217,11 @@ async fn leader_kill_during_produce_loses_nothing() {
             // A body can be appended twice: a node that forwards a produce
             // retries it when the old leader dies under the call.
             delivered_bodies.insert(text.clone());
+            assert!(
+                !acked_live_offsets.contains(&message.offset),
+                "offset {} was acked during the run and delivered again",
+                message.offset
+            );
             assert!(delivered.insert(message.offset, text).is_none(), "offset {} delivered twice", message.offset);
             receipts.push(message.receipt.clone());
         }
