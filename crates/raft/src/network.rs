@@ -76,9 +76,18 @@ fn network_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 /// everything else (including the peer not hosting the group yet) is retried.
 fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("connect") => unreachable(status),
         tonic::Code::Unavailable => unreachable(status),
+        tonic::Code::Unknown if status.message().contains("connect") => unreachable(status),
         _ => network_error(status),
+    }
+}
+
+/// Snapshot transfer reports the same failures in its own error type.
+fn to_streaming_error(error: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match error {
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
     }
 }
 
@@ -136,28 +145,19 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = codec::encode("snapshot header", &(vote, snapshot.meta.clone()))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+            .map_err(|e| to_streaming_error(network_error(e)))?;
         let data = snapshot.snapshot.into_inner();
         let mut messages = vec![self.message(header)];
         messages.extend(data.chunks(SNAPSHOT_CHUNK_BYTES).map(|chunk| self.message(chunk.to_vec())));
-        let mut client = self.client().map_err(|e| match e {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
-        })?;
+        let mut client = self.client().map_err(to_streaming_error)?;
         let send = client.install_snapshot(tokio_stream::iter(messages));
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = send => reply,
         };
-        let reply = reply.map_err(|status| match status_to_rpc_error(status) {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
-        })?;
-        let payload = self
-            .reply_payload(reply.into_inner())
-            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
-        codec::decode("snapshot response", &payload)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string()))))
+        let reply = reply.map_err(|status| to_streaming_error(status_to_rpc_error(status)))?;
+        let payload = self.reply_payload(reply.into_inner()).map_err(to_streaming_error)?;
+        codec::decode("snapshot response", &payload).map_err(|e| to_streaming_error(network_error(e)))
     }
 
     fn backoff(&self) -> Option<openraft::network::Backoff> {

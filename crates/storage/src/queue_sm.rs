@@ -150,10 +150,6 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
 }
 
 impl QueueReader {
-    pub fn group_id(&self) -> GroupId {
-        self.group
-    }
-
     /// The applied state; hold the guard briefly and never across an await.
     pub fn state(&self) -> RwLockReadGuard<'_, QueueState> {
         self.state.read().expect("queue state lock poisoned")

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
@@ -214,5 +213,4 @@ async fn catalog_survives_reopen_and_deleted_group_data_is_gone() {
     let catalog = sm.catalog_watch().borrow().clone();
     assert_eq!(catalog.queues[&QueueName::new("orders").unwrap()].group_id, GroupId(1));
     assert_eq!(catalog.next_group_id, 2);
-    let _ = Arc::clone(&catalog);
 }
