@@ -29,8 +29,10 @@ apt_install() {
 have_libclang() {
     # Not `ldconfig -p | grep -q`: with pipefail, grep quitting early can
     # make ldconfig die of SIGPIPE and the pipeline fail.
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null \
-        || { PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep libclang >/dev/null; }
+    # libclang itself, not libclang-cpp (which some machines have without it
+    # and which bindgen cannot use).
+    compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+        || { PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -E 'libclang(-[0-9.]+)?\.so' >/dev/null; }
 }
 
 # librocksdb-sys runs bindgen, which loads libclang, and compiles C++.
