@@ -253,6 +253,18 @@ impl TestCluster {
         }
     }
 
+    /// Sends `signal` to a running node (SIGSTOP and SIGCONT pause and resume it).
+    pub fn signal(&self, node: NodeId, signal: libc::c_int) -> anyhow::Result<()> {
+        let child = self.node(node).process.as_ref().ok_or_else(|| anyhow::anyhow!("node {node} is not running"))?;
+        let pid = libc::pid_t::try_from(child.id())?;
+        // SAFETY: kill(2) takes plain integers; `pid` is our child and not
+        // yet reaped, so it cannot name another process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            anyhow::bail!("signal {signal} to node {node}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then waits for the node to exit. Panics if it takes longer
     /// than 30 s (after killing it).
     pub async fn stop(&mut self, node: NodeId) {

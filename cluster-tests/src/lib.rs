@@ -9,6 +9,9 @@
 //! - [`run_with_timeout`] (`command.rs`) runs the `raftmq` CLI or another
 //!   program and captures its output.
 //!
+//! - [`fault`] is the fault-injection suite (workload, nemesis, checker),
+//!   run by the `raftmq-fault` binary and by `tests/fault_suite_short_run.rs`.
+//!
 //! Architecture invariant: nothing here waits without a deadline, and this
 //! crate does not depend on the server's crates (no RocksDB in its build): the
 //! tests see the system exactly as a user does, through the binary and gRPC.
@@ -19,6 +22,7 @@
 mod client;
 mod cluster;
 mod command;
+pub mod fault;
 mod poll;
 
 pub use client::{CALL_TIMEOUT, Client, body_text, is_retryable, request_with_timeout};

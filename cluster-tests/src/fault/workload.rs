@@ -1,0 +1,259 @@
+//! The workload: producers that send unique, numbered messages and consumers
+//! that lease and ack them, each through its own node, recording every
+//! operation in the [`History`].
+//!
+//! A producer sends `p<N>-<seq>` bodies in small batches at a steady rate and
+//! never retries a produce: an unknown outcome is recorded as `info` and the
+//! next batch carries new ids. A consumer leases, then acks what it leased,
+//! retrying an ack of unknown outcome with the same receipts; during the run
+//! it "crashes" on a few messages (does not ack them) so that lease expiry and
+//! redelivery are exercised under faults too. After an error of unknown
+//! outcome a worker moves to the next node, as a client with several
+//! endpoints would.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::{Code, Status};
+
+use crate::client::{Client, request_with_timeout};
+use crate::fault::history::{Event, F, History, Msg, Type};
+use crate::pb::{AckRequest, ConsumeRequest, ProduceMessage, ProduceRequest};
+
+/// How long one call may take before its outcome counts as unknown.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leases are short so that unacked messages come back within a run.
+const VISIBILITY_TIMEOUT_MS: u64 = 5_000;
+const CONSUME_WAIT_MS: u64 = 500;
+const CONSUME_MAX: u32 = 50;
+/// An ack of unknown outcome is retried (same receipts) for this long.
+const ACK_RETRY_FOR: Duration = Duration::from_secs(20);
+const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct WorkloadOptions {
+    pub queues: Vec<String>,
+    pub producers: usize,
+    pub consumers: usize,
+    /// Messages per produce call.
+    pub batch: usize,
+    /// Produce calls per second, per producer.
+    pub rate: f64,
+    /// Probability that a consumer leaves a leased message unacked.
+    pub skip_ack: f64,
+    pub seed: u64,
+}
+
+/// Errors after which the operation certainly did not take effect. Everything
+/// else (UNAVAILABLE, UNKNOWN, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, …) may
+/// have been applied by a leader that answered too late or not at all.
+fn is_definite_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
+}
+
+fn completion(status: &Status) -> Type {
+    if is_definite_failure(status) { Type::Fail } else { Type::Info }
+}
+
+fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Runs `call` with a gRPC deadline and a client-side timeout on top of it.
+async fn bounded<T>(call: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(1), call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("client-side timeout")),
+    }
+}
+
+/// The nodes a worker may talk to, starting with its own.
+#[derive(Clone)]
+struct Endpoints {
+    nodes: Vec<(u64, Client)>,
+    current: usize,
+}
+
+impl Endpoints {
+    fn new(nodes: &[(u64, Client)], first: usize) -> Endpoints {
+        Endpoints { nodes: nodes.to_vec(), current: first % nodes.len() }
+    }
+
+    fn current(&self) -> (u64, &Client) {
+        let (id, client) = &self.nodes[self.current];
+        (*id, client)
+    }
+
+    fn next(&mut self) {
+        self.current = (self.current + 1) % self.nodes.len();
+    }
+}
+
+/// Flags the workers watch.
+#[derive(Default)]
+pub struct Control {
+    /// Producers stop.
+    pub stop_producing: AtomicBool,
+    /// Consumers ack everything from now on (the drain).
+    pub draining: AtomicBool,
+    /// Consumers stop.
+    pub stop_consuming: AtomicBool,
+}
+
+pub async fn produce(
+    producer: usize,
+    queue: String,
+    nodes: Vec<(u64, Client)>,
+    options: WorkloadOptions,
+    history: History,
+    control: Arc<Control>,
+) {
+    let process = format!("producer-{producer}");
+    let mut endpoints = Endpoints::new(&nodes, producer);
+    let period = Duration::from_secs_f64(1.0 / options.rate.max(0.01));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    while !control.stop_producing.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let ids: Vec<String> = (seq..seq + options.batch as u64).map(|s| format!("p{producer}-{s}")).collect();
+        seq += options.batch as u64;
+        let (node, client) = endpoints.current();
+        history.record(
+            Event::new(&process, Type::Invoke, F::Produce)
+                .queue(&queue)
+                .node(node)
+                .messages(ids.iter().map(Msg::id).collect()),
+        );
+        let request = ProduceRequest {
+            queue: queue.clone(),
+            messages: ids
+                .iter()
+                .map(|id| ProduceMessage { body: id.clone().into_bytes(), headers: Default::default() })
+                .collect(),
+        };
+        let result = bounded(client.messages.clone().produce(request_with_timeout(request, CALL_TIMEOUT))).await;
+        match result {
+            Ok(response) if response.offsets.len() == ids.len() => {
+                let messages = ids
+                    .into_iter()
+                    .zip(response.offsets)
+                    .map(|(id, offset)| Msg { offset: Some(offset), ..Msg::id(id) })
+                    .collect();
+                history.record(Event::new(&process, Type::Ok, F::Produce).queue(&queue).node(node).messages(messages));
+            }
+            Ok(response) => {
+                let error = format!("{} offsets for {} messages", response.offsets.len(), ids.len());
+                history.record(Event::new(&process, Type::Info, F::Produce).queue(&queue).node(node).error(error));
+            }
+            Err(status) => {
+                history.record(
+                    Event::new(&process, completion(&status), F::Produce)
+                        .queue(&queue)
+                        .node(node)
+                        .error(describe(&status)),
+                );
+                endpoints.next();
+                tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+            }
+        }
+    }
+}
+
+pub async fn consume(
+    consumer: usize,
+    queue: String,
+    nodes: Vec<(u64, Client)>,
+    options: WorkloadOptions,
+    history: History,
+    control: Arc<Control>,
+) {
+    let process = format!("consumer-{consumer}");
+    let mut endpoints = Endpoints::new(&nodes, consumer + 1);
+    let mut rng = StdRng::seed_from_u64(options.seed.wrapping_add(1000 + consumer as u64));
+    while !control.stop_consuming.load(Ordering::Relaxed) {
+        let (node, client) = endpoints.current();
+        history.record(Event::new(&process, Type::Invoke, F::Consume).queue(&queue).node(node));
+        let request = ConsumeRequest {
+            queue: queue.clone(),
+            max_messages: CONSUME_MAX,
+            wait_time_ms: CONSUME_WAIT_MS,
+            visibility_timeout_ms: VISIBILITY_TIMEOUT_MS,
+        };
+        let timeout = CALL_TIMEOUT + Duration::from_millis(CONSUME_WAIT_MS);
+        let result = bounded(client.messages.clone().consume(request_with_timeout(request, timeout))).await;
+        let delivered = match result {
+            Ok(response) => response.messages,
+            Err(status) => {
+                history.record(
+                    Event::new(&process, completion(&status), F::Consume)
+                        .queue(&queue)
+                        .node(node)
+                        .error(describe(&status)),
+                );
+                endpoints.next();
+                tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+                continue;
+            }
+        };
+        let messages: Vec<Msg> = delivered
+            .iter()
+            .map(|m| Msg {
+                id: String::from_utf8_lossy(&m.body).into_owned(),
+                offset: Some(m.offset),
+                attempt: Some(m.delivery_attempt),
+                receipt: Some(m.receipt.clone()),
+            })
+            .collect();
+        history.record(Event::new(&process, Type::Ok, F::Consume).queue(&queue).node(node).messages(messages.clone()));
+        let draining = control.draining.load(Ordering::Relaxed);
+        let to_ack: Vec<Msg> =
+            messages.into_iter().filter(|_| draining || !rng.random_bool(options.skip_ack)).collect();
+        if !to_ack.is_empty() {
+            ack(&process, &queue, &mut endpoints, to_ack, &history).await;
+        }
+    }
+}
+
+/// Acks `messages`, retrying with the same receipts while the outcome is
+/// unknown, for up to [`ACK_RETRY_FOR`].
+async fn ack(process: &str, queue: &str, endpoints: &mut Endpoints, messages: Vec<Msg>, history: &History) {
+    let receipts: Vec<String> = messages.iter().filter_map(|m| m.receipt.clone()).collect();
+    let started = tokio::time::Instant::now();
+    loop {
+        let (node, client) = endpoints.current();
+        history.record(Event::new(process, Type::Invoke, F::Ack).queue(queue).node(node).messages(messages.clone()));
+        let request = AckRequest { queue: queue.to_string(), receipts: receipts.clone() };
+        match bounded(client.messages.clone().ack(request_with_timeout(request, CALL_TIMEOUT))).await {
+            Ok(settled) => {
+                let mut event = Event::new(process, Type::Ok, F::Ack).queue(queue).node(node);
+                event.failed = settled.failed.into_iter().map(|f| f.receipt).collect();
+                history.record(event);
+                return;
+            }
+            Err(status) => {
+                let kind = completion(&status);
+                history.record(Event::new(process, kind, F::Ack).queue(queue).node(node).error(describe(&status)));
+                endpoints.next();
+                if kind == Type::Fail || started.elapsed() > ACK_RETRY_FOR {
+                    return;
+                }
+                tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+            }
+        }
+    }
+}
