@@ -47,22 +47,27 @@ pub struct WorkloadOptions {
     pub seed: u64,
 }
 
-/// Errors after which the operation certainly did not take effect. Everything
-/// else (UNAVAILABLE, UNKNOWN, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, …) may
-/// have been applied by a leader that answered too late or not at all.
+/// Errors after which the operation certainly did not take effect: answers
+/// of a server that refused it. Everything else (UNAVAILABLE, UNKNOWN,
+/// DEADLINE_EXCEEDED, CANCELLED, INTERNAL, …) may have been applied by a
+/// leader that answered too late or not at all, and so may any status the
+/// client's transport made up from a broken connection (it carries the
+/// transport error as its source), whatever its code: tonic reports an
+/// HTTP/2 GOAWAY with ENHANCE_YOUR_CALM as RESOURCE_EXHAUSTED.
 fn is_definite_failure(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::InvalidArgument
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::ResourceExhausted
-            | Code::FailedPrecondition
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::OutOfRange
-            | Code::Unimplemented
-    )
+    std::error::Error::source(status).is_none()
+        && matches!(
+            status.code(),
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::ResourceExhausted
+                | Code::FailedPrecondition
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::OutOfRange
+                | Code::Unimplemented
+        )
 }
 
 fn completion(status: &Status) -> Type {

@@ -273,10 +273,15 @@ impl Router {
 /// Whether a forwarded call should be tried again, via whoever leads next.
 /// UNAVAILABLE is the peer saying so; UNKNOWN and CANCELLED are what tonic
 /// reports when the connection to the peer breaks mid-call, typically because
-/// the leader died. (As with any retry of a produce whose answer was lost,
-/// the batch may then be stored twice; producer dedup ids will close that.)
+/// the leader died. Any other status tonic made up from a transport error
+/// (it then carries the error as its source) is no answer from the peer
+/// either: an HTTP/2 GOAWAY with ENHANCE_YOUR_CALM, for one, arrives as
+/// RESOURCE_EXHAUSTED, which passed on to the client would read as "queue
+/// full". (As with any retry of a produce whose answer was lost, the batch
+/// may then be stored twice; producer dedup ids will close that.)
 fn is_retryable(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+        || std::error::Error::source(status).is_some()
 }
 
 /// `Some(leader hint)` when a write failed only because this node does not lead.
@@ -314,6 +319,10 @@ mod tests {
         for code in [tonic::Code::InvalidArgument, tonic::Code::NotFound, tonic::Code::DeadlineExceeded] {
             assert!(!is_retryable(&tonic::Status::new(code, "x")), "{code:?}");
         }
+        // What tonic makes of a GOAWAY(ENHANCE_YOUR_CALM) on the connection to the peer.
+        let mut transport = tonic::Status::resource_exhausted("h2 protocol error: http2 error");
+        transport.set_source(std::sync::Arc::new(std::io::Error::other("connection error")));
+        assert!(is_retryable(&transport));
     }
 
     #[test]
