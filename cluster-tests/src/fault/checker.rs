@@ -119,7 +119,10 @@ impl Report {
             writeln!(out, "| messages appended twice (retried produce) | {} | allowed, counted |", self.appended_twice);
         let _ = writeln!(out, "| first deliveries out of producer order | {} | reported |", self.out_of_order);
         let _ = writeln!(out);
-        let _ = writeln!(out, "| fault | injected | recovery p50 | p90 | max |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| fault | injected | recoveries measured | recovery p50 | p90 | max |\n|---|---|---|---|---|---|"
+        );
         for (fault, count) in &self.faults {
             match self.recoveries_ms.get(fault) {
                 Some(times) if !times.is_empty() => {
@@ -128,14 +131,15 @@ impl Report {
                     let pick = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
                     let _ = writeln!(
                         out,
-                        "| {fault} | {count} | {} ms | {} ms | {} ms |",
+                        "| {fault} | {count} | {} | {} ms | {} ms | {} ms |",
+                        sorted.len(),
                         pick(0.5),
                         pick(0.9),
                         sorted[sorted.len() - 1]
                     );
                 }
                 _ => {
-                    let _ = writeln!(out, "| {fault} | {count} | | | |");
+                    let _ = writeln!(out, "| {fault} | {count} | | | | |");
                 }
             }
         }

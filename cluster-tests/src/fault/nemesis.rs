@@ -68,6 +68,17 @@ impl FaultKind {
         }
     }
 
+    /// The name a fault is recorded under: a `-leader` fault that found no
+    /// leader to hit struck a random node, and is recorded as such.
+    fn recorded_name(self, hit_a_leader: bool) -> &'static str {
+        match self {
+            FaultKind::KillLeader if !hit_a_leader => FaultKind::Kill.name(),
+            FaultKind::PauseLeader if !hit_a_leader => FaultKind::Pause.name(),
+            FaultKind::IsolateLeader if !hit_a_leader => FaultKind::Isolate.name(),
+            _ => self.name(),
+        }
+    }
+
     pub fn needs_partitions(self) -> bool {
         matches!(self, FaultKind::Isolate | FaultKind::IsolateLeader | FaultKind::OneWayCut)
     }
@@ -119,19 +130,21 @@ impl Nemesis {
         match kind {
             FaultKind::Kill | FaultKind::KillLeader => {
                 let (node, queue) = self.target(backend, kind).await;
+                let name = kind.recorded_name(queue.is_some());
                 backend.kill(node).await?;
-                self.record_fault(kind.name(), node, queue.as_deref());
+                self.record_fault(name, node, queue.as_deref());
                 self.sleep_between(1000, 6000).await;
                 backend.start(node).await?;
-                self.record_recover(kind.name(), node);
+                self.record_recover(name, node);
             }
             FaultKind::Pause | FaultKind::PauseLeader => {
                 let (node, queue) = self.target(backend, kind).await;
+                let name = kind.recorded_name(queue.is_some());
                 backend.pause(node).await?;
-                self.record_fault(kind.name(), node, queue.as_deref());
+                self.record_fault(name, node, queue.as_deref());
                 self.sleep_between(1000, 6000).await;
                 backend.resume(node).await?;
-                self.record_recover(kind.name(), node);
+                self.record_recover(name, node);
             }
             FaultKind::Isolate | FaultKind::IsolateLeader | FaultKind::OneWayCut => {
                 let (node, queue) = self.target(backend, kind).await;
@@ -141,10 +154,11 @@ impl Nemesis {
                         backend.cut(node, peer).await?;
                     }
                 }
-                self.record_fault(kind.name(), node, queue.as_deref());
+                let name = kind.recorded_name(queue.is_some());
+                self.record_fault(name, node, queue.as_deref());
                 self.sleep_between(2000, 8000).await;
                 backend.heal().await?;
-                self.record_recover(kind.name(), node);
+                self.record_recover(name, node);
             }
             FaultKind::RestartStorm => {
                 let rounds = self.rng.random_range(3..=5);
