@@ -143,6 +143,9 @@ impl Report {
                 }
             }
         }
+        for (fault, times) in &self.recoveries_ms {
+            let _ = writeln!(out, "\n{fault} recovery distribution: {}", distribution(times));
+        }
         if self.unrecovered > 0 {
             let _ = writeln!(out, "\n{} leader faults saw no successful produce afterwards.", self.unrecovered);
         }
@@ -159,6 +162,26 @@ impl Report {
         }
         out
     }
+}
+
+/// Counts of recovery times in buckets, e.g. `<1 s: 0, 1-2 s: 3, …`.
+fn distribution(times_ms: &[u64]) -> String {
+    const BOUNDS_S: [u64; 7] = [1, 2, 3, 4, 5, 7, 10];
+    let mut counts = [0usize; BOUNDS_S.len() + 1];
+    for ms in times_ms {
+        let bucket = BOUNDS_S.iter().position(|s| *ms < s * 1000).unwrap_or(BOUNDS_S.len());
+        counts[bucket] += 1;
+    }
+    let mut parts = Vec::new();
+    let mut lower = 0;
+    for (i, count) in counts.iter().enumerate() {
+        match BOUNDS_S.get(i) {
+            Some(upper) => parts.push(format!("{lower}-{upper} s: {count}")),
+            None => parts.push(format!("≥{lower} s: {count}")),
+        }
+        lower = BOUNDS_S.get(i).copied().unwrap_or(lower);
+    }
+    parts.join(", ")
 }
 
 fn op_name(f: F) -> &'static str {
@@ -547,6 +570,11 @@ mod tests {
         assert!(report.is_valid(), "{}", report.table());
         assert_eq!(report.faults["kill-leader"], 1);
         assert_eq!(report.recoveries_ms["kill-leader"], vec![4]);
+        assert!(
+            report.table().contains("kill-leader recovery distribution: 0-1 s: 1, 1-2 s: 0,"),
+            "{}",
+            report.table()
+        );
         assert_eq!(report.unrecovered, 0);
     }
 
