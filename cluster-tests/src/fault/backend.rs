@@ -203,7 +203,15 @@ impl DockerCluster {
             // Not running: its namespace, and every rule in it, is gone.
             return Ok(());
         }
-        let mut command = Command::new("nsenter");
+        // Entering another namespace and changing its firewall takes root.
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
+        let mut command = if unsafe { libc::geteuid() } == 0 {
+            Command::new("nsenter")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["--non-interactive", "nsenter"]);
+            sudo
+        };
         command.args(["--target", &pid, "--net", "iptables", "-w"]).args(args).kill_on_drop(true);
         output(command, &format!("iptables {} in node {node}", args.join(" "))).await.map(|_| ())
     }
