@@ -110,8 +110,10 @@ impl Client {
         queue: &str,
         bodies: impl IntoIterator<Item = B>,
     ) -> Result<Vec<u64>, Status> {
-        let messages =
-            bodies.into_iter().map(|body| ProduceMessage { body: body.into(), headers: Default::default() }).collect();
+        let messages = bodies
+            .into_iter()
+            .map(|body| ProduceMessage { body: body.into(), headers: Default::default(), dedup_id: String::new() })
+            .collect();
         self.produce_messages(queue, messages).await
     }
 

@@ -39,7 +39,7 @@ fn req<T>(message: T) -> tonic::Request<T> {
 }
 
 fn message(body: impl Into<Vec<u8>>) -> ProduceMessage {
-    ProduceMessage { body: body.into(), headers: HashMap::new() }
+    ProduceMessage { body: body.into(), headers: HashMap::new(), dedup_id: String::new() }
 }
 
 fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
@@ -91,6 +91,16 @@ async fn bad_input_gets_clear_status() {
         Code::InvalidArgument,
         &["max_message_bytes"],
     );
+    let bad_window = CreateQueueRequest {
+        name: "bad-window".to_string(),
+        config: Some(QueueConfig { dedup_window_ms: Some(25 * 60 * 60 * 1000), ..Default::default() }),
+    };
+    assert_rejected(
+        "create with a 25-hour dedup window",
+        queues.create_queue(req(bad_window)).await,
+        Code::InvalidArgument,
+        &["dedup_window_ms", "24 hours"],
+    );
     assert_rejected(
         "get an unknown queue",
         queues.get_queue(req(GetQueueRequest { name: "no-such-queue".into() })).await,
@@ -111,6 +121,13 @@ async fn bad_input_gets_clear_status() {
     );
 
     // Produce.
+    let long_id = ProduceMessage { dedup_id: "d".repeat(129), ..message("x") };
+    assert_rejected(
+        "produce with a 129-byte dedup_id",
+        messages.produce(req(produce(QUEUE, vec![message("ok"), long_id]))).await,
+        Code::InvalidArgument,
+        &["messages[1].dedup_id", "128"],
+    );
     assert_rejected(
         "produce an empty batch",
         messages.produce(req(produce(QUEUE, vec![]))).await,

@@ -49,6 +49,7 @@ async fn fault_suite_short_run() {
             consumers: 4,
             batch: 5,
             rate: 20.0,
+            produce_attempts: 3,
             skip_ack: 0.01,
             seed,
         },

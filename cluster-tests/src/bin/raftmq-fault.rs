@@ -107,6 +107,7 @@ fn main() -> ExitCode {
                     consumers,
                     batch,
                     rate,
+                    produce_attempts: 3,
                     skip_ack: 0.01,
                     seed,
                 },

@@ -2,9 +2,11 @@
 //! that lease and ack them, each through its own node, recording every
 //! operation in the [`History`].
 //!
-//! A producer sends `p<N>-<seq>` bodies in small batches at a steady rate and
-//! never retries a produce: an unknown outcome is recorded as `info` and the
-//! next batch carries new ids. A consumer leases, then acks what it leased,
+//! A producer sends `p<N>-<seq>` bodies in small batches at a steady rate,
+//! each message with its id as `dedup_id`. A batch of unknown outcome
+//! (recorded as `info`) is sent again with the same ids, up to
+//! `produce_attempts` times in all, as a client that wants its messages in
+//! would; the server's dedup must keep each id stored once. A consumer leases, then acks what it leased,
 //! retrying an ack of unknown outcome with the same receipts; during the run
 //! it "crashes" on a few messages (does not ack them) so that lease expiry and
 //! redelivery are exercised under faults too. After an error of unknown
@@ -42,6 +44,9 @@ pub struct WorkloadOptions {
     pub batch: usize,
     /// Produce calls per second, per producer.
     pub rate: f64,
+    /// How often a batch of unknown outcome is sent (same dedup ids) before
+    /// the producer gives up on it; 1 never retries.
+    pub produce_attempts: usize,
     /// Probability that a consumer leaves a leased message unacked.
     pub skip_ack: f64,
     pub seed: u64,
@@ -137,43 +142,59 @@ pub async fn produce(
         ticker.tick().await;
         let ids: Vec<String> = (seq..seq + options.batch as u64).map(|s| format!("p{producer}-{s}")).collect();
         seq += options.batch as u64;
+        // A batch of unknown outcome is sent again, with the same dedup ids,
+        // like a client that wants its messages in; then the producer moves on.
+        for _attempt in 0..options.produce_attempts.max(1) {
+            if send_batch(&process, &queue, &ids, &mut endpoints, &history).await {
+                break;
+            }
+            tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+        }
+    }
+}
+
+/// One produce call; true when its outcome is known (ok or refused).
+async fn send_batch(process: &str, queue: &str, ids: &[String], endpoints: &mut Endpoints, history: &History) -> bool {
+    {
         let (node, client) = endpoints.current();
         history.record(
-            Event::new(&process, Type::Invoke, F::Produce)
-                .queue(&queue)
+            Event::new(process, Type::Invoke, F::Produce)
+                .queue(queue)
                 .node(node)
                 .messages(ids.iter().map(Msg::id).collect()),
         );
         let request = ProduceRequest {
-            queue: queue.clone(),
+            queue: queue.to_string(),
             messages: ids
                 .iter()
-                .map(|id| ProduceMessage { body: id.clone().into_bytes(), headers: Default::default() })
+                .map(|id| ProduceMessage {
+                    body: id.clone().into_bytes(),
+                    headers: Default::default(),
+                    dedup_id: id.clone(),
+                })
                 .collect(),
         };
         let result = bounded(client.messages.clone().produce(request_with_timeout(request, CALL_TIMEOUT))).await;
         match result {
             Ok(response) if response.offsets.len() == ids.len() => {
                 let messages = ids
-                    .into_iter()
+                    .iter()
                     .zip(response.offsets)
                     .map(|(id, offset)| Msg { offset: Some(offset), ..Msg::id(id) })
                     .collect();
-                history.record(Event::new(&process, Type::Ok, F::Produce).queue(&queue).node(node).messages(messages));
+                history.record(Event::new(process, Type::Ok, F::Produce).queue(queue).node(node).messages(messages));
+                true
             }
             Ok(response) => {
                 let error = format!("{} offsets for {} messages", response.offsets.len(), ids.len());
-                history.record(Event::new(&process, Type::Info, F::Produce).queue(&queue).node(node).error(error));
+                history.record(Event::new(process, Type::Info, F::Produce).queue(queue).node(node).error(error));
+                false
             }
             Err(status) => {
-                history.record(
-                    Event::new(&process, completion(&status), F::Produce)
-                        .queue(&queue)
-                        .node(node)
-                        .error(describe(&status)),
-                );
+                let kind = completion(&status);
+                history.record(Event::new(process, kind, F::Produce).queue(queue).node(node).error(describe(&status)));
                 endpoints.next();
-                tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+                kind == Type::Fail
             }
         }
     }

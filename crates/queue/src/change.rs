@@ -1,6 +1,6 @@
 //! What apply asks storage to persist.
 
-use raftmq_types::{Offset, StoredMessage};
+use raftmq_types::{Offset, StoredMessage, TimestampMs};
 
 use crate::DeliveryState;
 
@@ -16,4 +16,8 @@ pub enum Change {
     DeleteAllMessages,
     /// The next offset to assign.
     PutNextOffset(Offset),
+    /// Remember a producer's dedup id, stored at `offset`, until `expires_at`.
+    PutDedup { offset: Offset, id: String, expires_at: TimestampMs },
+    /// Forget the dedup id of the message stored at `offset`.
+    DeleteDedup { offset: Offset },
 }

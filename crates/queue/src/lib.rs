@@ -6,9 +6,11 @@
 //! writes in one RocksDB batch together with the applied log id.
 
 mod change;
+mod dedup;
 mod state;
 
 pub use change::Change;
+pub use dedup::MAX_DEDUP_IDS;
 pub use state::{DeliveryState, Lease, QueueState, QueueStats};
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use raftmq_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::Change;
+use crate::dedup::DedupIndex;
 
 /// The replicated delivery record of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub struct QueueStats {
     /// What a lease command would get now.
     pub available: u64,
     pub next_offset: Offset,
+    /// Producer dedup ids remembered.
+    pub dedup_ids: u64,
 }
 
 /// Where a message is, for the indexes. Derived from its `DeliveryState`.
@@ -70,6 +73,9 @@ pub struct QueueState {
     /// Messages known to be available, lowest offset first. Entries move here
     /// from `waiting` and `leased` when a lease command sees them due.
     ready: BTreeSet<Offset>,
+    /// Producer dedup ids, with the offsets they were stored at. Not
+    /// emptied by a purge: a retried produce still must not store again.
+    dedup: DedupIndex,
 }
 
 enum Check {
@@ -82,9 +88,13 @@ impl QueueState {
         Self::default()
     }
 
-    /// Rebuilds the state from persisted delivery records.
-    pub fn restore(next_offset: Offset, deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>) -> Self {
-        let mut state = QueueState { next_offset, ..Default::default() };
+    /// Rebuilds the state from persisted delivery and dedup records.
+    pub fn restore(
+        next_offset: Offset,
+        deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>,
+        dedup: impl IntoIterator<Item = (Offset, String, TimestampMs)>,
+    ) -> Self {
+        let mut state = QueueState { next_offset, dedup: DedupIndex::restore(dedup), ..Default::default() };
         for (offset, delivery) in deliveries {
             state.insert(offset, delivery);
         }
@@ -103,7 +113,9 @@ impl QueueState {
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {
-            QueueCommand::Produce { messages } => self.produce(now, messages, changes),
+            QueueCommand::Produce { messages, dedup_window_ms } => {
+                self.produce(now, messages, *dedup_window_ms, changes)
+            }
             QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
                 self.lease(log_index, now, *max_messages, *visibility_timeout_ms, changes)
             }
@@ -130,7 +142,8 @@ impl QueueState {
             }
             QueueCommand::Purge => {
                 let removed = self.deliveries.len() as u64;
-                *self = QueueState { next_offset: self.next_offset, ..Default::default() };
+                let dedup = std::mem::take(&mut self.dedup);
+                *self = QueueState { next_offset: self.next_offset, dedup, ..Default::default() };
                 changes.push(Change::DeleteAllMessages);
                 QueueResponse::Purged { removed }
             }
@@ -139,9 +152,25 @@ impl QueueState {
         response
     }
 
-    fn produce(&mut self, now: TimestampMs, messages: &[NewMessage], changes: &mut Vec<Change>) -> QueueResponse {
+    /// Appends the batch, except messages whose dedup id is remembered: those
+    /// answer with the original's offset. Ids repeated within the batch count
+    /// too. With `dedup_window_ms` 0 ids are neither checked nor remembered.
+    fn produce(
+        &mut self,
+        now: TimestampMs,
+        messages: &[NewMessage],
+        dedup_window_ms: u64,
+        changes: &mut Vec<Change>,
+    ) -> QueueResponse {
+        self.dedup.expire(now, changes);
         let first_offset = self.next_offset;
+        let mut offsets = Vec::with_capacity(messages.len());
         for message in messages {
+            let dedup_id = message.dedup_id.as_deref().filter(|_| dedup_window_ms > 0);
+            if let Some(original) = dedup_id.and_then(|id| self.dedup.lookup(id, now)) {
+                offsets.push((original, true));
+                continue;
+            }
             let offset = self.next_offset;
             self.next_offset = Offset(offset.0 + 1);
             let delivery = DeliveryState { attempts: 0, visible_at: now, lease: None };
@@ -153,11 +182,15 @@ impl QueueState {
             }));
             changes.push(Change::PutDelivery { offset, state: delivery });
             self.insert(offset, delivery);
+            if let Some(id) = dedup_id {
+                self.dedup.insert(id, offset, now.saturating_add_ms(dedup_window_ms), changes);
+            }
+            offsets.push((offset, false));
         }
-        if !messages.is_empty() {
+        if self.next_offset != first_offset {
             changes.push(Change::PutNextOffset(self.next_offset));
         }
-        QueueResponse::Produced { first_offset, count: messages.len() as u32 }
+        QueueResponse::Produced { offsets }
     }
 
     fn lease(
@@ -300,6 +333,7 @@ impl QueueState {
             delayed: self.waiting.len() as u64 - waiting_due,
             available: self.ready.len() as u64 + waiting_due + leased_due,
             next_offset: self.next_offset,
+            dedup_ids: self.dedup.len() as u64,
         }
     }
 

@@ -19,6 +19,7 @@ struct Harness {
     stored_deliveries: BTreeMap<Offset, DeliveryState>,
     stored_bodies: BTreeMap<Offset, Vec<u8>>,
     stored_next: Offset,
+    stored_dedup: BTreeMap<Offset, (String, TimestampMs)>,
 }
 
 impl Harness {
@@ -29,6 +30,7 @@ impl Harness {
             stored_deliveries: BTreeMap::new(),
             stored_bodies: BTreeMap::new(),
             stored_next: Offset(0),
+            stored_dedup: BTreeMap::new(),
         }
     }
 
@@ -53,6 +55,12 @@ impl Harness {
                     self.stored_bodies.clear();
                 }
                 Change::PutNextOffset(o) => self.stored_next = o,
+                Change::PutDedup { offset, id, expires_at } => {
+                    self.stored_dedup.insert(offset, (id, expires_at));
+                }
+                Change::DeleteDedup { offset } => {
+                    self.stored_dedup.remove(&offset);
+                }
             }
         }
         response
@@ -61,10 +69,30 @@ impl Harness {
     fn produce(&mut self, now: u64, bodies: &[&str]) -> (u64, u32) {
         let messages =
             bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec(), ..Default::default() }).collect();
-        match self.apply(now, QueueCommand::Produce { messages }) {
-            QueueResponse::Produced { first_offset, count } => (first_offset.0, count),
+        let offsets = self.produce_messages(now, messages, 0);
+        assert!(offsets.iter().all(|(_, duplicate)| !duplicate));
+        (offsets.first().map(|(o, _)| *o).unwrap_or(self.state.next_offset().0), offsets.len() as u32)
+    }
+
+    /// Produces, and returns (offset, duplicate) per message.
+    fn produce_messages(&mut self, now: u64, messages: Vec<NewMessage>, dedup_window_ms: u64) -> Vec<(u64, bool)> {
+        match self.apply(now, QueueCommand::Produce { messages, dedup_window_ms }) {
+            QueueResponse::Produced { offsets } => offsets.into_iter().map(|(o, d)| (o.0, d)).collect(),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Produces one message per (body, dedup id) with the given window.
+    fn produce_deduped(&mut self, now: u64, window_ms: u64, messages: &[(&str, &str)]) -> Vec<(u64, bool)> {
+        let messages = messages
+            .iter()
+            .map(|(body, id)| NewMessage {
+                body: body.as_bytes().to_vec(),
+                dedup_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        self.produce_messages(now, messages, window_ms)
     }
 
     fn lease(&mut self, now: u64, max: u32, timeout: u64) -> Vec<DeliveredMessage> {
@@ -87,7 +115,11 @@ impl Harness {
 
     /// A replica restarted from what was persisted.
     fn restored(&self) -> QueueState {
-        QueueState::restore(self.stored_next, self.stored_deliveries.clone())
+        QueueState::restore(
+            self.stored_next,
+            self.stored_deliveries.clone(),
+            self.stored_dedup.iter().map(|(offset, (id, expires_at))| (*offset, id.clone(), *expires_at)),
+        )
     }
 }
 
@@ -336,8 +368,14 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         let command = match rng.random_range(0..10) {
             0..=2 => QueueCommand::Produce {
                 messages: (0..rng.random_range(0..5))
-                    .map(|i| NewMessage { body: vec![i as u8 + 1], ..Default::default() })
+                    .map(|i| NewMessage {
+                        body: vec![i as u8 + 1],
+                        // A small pool of ids, so that some repeat within the window.
+                        dedup_id: rng.random_bool(0.5).then(|| format!("id-{}", rng.random_range(0..30))),
+                        ..Default::default()
+                    })
                     .collect(),
+                dedup_window_ms: if rng.random_bool(0.1) { 0 } else { rng.random_range(1..3000) },
             },
             3..=4 => QueueCommand::Lease {
                 max_messages: rng.random_range(1..8),
@@ -383,4 +421,74 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         }
         assert_eq!(a.state.stats(TimestampMs(now)), b.state.stats(TimestampMs(now)), "seed {seed}");
     }
+}
+
+fn deduped(body: &str, id: &str) -> NewMessage {
+    NewMessage { body: body.as_bytes().to_vec(), dedup_id: Some(id.to_string()), ..Default::default() }
+}
+
+#[test]
+fn a_repeated_dedup_id_gets_the_original_offset_and_is_not_stored() {
+    let mut q = Harness::new();
+    assert_eq!(q.produce_deduped(10, 1000, &[("a", "id-a"), ("b", "id-b")]), vec![(0, false), (1, false)]);
+    // A retry of the whole batch, plus one new message.
+    assert_eq!(
+        q.produce_deduped(20, 1000, &[("a", "id-a"), ("b", "id-b"), ("c", "id-c")]),
+        vec![(0, true), (1, true), (2, false)]
+    );
+    assert_eq!(q.state.stats(TimestampMs(20)).depth, 3);
+    assert_eq!(q.stored_bodies.len(), 3);
+    assert_eq!(q.state.stats(TimestampMs(20)).dedup_ids, 3);
+}
+
+#[test]
+fn a_dedup_id_repeated_within_one_batch_is_stored_once() {
+    let mut q = Harness::new();
+    let offsets = q.produce_messages(10, vec![deduped("x", "same"), deduped("y", "same")], 1000);
+    assert_eq!(offsets, vec![(0, false), (0, true)]);
+    assert_eq!(q.state.stats(TimestampMs(10)).depth, 1);
+}
+
+#[test]
+fn a_dedup_id_is_forgotten_when_its_window_passes() {
+    let mut q = Harness::new();
+    q.produce_deduped(100, 500, &[("a", "id-a")]);
+    assert_eq!(q.produce_deduped(599, 500, &[("a", "id-a")]), vec![(0, true)], "1 ms before expiry");
+    // At 600 the window of the first produce is over: the id is stored again,
+    // and the old record is deleted from storage.
+    assert_eq!(q.produce_deduped(600, 500, &[("a", "id-a")]), vec![(1, false)]);
+    assert_eq!(q.stored_dedup.len(), 1);
+    assert_eq!(q.stored_dedup[&Offset(1)], ("id-a".to_string(), TimestampMs(1100)));
+    // A produce without ids still expires old ones.
+    q.produce(2000, &["plain"]);
+    assert!(q.stored_dedup.is_empty());
+    assert_eq!(q.state.stats(TimestampMs(2000)).dedup_ids, 0);
+}
+
+#[test]
+fn a_zero_window_turns_dedup_off() {
+    let mut q = Harness::new();
+    assert_eq!(q.produce_deduped(10, 0, &[("a", "id-a"), ("a", "id-a")]), vec![(0, false), (1, false)]);
+    assert!(q.stored_dedup.is_empty());
+}
+
+#[test]
+fn dedup_survives_a_restart() {
+    let mut q = Harness::new();
+    q.produce_deduped(10, 1000, &[("a", "id-a"), ("b", "id-b")]);
+    q.state = q.restored();
+    assert_eq!(q.produce_deduped(20, 1000, &[("b", "id-b"), ("c", "id-c")]), vec![(1, true), (2, false)]);
+}
+
+#[test]
+fn dedup_survives_a_purge_and_ack() {
+    let mut q = Harness::new();
+    q.produce_deduped(10, 1000, &[("a", "id-a"), ("b", "id-b")]);
+    let leased = q.lease(11, 1, 100);
+    assert_eq!(q.ack(12, &[leased[0].receipt]), (1, vec![]));
+    q.apply(13, QueueCommand::Purge);
+    assert_eq!(q.state.stats(TimestampMs(13)).depth, 0);
+    // Both retried after the queue was emptied: still not stored again.
+    assert_eq!(q.produce_deduped(14, 1000, &[("a", "id-a"), ("b", "id-b")]), vec![(0, true), (1, true)]);
+    assert_eq!(q.state.stats(TimestampMs(14)).depth, 0);
 }

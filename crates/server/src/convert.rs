@@ -10,6 +10,7 @@ pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
     NewMessage {
         body: message.body.to_vec(),
         headers: message.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        dedup_id: (!message.dedup_id.is_empty()).then(|| message.dedup_id.clone()),
     }
 }
 
@@ -63,6 +64,9 @@ pub fn queue_config(config: Option<&pb::QueueConfig>) -> QueueConfig {
         if c.replication_factor != 0 {
             result.replication_factor = c.replication_factor;
         }
+        if let Some(window) = c.dedup_window_ms {
+            result.dedup_window_ms = window;
+        }
     }
     result
 }
@@ -72,6 +76,7 @@ pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
         visibility_timeout_ms: config.visibility_timeout_ms,
         max_message_bytes: config.max_message_bytes,
         replication_factor: config.replication_factor,
+        dedup_window_ms: Some(config.dedup_window_ms),
     }
 }
 

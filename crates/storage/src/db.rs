@@ -10,7 +10,9 @@ use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, group_range};
 use crate::{StorageError, WalSyncer};
 
 /// Bump when the layout of keys or values changes, with upgrade code.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: producer dedup ids (`QueueKind::Dedup`), `dedup_window_ms` in queue
+/// configs and produce commands.
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The node's database and its WAL syncer; cheap to clone.

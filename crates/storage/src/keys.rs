@@ -30,6 +30,8 @@ pub enum QueueKind {
     Header = 1,
     Delivery = 2,
     Body = 3,
+    /// A producer dedup id, keyed by the offset of the message that carried it.
+    Dedup = 4,
 }
 
 pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {

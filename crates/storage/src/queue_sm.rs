@@ -12,7 +12,7 @@ use futures::Stream;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use raftmq_queue::{Change, DeliveryState, QueueState};
-use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage};
+use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -101,6 +101,12 @@ impl QueueStateMachine {
                     queue_key(self.group, QueueKind::Header, Offset(0)),
                     encode("next offset", offset)?,
                 ),
+                Change::PutDedup { offset, id, expires_at } => batch.put_cf(
+                    cf,
+                    queue_key(self.group, QueueKind::Dedup, *offset),
+                    encode("dedup id", &(id, expires_at))?,
+                ),
+                Change::DeleteDedup { offset } => batch.delete_cf(cf, queue_key(self.group, QueueKind::Dedup, *offset)),
             }
         }
         Ok(())
@@ -136,17 +142,38 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
         Some(bytes) => decode("next offset", &bytes)?,
         None => Offset(0),
     };
-    let (start, end) = queue_kind_range(group, QueueKind::Delivery);
+    let deliveries = read_kind(storage, group, QueueKind::Delivery, |offset, value| {
+        let state: DeliveryState = decode("delivery", value)?;
+        Ok((offset, state))
+    })?;
+    let dedup = read_kind(storage, group, QueueKind::Dedup, |offset, value| {
+        let (id, expires_at): (String, TimestampMs) = decode("dedup id", value)?;
+        Ok((offset, id, expires_at))
+    })?;
+    Ok(QueueState::restore(next_offset, deliveries, dedup))
+}
+
+/// Every record of one kind of the group, in offset order, decoded by `decode_one`.
+fn read_kind<T>(
+    storage: &Storage,
+    group: GroupId,
+    kind: QueueKind,
+    decode_one: impl Fn(Offset, &[u8]) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
+    let (start, end) = queue_kind_range(group, kind);
     let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(end);
-    let mut deliveries = Vec::new();
-    for item in db.iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+    let mut records = Vec::new();
+    for item in storage.db().iterator_cf_opt(
+        storage.cf(CF_QUEUE),
+        options,
+        IteratorMode::From(&start, rocksdb::Direction::Forward),
+    ) {
         let (key, value) = item?;
         let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-        let state: DeliveryState = decode("delivery", &value)?;
-        deliveries.push((offset, state));
+        records.push(decode_one(offset, &value)?);
     }
-    Ok(QueueState::restore(next_offset, deliveries))
+    Ok(records)
 }
 
 impl QueueReader {

@@ -84,7 +84,25 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
 
 fn produce(n: usize) -> QueueCommand {
     QueueCommand::Produce {
-        messages: (0..n).map(|i| NewMessage { body: format!("m{i}").into_bytes(), headers: BTreeMap::new() }).collect(),
+        messages: (0..n)
+            .map(|i| NewMessage { body: format!("m{i}").into_bytes(), headers: BTreeMap::new(), dedup_id: None })
+            .collect(),
+        dedup_window_ms: 0,
+    }
+}
+
+/// One message per id, with a 60 s dedup window.
+fn produce_deduped(ids: &[&str]) -> QueueCommand {
+    QueueCommand::Produce {
+        messages: ids
+            .iter()
+            .map(|id| NewMessage {
+                body: id.as_bytes().to_vec(),
+                headers: BTreeMap::new(),
+                dedup_id: Some(id.to_string()),
+            })
+            .collect(),
+        dedup_window_ms: 60_000,
     }
 }
 
@@ -154,6 +172,30 @@ async fn concurrent_appends_of_many_groups_share_fsyncs() {
     // Each group still reads back exactly its own entries.
     let mut log = LogStore::new(storage, GroupId(17));
     assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_ids_survive_reopen_and_snapshot_install() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    {
+        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        apply(&mut sm, vec![queue_entry(1, 1, 100, produce_deduped(&["a", "b"]))]).await;
+    }
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.unwrap();
+    assert_eq!(sm.reader().state().stats(TimestampMs(100)).dedup_ids, 2);
+    // "b" again after the restart is not stored; "c" is.
+    apply(&mut sm, vec![queue_entry(1, 2, 200, produce_deduped(&["b", "c"]))]).await;
+    let stats = sm.reader().state().stats(TimestampMs(200));
+    assert_eq!((stats.depth, stats.next_offset, stats.dedup_ids), (3, Offset(3), 3));
+
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let target_dir = TempDir::new().unwrap();
+    let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
+    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    assert_eq!(replica.reader().state().stats(TimestampMs(200)), stats);
+    apply(&mut replica, vec![queue_entry(1, 3, 300, produce_deduped(&["a", "d"]))]).await;
+    assert_eq!(replica.reader().state().stats(TimestampMs(300)).next_offset, Offset(4), "only d is new");
 }
 
 #[tokio::test(flavor = "multi_thread")]

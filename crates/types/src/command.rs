@@ -59,8 +59,10 @@ pub struct QueueRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueCommand {
-    /// Append a batch; offsets are assigned in order at apply.
-    Produce { messages: Vec<NewMessage> },
+    /// Append a batch; offsets are assigned in order at apply. A message whose
+    /// `dedup_id` was produced less than `dedup_window_ms` ago (the queue's
+    /// window, stamped by the leader) is not appended again.
+    Produce { messages: Vec<NewMessage>, dedup_window_ms: u64 },
     /// Lease up to `max_messages` available messages until `now + visibility_timeout_ms`.
     /// One command per consume call, however many messages it leases.
     Lease { max_messages: u32, visibility_timeout_ms: u64 },
@@ -76,10 +78,10 @@ pub enum QueueCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueResponse {
-    /// The batch got offsets `first_offset .. first_offset + count`.
+    /// One entry per produced message, in order: its offset, and whether it
+    /// was a duplicate (then the offset is the original's).
     Produced {
-        first_offset: Offset,
-        count: u32,
+        offsets: Vec<(Offset, bool)>,
     },
     /// Leased messages in offset order; bodies are read from storage by the caller.
     Leased {
@@ -129,7 +131,7 @@ impl std::fmt::Display for RaftRequest {
             }
             RaftRequest::Meta(MetaCommand::DeleteQueue { name }) => write!(f, "delete queue {name}"),
             RaftRequest::Queue(QueueRequest { now, command }) => match command {
-                QueueCommand::Produce { messages } => write!(f, "produce {} messages at {now}", messages.len()),
+                QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
                 QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
                     write!(f, "lease up to {max_messages} for {visibility_timeout_ms} ms at {now}")
                 }

@@ -9,6 +9,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 /// reasonable below it.
 pub const MAX_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+pub const MAX_DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
@@ -19,6 +21,8 @@ pub struct QueueConfig {
     pub max_message_bytes: u64,
     /// Number of replicas; capped at the cluster size when the queue is created.
     pub replication_factor: u32,
+    /// How long a produced `dedup_id` is remembered; 0 turns dedup off.
+    pub dedup_window_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -27,6 +31,7 @@ impl Default for QueueConfig {
             visibility_timeout_ms: DEFAULT_VISIBILITY_TIMEOUT_MS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
         }
     }
 }
@@ -39,6 +44,8 @@ pub enum ConfigError {
     MaxMessageBytes(u64),
     #[error("replication_factor must be 1 or more, got {0}")]
     ReplicationFactor(u32),
+    #[error("dedup_window_ms must be at most {MAX_DEDUP_WINDOW_MS} (24 hours), got {0}")]
+    DedupWindow(u64),
 }
 
 impl QueueConfig {
@@ -51,6 +58,9 @@ impl QueueConfig {
         }
         if self.replication_factor == 0 {
             return Err(ConfigError::ReplicationFactor(self.replication_factor));
+        }
+        if self.dedup_window_ms > MAX_DEDUP_WINDOW_MS {
+            return Err(ConfigError::DedupWindow(self.dedup_window_ms));
         }
         Ok(())
     }

@@ -11,7 +11,13 @@ use crate::{Offset, TimestampMs};
 pub struct NewMessage {
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    /// The producer's id for this message: a second message with the same id
+    /// within the queue's dedup window is not stored again (see `QueueState`).
+    pub dedup_id: Option<String>,
 }
+
+/// Longest accepted `dedup_id`, in bytes.
+pub const MAX_DEDUP_ID_BYTES: usize = 128;
 
 impl NewMessage {
     /// Bytes counted against `max_message_bytes`: body plus header keys and values.

@@ -19,6 +19,10 @@ pub struct ProduceArgs {
     /// A header for every message, KEY=VALUE; repeatable.
     #[arg(long = "header", value_name = "KEY=VALUE")]
     headers: Vec<String>,
+    /// Producer dedup id of the one message given as an argument: sending it
+    /// again within the queue's dedup window stores nothing new.
+    #[arg(long)]
+    dedup_id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,7 +77,15 @@ fn parse_headers(headers: &[String]) -> anyhow::Result<std::collections::HashMap
 
 pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
     let headers = parse_headers(&args.headers)?;
-    let message = |body: String| pb::ProduceMessage { body: body.into_bytes(), headers: headers.clone() };
+    if args.dedup_id.is_some() && args.bodies.len() != 1 {
+        bail!("--dedup-id names one message: pass exactly one body argument");
+    }
+    let dedup_id = args.dedup_id.clone().unwrap_or_default();
+    let message = |body: String| pb::ProduceMessage {
+        body: body.into_bytes(),
+        headers: headers.clone(),
+        dedup_id: dedup_id.clone(),
+    };
     if !args.bodies.is_empty() {
         let offsets = client.produce(&args.queue, args.bodies.into_iter().map(message).collect()).await?;
         print_offsets(&offsets);

@@ -19,6 +19,9 @@ pub enum QueueCommand {
         /// Number of replicas (default 3, capped at the cluster size).
         #[arg(long)]
         replication_factor: Option<u32>,
+        /// How long a produced dedup id is remembered (default 300000; 0 turns dedup off).
+        #[arg(long)]
+        dedup_window_ms: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -41,11 +44,19 @@ pub enum QueueCommand {
 
 pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
     match command {
-        QueueCommand::Create { name, visibility_timeout_ms, max_message_bytes, replication_factor, json } => {
+        QueueCommand::Create {
+            name,
+            visibility_timeout_ms,
+            max_message_bytes,
+            replication_factor,
+            dedup_window_ms,
+            json,
+        } => {
             let config = pb::QueueConfig {
                 visibility_timeout_ms: visibility_timeout_ms.unwrap_or(0),
                 max_message_bytes: max_message_bytes.unwrap_or(0),
                 replication_factor: replication_factor.unwrap_or(0),
+                dedup_window_ms,
             };
             let queue = client.create_queue(&name, Some(config)).await?;
             if json {

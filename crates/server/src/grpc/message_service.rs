@@ -17,7 +17,7 @@ use raftmq_proto::v1::{
     SettleResponse,
 };
 use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
-use raftmq_types::{NewMessage, QueueCommand, QueueName, QueueRequest, QueueResponse, Receipt};
+use raftmq_types::{MAX_DEDUP_ID_BYTES, NewMessage, QueueCommand, QueueName, QueueRequest, QueueResponse, Receipt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -181,8 +181,15 @@ impl MessageService for MessageServiceImpl {
                 ApiError::InvalidArgument(format!("messages[{i}].body: is empty; send at least one byte")).into()
             );
         }
+        if let Some(i) = request.messages.iter().position(|m| m.dedup_id.len() > MAX_DEDUP_ID_BYTES) {
+            return Err(ApiError::InvalidArgument(format!(
+                "messages[{i}].dedup_id: {} bytes; at most {MAX_DEDUP_ID_BYTES}",
+                request.messages[i].dedup_id.len()
+            ))
+            .into());
+        }
         let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
-        let offsets = self
+        let response = self
             .router
             .on_queue_leader(
                 ctx,
@@ -198,22 +205,24 @@ impl MessageService for MessageServiceImpl {
                             ))
                             .into());
                         }
-                        let command = QueueCommand::Produce { messages };
+                        let command =
+                            QueueCommand::Produce { messages, dedup_window_ms: entry.config.dedup_window_ms };
                         match propose(&group, QueueRequest { now: clock::now(), command }).await? {
-                            QueueResponse::Produced { first_offset, count } => {
-                                Ok((first_offset.0..first_offset.0 + u64::from(count)).collect::<Vec<u64>>())
-                            }
+                            QueueResponse::Produced { offsets } => Ok(ProduceResponse {
+                                offsets: offsets.iter().map(|(offset, _)| offset.0).collect(),
+                                duplicates: offsets.iter().map(|(_, duplicate)| *duplicate).collect(),
+                            }),
                             other => Err(unexpected(other)),
                         }
                     }
                 },
                 |channel, ctx| {
                     let request = ctx.forward(request.clone());
-                    async move { Ok(client(channel).produce(request).await?.into_inner().offsets) }
+                    async move { Ok(client(channel).produce(request).await?.into_inner()) }
                 },
             )
             .await?;
-        Ok(Response::new(ProduceResponse { offsets }))
+        Ok(Response::new(response))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {

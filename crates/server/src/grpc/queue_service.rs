@@ -44,6 +44,7 @@ impl QueueServiceImpl {
             leader_id: metrics.current_leader.unwrap_or(0),
             applied_index: metrics.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
             reported_by: self.router.node_id(),
+            dedup_ids: stats.dedup_ids,
         }
     }
 
