@@ -3,9 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::collections::HashSet;
+
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt, ReceiptFailure,
-    ReceiptFailureReason, StoredMessage, TimestampMs,
+    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse, Receipt,
+    ReceiptFailure, ReceiptFailureReason, StoredMessage, TimestampMs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,8 @@ pub struct DeliveryState {
     /// Set while leased. A deadline in the past is an expired lease: the
     /// message is available again, and the lease's receipt no longer works.
     pub lease: Option<Lease>,
+    /// Body plus headers, in bytes: what the message counts against `max_bytes`.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +39,8 @@ pub struct Lease {
 pub struct QueueStats {
     /// Stored, unacknowledged messages.
     pub depth: u64,
+    /// Their bodies and headers, in bytes.
+    pub bytes: u64,
     /// Leased with a lease that has not run out.
     pub in_flight: u64,
     /// Unleased, waiting for a nack delay.
@@ -66,6 +72,8 @@ fn slot(state: &DeliveryState) -> Slot {
 pub struct QueueState {
     next_offset: Offset,
     deliveries: BTreeMap<Offset, DeliveryState>,
+    /// Sum of `size` over `deliveries`.
+    bytes: u64,
     /// Unleased messages by the time they become visible.
     waiting: BTreeSet<(TimestampMs, Offset)>,
     /// Leased messages by lease deadline.
@@ -113,8 +121,8 @@ impl QueueState {
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {
-            QueueCommand::Produce { messages, dedup_window_ms } => {
-                self.produce(now, messages, *dedup_window_ms, changes)
+            QueueCommand::Produce { messages, dedup_window_ms, limits } => {
+                self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
             QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
                 self.lease(log_index, now, *max_messages, *visibility_timeout_ms, changes)
@@ -124,8 +132,7 @@ impl QueueState {
                 Some(Change::DeleteMessage(offset))
             }),
             QueueCommand::Nack { receipts, delay_ms } => self.settle(now, receipts, changes, |state, offset, d| {
-                let updated =
-                    DeliveryState { attempts: d.attempts, visible_at: now.saturating_add_ms(*delay_ms), lease: None };
+                let updated = DeliveryState { visible_at: now.saturating_add_ms(*delay_ms), lease: None, ..d };
                 state.replace(offset, updated);
                 Some(Change::PutDelivery { offset, state: updated })
             }),
@@ -155,14 +162,20 @@ impl QueueState {
     /// Appends the batch, except messages whose dedup id is remembered: those
     /// answer with the original's offset. Ids repeated within the batch count
     /// too. With `dedup_window_ms` 0 ids are neither checked nor remembered.
+    /// If the new messages would take the queue past a limit, nothing is
+    /// stored.
     fn produce(
         &mut self,
         now: TimestampMs,
         messages: &[NewMessage],
         dedup_window_ms: u64,
+        limits: QueueLimits,
         changes: &mut Vec<Change>,
     ) -> QueueResponse {
         self.dedup.expire(now, changes);
+        if let Some(limit) = self.exceeded_limit(now, messages, dedup_window_ms, limits) {
+            return QueueResponse::Full { limit, depth: self.deliveries.len() as u64, bytes: self.bytes };
+        }
         let first_offset = self.next_offset;
         let mut offsets = Vec::with_capacity(messages.len());
         for message in messages {
@@ -173,7 +186,7 @@ impl QueueState {
             }
             let offset = self.next_offset;
             self.next_offset = Offset(offset.0 + 1);
-            let delivery = DeliveryState { attempts: 0, visible_at: now, lease: None };
+            let delivery = DeliveryState { attempts: 0, visible_at: now, lease: None, size: message.size_bytes() };
             changes.push(Change::PutMessage(StoredMessage {
                 offset,
                 publish_time: now,
@@ -193,6 +206,38 @@ impl QueueState {
         QueueResponse::Produced { offsets }
     }
 
+    /// The limit the batch's new (not deduplicated) messages would break.
+    fn exceeded_limit(
+        &self,
+        now: TimestampMs,
+        messages: &[NewMessage],
+        dedup_window_ms: u64,
+        limits: QueueLimits,
+    ) -> Option<QueueLimit> {
+        if limits.max_messages == 0 && limits.max_bytes == 0 {
+            return None;
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for message in messages {
+            if let Some(id) = message.dedup_id.as_deref().filter(|_| dedup_window_ms > 0)
+                && (self.dedup.lookup(id, now).is_some() || !seen.insert(id))
+            {
+                continue;
+            }
+            count += 1;
+            bytes += message.size_bytes();
+        }
+        let depth = self.deliveries.len() as u64;
+        if limits.max_messages > 0 && depth + count > limits.max_messages {
+            return Some(QueueLimit::MaxMessages(limits.max_messages));
+        }
+        if limits.max_bytes > 0 && self.bytes + bytes > limits.max_bytes {
+            return Some(QueueLimit::MaxBytes(limits.max_bytes));
+        }
+        None
+    }
+
     fn lease(
         &mut self,
         log_index: u64,
@@ -209,8 +254,8 @@ impl QueueState {
             let current = self.deliveries[&offset];
             let updated = DeliveryState {
                 attempts: current.attempts.saturating_add(1),
-                visible_at: current.visible_at,
                 lease: Some(Lease { lease_id: log_index, deadline }),
+                ..current
             };
             self.replace(offset, updated);
             changes.push(Change::PutDelivery { offset, state: updated });
@@ -280,6 +325,7 @@ impl QueueState {
     }
 
     fn insert(&mut self, offset: Offset, delivery: DeliveryState) {
+        self.bytes += delivery.size;
         self.deliveries.insert(offset, delivery);
         match slot(&delivery) {
             Slot::Waiting(at) => self.waiting.insert((at, offset)),
@@ -289,6 +335,7 @@ impl QueueState {
 
     fn remove(&mut self, offset: Offset) {
         if let Some(old) = self.deliveries.remove(&offset) {
+            self.bytes -= old.size;
             self.unindex(offset, &old);
         }
     }
@@ -329,6 +376,7 @@ impl QueueState {
         let leased_due = due(&self.leased);
         QueueStats {
             depth: self.deliveries.len() as u64,
+            bytes: self.bytes,
             in_flight: self.leased.len() as u64 - leased_due,
             delayed: self.waiting.len() as u64 - waiting_due,
             available: self.ready.len() as u64 + waiting_due + leased_due,
@@ -346,6 +394,7 @@ impl QueueState {
                 self.ready.len() + self.waiting.len() + self.leased.len(),
                 "index sizes disagree with the delivery records"
             );
+            debug_assert_eq!(self.bytes, self.deliveries.values().map(|d| d.size).sum::<u64>(), "byte count is off");
             for (offset, delivery) in &self.deliveries {
                 debug_assert!(*offset < self.next_offset, "offset {offset} at or past next_offset");
                 let indexed = self.ready.contains(offset)

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueRequest, QueueResponse, Receipt, ReceiptFailure,
-    ReceiptFailureReason, TimestampMs,
+    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse, Receipt,
+    ReceiptFailure, ReceiptFailureReason, TimestampMs,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -76,7 +76,7 @@ impl Harness {
 
     /// Produces, and returns (offset, duplicate) per message.
     fn produce_messages(&mut self, now: u64, messages: Vec<NewMessage>, dedup_window_ms: u64) -> Vec<(u64, bool)> {
-        match self.apply(now, QueueCommand::Produce { messages, dedup_window_ms }) {
+        match self.apply(now, QueueCommand::Produce { messages, dedup_window_ms, limits: QueueLimits::default() }) {
             QueueResponse::Produced { offsets } => offsets.into_iter().map(|(o, d)| (o.0, d)).collect(),
             other => panic!("unexpected {other:?}"),
         }
@@ -376,6 +376,11 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                     })
                     .collect(),
                 dedup_window_ms: if rng.random_bool(0.1) { 0 } else { rng.random_range(1..3000) },
+                // Sometimes a limit close to the depth, so that some produces are refused.
+                limits: QueueLimits {
+                    max_messages: if rng.random_bool(0.2) { rng.random_range(1..20) } else { 0 },
+                    max_bytes: if rng.random_bool(0.2) { rng.random_range(1..20) } else { 0 },
+                },
             },
             3..=4 => QueueCommand::Lease {
                 max_messages: rng.random_range(1..8),
@@ -491,4 +496,67 @@ fn dedup_survives_a_purge_and_ack() {
     // Both retried after the queue was emptied: still not stored again.
     assert_eq!(q.produce_deduped(14, 1000, &[("a", "id-a"), ("b", "id-b")]), vec![(0, true), (1, true)]);
     assert_eq!(q.state.stats(TimestampMs(14)).depth, 0);
+}
+
+fn produce_limited(q: &mut Harness, now: u64, messages: Vec<NewMessage>, limits: QueueLimits) -> QueueResponse {
+    q.apply(now, QueueCommand::Produce { messages, dedup_window_ms: 1000, limits })
+}
+
+fn body(text: &str) -> NewMessage {
+    NewMessage { body: text.as_bytes().to_vec(), ..Default::default() }
+}
+
+#[test]
+fn a_produce_past_max_messages_stores_nothing_and_names_the_limit() {
+    let mut q = Harness::new();
+    let limits = QueueLimits { max_messages: 3, max_bytes: 0 };
+    assert!(matches!(produce_limited(&mut q, 10, vec![body("a"), body("b")], limits), QueueResponse::Produced { .. }));
+    // Two more do not fit next to two: the whole batch is refused.
+    let refused = produce_limited(&mut q, 11, vec![body("c"), body("d")], limits);
+    assert_eq!(refused, QueueResponse::Full { limit: QueueLimit::MaxMessages(3), depth: 2, bytes: 2 });
+    assert_eq!((q.stored_bodies.len(), q.state.next_offset()), (2, Offset(2)), "nothing stored, no offset used");
+    // One fits; after an ack, another does.
+    assert!(matches!(produce_limited(&mut q, 12, vec![body("c")], limits), QueueResponse::Produced { .. }));
+    assert!(matches!(produce_limited(&mut q, 13, vec![body("d")], limits), QueueResponse::Full { .. }));
+    let leased = q.lease(14, 1, 100);
+    q.ack(15, &[leased[0].receipt]);
+    assert!(matches!(produce_limited(&mut q, 16, vec![body("d")], limits), QueueResponse::Produced { .. }));
+    assert_eq!(q.state.stats(TimestampMs(16)).depth, 3);
+}
+
+#[test]
+fn a_produce_past_max_bytes_is_refused_and_bytes_follow_acks_and_purges() {
+    let mut q = Harness::new();
+    let limits = QueueLimits { max_messages: 0, max_bytes: 10 };
+    let mut with_header = body("12345");
+    with_header.headers.insert("k".into(), "v".into()); // 5 + 2 bytes
+    assert!(matches!(produce_limited(&mut q, 10, vec![with_header], limits), QueueResponse::Produced { .. }));
+    assert_eq!(q.state.stats(TimestampMs(10)).bytes, 7);
+    let refused = produce_limited(&mut q, 11, vec![body("1234")], limits);
+    assert_eq!(refused, QueueResponse::Full { limit: QueueLimit::MaxBytes(10), depth: 1, bytes: 7 });
+    assert!(matches!(produce_limited(&mut q, 12, vec![body("123")], limits), QueueResponse::Produced { .. }));
+    assert_eq!(q.state.stats(TimestampMs(12)).bytes, 10);
+    assert_eq!(q.restored().stats(TimestampMs(12)).bytes, 10, "a restart recounts the bytes");
+    q.apply(13, QueueCommand::Purge);
+    assert_eq!(q.state.stats(TimestampMs(13)).bytes, 0);
+}
+
+#[test]
+fn duplicates_do_not_count_against_the_limits() {
+    let mut q = Harness::new();
+    let limits = QueueLimits { max_messages: 2, max_bytes: 0 };
+    let first = produce_limited(&mut q, 10, vec![deduped("a", "id-a"), deduped("b", "id-b")], limits);
+    assert!(matches!(first, QueueResponse::Produced { .. }));
+    // A full queue still answers a retry of what it holds.
+    let retry = produce_limited(&mut q, 11, vec![deduped("a", "id-a"), deduped("b", "id-b")], limits);
+    assert_eq!(retry, QueueResponse::Produced { offsets: vec![(Offset(0), true), (Offset(1), true)] });
+    // An id repeated within a batch counts once.
+    let mut q = Harness::new();
+    let once = produce_limited(
+        &mut q,
+        10,
+        vec![deduped("x", "same"), deduped("x", "same")],
+        QueueLimits { max_messages: 1, max_bytes: 0 },
+    );
+    assert_eq!(once, QueueResponse::Produced { offsets: vec![(Offset(0), false), (Offset(0), true)] });
 }

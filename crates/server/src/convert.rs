@@ -67,6 +67,8 @@ pub fn queue_config(config: Option<&pb::QueueConfig>) -> QueueConfig {
         if let Some(window) = c.dedup_window_ms {
             result.dedup_window_ms = window;
         }
+        result.max_messages = c.max_messages;
+        result.max_bytes = c.max_bytes;
     }
     result
 }
@@ -77,6 +79,8 @@ pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
         max_message_bytes: config.max_message_bytes,
         replication_factor: config.replication_factor,
         dedup_window_ms: Some(config.dedup_window_ms),
+        max_messages: config.max_messages,
+        max_bytes: config.max_bytes,
     }
 }
 

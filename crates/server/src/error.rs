@@ -16,6 +16,9 @@ pub enum ApiError {
     QueueAlreadyExists(String),
     #[error("{0}; retry later")]
     Unavailable(String),
+    /// A produce that would take a queue past `max_messages` or `max_bytes`.
+    #[error("{0}")]
+    QueueFull(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -45,6 +48,7 @@ impl From<ApiError> for Status {
             ApiError::QueueNotFound(_) => Code::NotFound,
             ApiError::QueueAlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::QueueFull(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

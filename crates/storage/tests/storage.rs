@@ -88,6 +88,7 @@ fn produce(n: usize) -> QueueCommand {
             .map(|i| NewMessage { body: format!("m{i}").into_bytes(), headers: BTreeMap::new(), dedup_id: None })
             .collect(),
         dedup_window_ms: 0,
+        limits: Default::default(),
     }
 }
 
@@ -103,6 +104,7 @@ fn produce_deduped(ids: &[&str]) -> QueueCommand {
             })
             .collect(),
         dedup_window_ms: 60_000,
+        limits: Default::default(),
     }
 }
 

@@ -62,7 +62,8 @@ pub enum QueueCommand {
     /// Append a batch; offsets are assigned in order at apply. A message whose
     /// `dedup_id` was produced less than `dedup_window_ms` ago (the queue's
     /// window, stamped by the leader) is not appended again.
-    Produce { messages: Vec<NewMessage>, dedup_window_ms: u64 },
+    /// A batch that would take the queue past `limits` is not stored at all.
+    Produce { messages: Vec<NewMessage>, dedup_window_ms: u64, limits: QueueLimits },
     /// Lease up to `max_messages` available messages until `now + visibility_timeout_ms`.
     /// One command per consume call, however many messages it leases.
     Lease { max_messages: u32, visibility_timeout_ms: u64 },
@@ -95,6 +96,26 @@ pub enum QueueResponse {
     Purged {
         removed: u64,
     },
+    /// The produce stored nothing: its new messages would take the queue past
+    /// `limit`. `depth` and `bytes` are what the queue held.
+    Full {
+        limit: QueueLimit,
+        depth: u64,
+        bytes: u64,
+    },
+}
+
+/// A queue's size limits, as of the produce; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QueueLimits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueLimit {
+    MaxMessages(u64),
+    MaxBytes(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

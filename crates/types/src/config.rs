@@ -23,6 +23,10 @@ pub struct QueueConfig {
     pub replication_factor: u32,
     /// How long a produced `dedup_id` is remembered; 0 turns dedup off.
     pub dedup_window_ms: u64,
+    /// Most messages stored (acked ones do not count); 0 is no limit.
+    pub max_messages: u64,
+    /// Most bytes stored (body plus headers of unacked messages); 0 is no limit.
+    pub max_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -32,6 +36,8 @@ impl Default for QueueConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+            max_messages: 0,
+            max_bytes: 0,
         }
     }
 }
@@ -49,6 +55,11 @@ pub enum ConfigError {
 }
 
 impl QueueConfig {
+    /// The limits a produce must respect, stamped into the command by the leader.
+    pub fn limits(&self) -> crate::QueueLimits {
+        crate::QueueLimits { max_messages: self.max_messages, max_bytes: self.max_bytes }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.visibility_timeout_ms == 0 || self.visibility_timeout_ms > MAX_VISIBILITY_TIMEOUT_MS {
             return Err(ConfigError::VisibilityTimeout(self.visibility_timeout_ms));

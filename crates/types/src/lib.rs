@@ -13,8 +13,8 @@ pub mod name;
 pub mod receipt;
 
 pub use command::{
-    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueRequest, QueueResponse, RaftRequest, RaftResponse,
-    ReceiptFailure, ReceiptFailureReason,
+    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse,
+    RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
 };
 pub use config::{ConfigError, QueueConfig};
 pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};

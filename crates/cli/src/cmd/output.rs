@@ -9,7 +9,7 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
         json!({
             "depth": s.depth, "in_flight": s.in_flight, "delayed": s.delayed, "available": s.available,
             "next_offset": s.next_offset, "leader_id": s.leader_id, "applied_index": s.applied_index,
-            "reported_by": s.reported_by,
+            "reported_by": s.reported_by, "bytes": s.bytes, "dedup_ids": s.dedup_ids,
         })
     });
     json!({
@@ -18,6 +18,9 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
             "visibility_timeout_ms": config.visibility_timeout_ms,
             "max_message_bytes": config.max_message_bytes,
             "replication_factor": config.replication_factor,
+            "dedup_window_ms": config.dedup_window_ms,
+            "max_messages": config.max_messages,
+            "max_bytes": config.max_bytes,
         },
         "stats": stats,
     })
@@ -25,19 +28,34 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
 
 pub fn queue_text(q: &pb::QueueInfo) -> String {
     let config = q.config.unwrap_or_default();
+    let limit = |n: u64| if n == 0 { "none".to_string() } else { n.to_string() };
     let mut out = format!(
-        "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n",
+        "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n  \
+         dedup_window_ms {}  max_messages {}  max_bytes {}\n",
         q.name,
         q.replicas,
         q.group_id,
         config.visibility_timeout_ms,
         config.max_message_bytes,
-        config.replication_factor
+        config.replication_factor,
+        config.dedup_window_ms.unwrap_or_default(),
+        limit(config.max_messages),
+        limit(config.max_bytes),
     );
     match &q.stats {
         Some(s) => out.push_str(&format!(
-            "  depth {}  in_flight {}  delayed {}  available {}  next_offset {}\n  leader {}  (reported by node {} at applied index {})\n",
-            s.depth, s.in_flight, s.delayed, s.available, s.next_offset, s.leader_id, s.reported_by, s.applied_index
+            "  depth {}  bytes {}  in_flight {}  delayed {}  available {}  next_offset {}  dedup_ids {}\n  \
+             leader {}  (reported by node {} at applied index {})\n",
+            s.depth,
+            s.bytes,
+            s.in_flight,
+            s.delayed,
+            s.available,
+            s.next_offset,
+            s.dedup_ids,
+            s.leader_id,
+            s.reported_by,
+            s.applied_index
         )),
         None => out.push_str("  (no statistics: the answering node holds no replica)\n"),
     }

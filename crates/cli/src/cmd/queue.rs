@@ -22,6 +22,12 @@ pub enum QueueCommand {
         /// How long a produced dedup id is remembered (default 300000; 0 turns dedup off).
         #[arg(long)]
         dedup_window_ms: Option<u64>,
+        /// Most unacknowledged messages; produces beyond it fail (default: no limit).
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Most bytes of unacknowledged messages; produces beyond it fail (default: no limit).
+        #[arg(long)]
+        max_bytes: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -50,6 +56,8 @@ pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
             max_message_bytes,
             replication_factor,
             dedup_window_ms,
+            max_messages,
+            max_bytes,
             json,
         } => {
             let config = pb::QueueConfig {
@@ -57,6 +65,8 @@ pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
                 max_message_bytes: max_message_bytes.unwrap_or(0),
                 replication_factor: replication_factor.unwrap_or(0),
                 dedup_window_ms,
+                max_messages: max_messages.unwrap_or(0),
+                max_bytes: max_bytes.unwrap_or(0),
             };
             let queue = client.create_queue(&name, Some(config)).await?;
             if json {

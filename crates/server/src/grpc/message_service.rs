@@ -17,7 +17,9 @@ use raftmq_proto::v1::{
     SettleResponse,
 };
 use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
-use raftmq_types::{MAX_DEDUP_ID_BYTES, NewMessage, QueueCommand, QueueName, QueueRequest, QueueResponse, Receipt};
+use raftmq_types::{
+    MAX_DEDUP_ID_BYTES, NewMessage, QueueCommand, QueueLimit, QueueName, QueueRequest, QueueResponse, Receipt,
+};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -196,6 +198,7 @@ impl MessageService for MessageServiceImpl {
                 &queue,
                 |group, entry| {
                     let messages = messages.clone();
+                    let queue = &queue;
                     async move {
                         let limit = entry.config.max_message_bytes;
                         if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
@@ -205,13 +208,20 @@ impl MessageService for MessageServiceImpl {
                             ))
                             .into());
                         }
-                        let command =
-                            QueueCommand::Produce { messages, dedup_window_ms: entry.config.dedup_window_ms };
+                        let batch = messages.len();
+                        let command = QueueCommand::Produce {
+                            messages,
+                            dedup_window_ms: entry.config.dedup_window_ms,
+                            limits: entry.config.limits(),
+                        };
                         match propose(&group, QueueRequest { now: clock::now(), command }).await? {
                             QueueResponse::Produced { offsets } => Ok(ProduceResponse {
                                 offsets: offsets.iter().map(|(offset, _)| offset.0).collect(),
                                 duplicates: offsets.iter().map(|(_, duplicate)| *duplicate).collect(),
                             }),
+                            QueueResponse::Full { limit, depth, bytes } => {
+                                Err(ApiError::QueueFull(full_message(queue, limit, depth, bytes, batch)).into())
+                            }
                             other => Err(unexpected(other)),
                         }
                     }
@@ -311,5 +321,19 @@ impl MessageService for MessageServiceImpl {
             })
             .await?;
         Ok(Response::new(response))
+    }
+}
+
+/// RESOURCE_EXHAUSTED's message: which limit, and what the queue holds.
+fn full_message(queue: &QueueName, limit: QueueLimit, depth: u64, bytes: u64, batch: usize) -> String {
+    match limit {
+        QueueLimit::MaxMessages(max) => format!(
+            "queue {queue} is full: max_messages is {max} and it holds {depth} unacknowledged messages, \
+             so the {batch} in this produce do not fit; nothing was stored. Consume and ack, or raise max_messages"
+        ),
+        QueueLimit::MaxBytes(max) => format!(
+            "queue {queue} is full: max_bytes is {max} and it holds {bytes} bytes of unacknowledged messages, \
+             so this produce of {batch} messages does not fit; nothing was stored. Consume and ack, or raise max_bytes"
+        ),
     }
 }

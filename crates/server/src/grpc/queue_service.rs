@@ -45,6 +45,7 @@ impl QueueServiceImpl {
             applied_index: metrics.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
             reported_by: self.router.node_id(),
             dedup_ids: stats.dedup_ids,
+            bytes: stats.bytes,
         }
     }
 
