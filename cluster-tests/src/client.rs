@@ -110,10 +110,8 @@ impl Client {
         queue: &str,
         bodies: impl IntoIterator<Item = B>,
     ) -> Result<Vec<u64>, Status> {
-        let messages = bodies
-            .into_iter()
-            .map(|body| ProduceMessage { body: body.into(), headers: Default::default(), dedup_id: String::new() })
-            .collect();
+        let messages =
+            bodies.into_iter().map(|body| ProduceMessage { body: body.into(), ..Default::default() }).collect();
         self.produce_messages(queue, messages).await
     }
 

@@ -2,7 +2,6 @@
 //! that names what was wrong, also through a node that forwards the call, and
 //! that none of them hurts the server.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ fn req<T>(message: T) -> tonic::Request<T> {
 }
 
 fn message(body: impl Into<Vec<u8>>) -> ProduceMessage {
-    ProduceMessage { body: body.into(), headers: HashMap::new(), dedup_id: String::new() }
+    ProduceMessage { body: body.into(), ..Default::default() }
 }
 
 fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
@@ -121,6 +120,13 @@ async fn bad_input_gets_clear_status() {
     );
 
     // Produce.
+    let both = ProduceMessage { delay_ms: 10, deliver_at_ms: 10, ..message("x") };
+    assert_rejected(
+        "produce with both delay_ms and deliver_at_ms",
+        messages.produce(req(produce(QUEUE, vec![both]))).await,
+        Code::InvalidArgument,
+        &["messages[0]", "delay_ms", "deliver_at_ms"],
+    );
     let long_id = ProduceMessage { dedup_id: "d".repeat(129), ..message("x") };
     assert_rejected(
         "produce with a 129-byte dedup_id",

@@ -19,8 +19,8 @@ fn batch(ids: &[&str]) -> ProduceRequest {
             .iter()
             .map(|id| ProduceMessage {
                 body: format!("body of {id}").into_bytes(),
-                headers: Default::default(),
                 dedup_id: id.to_string(),
+                ..Default::default()
             })
             .collect(),
     }

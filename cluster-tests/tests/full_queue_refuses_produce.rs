@@ -14,8 +14,8 @@ fn request(queue: &str, bodies: &[&str], dedup: bool) -> ProduceRequest {
             .iter()
             .map(|b| ProduceMessage {
                 body: b.as_bytes().to_vec(),
-                headers: Default::default(),
                 dedup_id: if dedup { b.to_string() } else { String::new() },
+                ..Default::default()
             })
             .collect(),
     }

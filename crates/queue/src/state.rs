@@ -186,7 +186,9 @@ impl QueueState {
             }
             let offset = self.next_offset;
             self.next_offset = Offset(offset.0 + 1);
-            let delivery = DeliveryState { attempts: 0, visible_at: now, lease: None, size: message.size_bytes() };
+            // A deliver_at in the past is simply "now".
+            let visible_at = message.deliver_at.map_or(now, |at| at.max(now));
+            let delivery = DeliveryState { attempts: 0, visible_at, lease: None, size: message.size_bytes() };
             changes.push(Change::PutMessage(StoredMessage {
                 offset,
                 publish_time: now,

@@ -370,6 +370,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                 messages: (0..rng.random_range(0..5))
                     .map(|i| NewMessage {
                         body: vec![i as u8 + 1],
+                        deliver_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..2000))),
                         // A small pool of ids, so that some repeat within the window.
                         dedup_id: rng.random_bool(0.5).then(|| format!("id-{}", rng.random_range(0..30))),
                         ..Default::default()
@@ -559,4 +560,32 @@ fn duplicates_do_not_count_against_the_limits() {
         QueueLimits { max_messages: 1, max_bytes: 0 },
     );
     assert_eq!(once, QueueResponse::Produced { offsets: vec![(Offset(0), false), (Offset(0), true)] });
+}
+
+#[test]
+fn a_delayed_message_is_delivered_at_its_time_and_not_before() {
+    let mut q = Harness::new();
+    let later = NewMessage { deliver_at: Some(TimestampMs(500)), ..body("later") };
+    let past = NewMessage { deliver_at: Some(TimestampMs(5)), ..body("past") };
+    q.produce_messages(100, vec![later, body("now"), past], 0);
+    assert_eq!(offsets(&q.lease(100, 10, 1000)), vec![1, 2], "the delayed one waits");
+    let stats = q.state.stats(TimestampMs(499));
+    assert_eq!((stats.delayed, stats.available), (1, 0));
+    assert_eq!(q.state.next_wakeup(TimestampMs(100)), Some(TimestampMs(500)));
+    assert!(q.lease(499, 10, 1000).is_empty());
+    assert!(!q.state.has_available(TimestampMs(499)));
+    // Still delayed on a replica restarted from storage.
+    assert_eq!(q.restored().stats(TimestampMs(499)).delayed, 1);
+    assert_eq!(offsets(&q.lease(500, 10, 1000)), vec![0]);
+}
+
+#[test]
+fn a_purge_drops_delayed_messages_too() {
+    let mut q = Harness::new();
+    let later = NewMessage { deliver_at: Some(TimestampMs(10_000)), ..body("later") };
+    q.produce_messages(100, vec![later], 0);
+    assert_eq!(q.apply(200, QueueCommand::Purge), QueueResponse::Purged { removed: 1 });
+    assert!(q.lease(20_000, 10, 1000).is_empty(), "nothing comes back at its time");
+    assert_eq!(q.state.stats(TimestampMs(20_000)).depth, 0);
+    assert!(q.stored_deliveries.is_empty() && q.stored_bodies.is_empty());
 }

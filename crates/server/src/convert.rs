@@ -4,6 +4,7 @@ use raftmq_proto::v1 as pb;
 use raftmq_storage::CatalogQueue;
 use raftmq_types::{
     DeliveredMessage, NewMessage, QueueConfig, QueueName, ReceiptFailure, ReceiptFailureReason, StoredMessage,
+    TimestampMs,
 };
 
 pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
@@ -11,6 +12,8 @@ pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
         body: message.body.to_vec(),
         headers: message.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         dedup_id: (!message.dedup_id.is_empty()).then(|| message.dedup_id.clone()),
+        // delay_ms is turned into a time by the leader, from its own clock.
+        deliver_at: (message.deliver_at_ms > 0).then_some(TimestampMs(message.deliver_at_ms)),
     }
 }
 

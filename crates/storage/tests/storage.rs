@@ -1,7 +1,6 @@
 //! Storage tests: openraft's own conformance suite, durability across a
 //! reopen, WAL group commit, and snapshot transfer between databases.
 
-use std::collections::BTreeMap;
 use std::io;
 
 use openraft::entry::RaftEntry;
@@ -84,9 +83,7 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
 
 fn produce(n: usize) -> QueueCommand {
     QueueCommand::Produce {
-        messages: (0..n)
-            .map(|i| NewMessage { body: format!("m{i}").into_bytes(), headers: BTreeMap::new(), dedup_id: None })
-            .collect(),
+        messages: (0..n).map(|i| NewMessage { body: format!("m{i}").into_bytes(), ..Default::default() }).collect(),
         dedup_window_ms: 0,
         limits: Default::default(),
     }
@@ -97,11 +94,7 @@ fn produce_deduped(ids: &[&str]) -> QueueCommand {
     QueueCommand::Produce {
         messages: ids
             .iter()
-            .map(|id| NewMessage {
-                body: id.as_bytes().to_vec(),
-                headers: BTreeMap::new(),
-                dedup_id: Some(id.to_string()),
-            })
+            .map(|id| NewMessage { body: id.as_bytes().to_vec(), dedup_id: Some(id.to_string()), ..Default::default() })
             .collect(),
         dedup_window_ms: 60_000,
         limits: Default::default(),

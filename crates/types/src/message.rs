@@ -14,6 +14,8 @@ pub struct NewMessage {
     /// The producer's id for this message: a second message with the same id
     /// within the queue's dedup window is not stored again (see `QueueState`).
     pub dedup_id: Option<String>,
+    /// Not delivered before this time (the leader's clock); `None` is at once.
+    pub deliver_at: Option<TimestampMs>,
 }
 
 /// Longest accepted `dedup_id`, in bytes.

@@ -76,11 +76,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         let (client, queue, produced, samples) =
             (client.clone(), args.queue.clone(), produced.clone(), samples.clone());
         let batch: Vec<pb::ProduceMessage> = (0..args.batch)
-            .map(|_| pb::ProduceMessage {
-                body: vec![b'x'; args.message_size],
-                headers: Default::default(),
-                dedup_id: String::new(),
-            })
+            .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size], ..Default::default() })
             .collect();
         producers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();

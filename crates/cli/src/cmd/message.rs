@@ -23,6 +23,9 @@ pub struct ProduceArgs {
     /// again within the queue's dedup window stores nothing new.
     #[arg(long)]
     dedup_id: Option<String>,
+    /// Deliver the messages no earlier than this many ms after they are stored.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,10 +84,13 @@ pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
         bail!("--dedup-id names one message: pass exactly one body argument");
     }
     let dedup_id = args.dedup_id.clone().unwrap_or_default();
+    let delay_ms = args.delay_ms;
     let message = |body: String| pb::ProduceMessage {
         body: body.into_bytes(),
         headers: headers.clone(),
         dedup_id: dedup_id.clone(),
+        delay_ms,
+        ..Default::default()
     };
     if !args.bodies.is_empty() {
         let offsets = client.produce(&args.queue, args.bodies.into_iter().map(message).collect()).await?;

@@ -190,16 +190,30 @@ impl MessageService for MessageServiceImpl {
             ))
             .into());
         }
+        if let Some(i) = request.messages.iter().position(|m| m.delay_ms > 0 && m.deliver_at_ms > 0) {
+            return Err(
+                ApiError::InvalidArgument(format!("messages[{i}]: set delay_ms or deliver_at_ms, not both")).into()
+            );
+        }
         let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
+        // Relative delays count from the leader's clock when it proposes.
+        let delays: Vec<u64> = request.messages.iter().map(|m| m.delay_ms).collect();
         let response = self
             .router
             .on_queue_leader(
                 ctx,
                 &queue,
                 |group, entry| {
-                    let messages = messages.clone();
+                    let mut messages = messages.clone();
                     let queue = &queue;
+                    let delays = &delays;
                     async move {
+                        let now = clock::now();
+                        for (message, delay) in messages.iter_mut().zip(delays) {
+                            if *delay > 0 {
+                                message.deliver_at = Some(now.saturating_add_ms(*delay));
+                            }
+                        }
                         let limit = entry.config.max_message_bytes;
                         if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
                             return Err(ApiError::InvalidArgument(format!(
@@ -214,7 +228,7 @@ impl MessageService for MessageServiceImpl {
                             dedup_window_ms: entry.config.dedup_window_ms,
                             limits: entry.config.limits(),
                         };
-                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                        match propose(&group, QueueRequest { now, command }).await? {
                             QueueResponse::Produced { offsets } => Ok(ProduceResponse {
                                 offsets: offsets.iter().map(|(offset, _)| offset.0).collect(),
                                 duplicates: offsets.iter().map(|(_, duplicate)| *duplicate).collect(),
