@@ -43,7 +43,9 @@ async fn delayed_message_survives_leader_kill() {
         .into_inner()
         .offsets;
     assert_eq!(offsets, vec![0, 1]);
-    let info = client.get_queue(QUEUE).await.expect("get").stats.expect("stats");
+    // From the leader: a follower answers from its own replica, which may not
+    // have applied the produce yet.
+    let info = cluster.client(leader).get_queue(QUEUE).await.expect("get").stats.expect("stats");
     assert_eq!((info.delayed, info.available), (1, 1));
 
     cluster.kill(leader);

@@ -26,7 +26,7 @@ async fn full_queue_refuses_produce() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue("bounded", QueueConfig { max_messages: 3, ..Default::default() }).await;
-    cluster.create_queue("small", QueueConfig { max_bytes: 10, ..Default::default() }).await;
+    let small_leader = cluster.create_queue("small", QueueConfig { max_bytes: 10, ..Default::default() }).await;
     // Through a follower: the limit is enforced at apply on the leader.
     let node = cluster.node_ids().into_iter().find(|id| *id != leader).expect("a follower");
     let client = cluster.client(node);
@@ -44,7 +44,8 @@ async fn full_queue_refuses_produce() {
     messages.produce(produce("bounded", &["c"], true)).await.expect("a third fits");
     let retry = messages.produce(produce("bounded", &["a", "b"], true)).await.expect("duplicates need no room");
     assert_eq!(retry.into_inner().duplicates, vec![true, true]);
-    let stats = client.get_queue("bounded").await.expect("get").stats.expect("stats");
+    // Stats from the leader: a follower answers from its own replica, which may trail.
+    let stats = cluster.client(leader).get_queue("bounded").await.expect("get").stats.expect("stats");
     assert_eq!((stats.depth, stats.next_offset), (3, 3), "nothing dropped, no offset used by the refusals");
 
     // Acking makes room.
@@ -58,7 +59,7 @@ async fn full_queue_refuses_produce() {
     let refused = messages.produce(produce("small", &["12345"], false)).await.expect_err("11 bytes do not");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("max_bytes is 10"), "{:?}", refused.message());
-    let stats = client.get_queue("small").await.expect("get").stats.expect("stats");
+    let stats = cluster.client(small_leader).get_queue("small").await.expect("get").stats.expect("stats");
     assert_eq!((stats.depth, stats.bytes), (1, 6));
     cluster.assert_running();
 }

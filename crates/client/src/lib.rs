@@ -238,6 +238,28 @@ impl Client {
         .await
     }
 
+    /// Up to `max` stored messages from `from` (to `to`, exclusive, if given),
+    /// without leasing them.
+    pub async fn peek(
+        &self,
+        queue: &str,
+        from: u64,
+        to: Option<u64>,
+        max: u32,
+    ) -> Result<pb::PeekResponse, ClientError> {
+        let message = pb::PeekRequest {
+            queue: queue.to_string(),
+            from_offset: from,
+            max_messages: max,
+            to_offset: to.unwrap_or(0),
+        };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move { Ok(MessageServiceClient::new(channel).peek(Self::request(message, timeout)).await?.into_inner()) }
+        })
+        .await
+    }
+
     pub async fn ack(&self, queue: &str, receipts: Vec<String>) -> Result<pb::SettleResponse, ClientError> {
         let message = pb::AckRequest { queue: queue.to_string(), receipts };
         self.retry(Duration::ZERO, |channel, timeout| {

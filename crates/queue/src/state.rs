@@ -118,6 +118,16 @@ impl QueueState {
         self.deliveries.get(&offset)
     }
 
+    /// Up to `max` stored messages from `from` (inclusive) to `to`
+    /// (exclusive), in offset order, with their delivery records. Changes
+    /// nothing.
+    pub fn peek(&self, from: Offset, to: Offset, max: usize) -> Vec<(Offset, DeliveryState)> {
+        if from >= to {
+            return Vec::new();
+        }
+        self.deliveries.range(from..to).take(max).map(|(offset, state)| (*offset, *state)).collect()
+    }
+
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {

@@ -589,3 +589,18 @@ fn a_purge_drops_delayed_messages_too() {
     assert_eq!(q.state.stats(TimestampMs(20_000)).depth, 0);
     assert!(q.stored_deliveries.is_empty() && q.stored_bodies.is_empty());
 }
+
+#[test]
+fn peek_shows_a_range_and_changes_nothing() {
+    let mut q = Harness::new();
+    q.produce(10, &["a", "b", "c", "d"]);
+    let leased = q.lease(11, 1, 100);
+    q.ack(12, &[leased[0].receipt]); // offset 0 is gone
+    let before = q.state.stats(TimestampMs(12));
+    let peeked: Vec<u64> = q.state.peek(Offset(0), Offset(u64::MAX), 2).iter().map(|(o, _)| o.0).collect();
+    assert_eq!(peeked, vec![1, 2]);
+    let peeked: Vec<u64> = q.state.peek(Offset(2), Offset(3), 10).iter().map(|(o, _)| o.0).collect();
+    assert_eq!(peeked, vec![2]);
+    assert!(q.state.peek(Offset(3), Offset(3), 10).is_empty());
+    assert_eq!(q.state.stats(TimestampMs(12)), before);
+}

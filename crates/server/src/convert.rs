@@ -1,9 +1,10 @@
 //! Conversions between prost types and domain types.
 
 use raftmq_proto::v1 as pb;
+use raftmq_queue::DeliveryState;
 use raftmq_storage::CatalogQueue;
 use raftmq_types::{
-    DeliveredMessage, NewMessage, QueueConfig, QueueName, ReceiptFailure, ReceiptFailureReason, StoredMessage,
+    DeliveredMessage, NewMessage, Offset, QueueConfig, QueueName, ReceiptFailure, ReceiptFailureReason, StoredMessage,
     TimestampMs,
 };
 
@@ -52,6 +53,39 @@ pub fn settle_response(succeeded: u32, failures: &[ReceiptFailure]) -> pb::Settl
             })
             .collect(),
     }
+}
+
+/// Joins peeked delivery records with their bodies, by offset; a record whose
+/// body is gone (acked meanwhile) is skipped.
+pub fn peeked(
+    records: &[(Offset, DeliveryState)],
+    bodies: Vec<StoredMessage>,
+    now: TimestampMs,
+) -> Vec<pb::PeekedMessage> {
+    use pb::peeked_message::State;
+    let mut bodies: std::collections::HashMap<u64, StoredMessage> =
+        bodies.into_iter().map(|m| (m.offset.0, m)).collect();
+    records
+        .iter()
+        .filter_map(|(offset, delivery)| {
+            let stored = bodies.remove(&offset.0)?;
+            let (state, until) = match delivery.lease {
+                Some(lease) if lease.deadline > now => (State::Leased, lease.deadline.0),
+                Some(_) => (State::Available, 0),
+                None if delivery.visible_at > now => (State::Delayed, delivery.visible_at.0),
+                None => (State::Available, 0),
+            };
+            Some(pb::PeekedMessage {
+                offset: offset.0,
+                body: stored.body,
+                headers: stored.headers.into_iter().collect(),
+                publish_time_ms: stored.publish_time.0,
+                delivery_attempts: delivery.attempts,
+                state: state as i32,
+                until_ms: until,
+            })
+        })
+        .collect()
 }
 
 /// Fills the defaults in for fields left at 0.

@@ -167,6 +167,38 @@ pub async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PeekArgs {
+    queue: String,
+    /// The first offset to show.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Stop before this offset.
+    #[arg(long)]
+    to: Option<u64>,
+    /// At most this many messages, 1 to 1000.
+    #[arg(long, default_value_t = 10)]
+    max: u32,
+    /// One JSON object per message.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn peek(client: &Client, args: PeekArgs) -> anyhow::Result<()> {
+    let page = client.peek(&args.queue, args.from, args.to, args.max).await?;
+    for m in &page.messages {
+        if args.json {
+            println!("{}", output::peeked_json(m));
+        } else {
+            println!("{}", output::peeked_text(m));
+        }
+    }
+    if !args.json {
+        eprintln!("next offset: {}", page.next_offset);
+    }
+    Ok(())
+}
+
 fn print_settled(verb: &str, settled: &pb::SettleResponse) -> anyhow::Result<()> {
     println!("{verb} {}", settled.succeeded);
     for failed in &settled.failed {

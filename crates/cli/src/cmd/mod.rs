@@ -40,6 +40,8 @@ enum Command {
     Produce(message::ProduceArgs),
     /// Consume messages (and acknowledge them, unless --no-ack).
     Consume(message::ConsumeArgs),
+    /// Browse stored messages without leasing them.
+    Peek(message::PeekArgs),
     /// Acknowledge messages by receipt.
     Ack(message::AckArgs),
     /// Give messages back for redelivery.
@@ -67,6 +69,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     Command::Queue(c) => queue::run(&client, c).await,
                     Command::Produce(a) => message::produce(&client, a).await,
                     Command::Consume(a) => message::consume(&client, a).await,
+                    Command::Peek(a) => message::peek(&client, a).await,
                     Command::Ack(a) => message::ack(&client, a).await,
                     Command::Nack(a) => message::nack(&client, a).await,
                     Command::Cluster(c) => cluster::run(&client, c).await,

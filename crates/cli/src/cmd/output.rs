@@ -87,6 +87,31 @@ pub fn message_text(m: &pb::Message, show_receipt: bool) -> String {
     line
 }
 
+fn peeked_state(m: &pb::PeekedMessage) -> &'static str {
+    match m.state() {
+        pb::peeked_message::State::Available => "available",
+        pb::peeked_message::State::Leased => "leased",
+        pb::peeked_message::State::Delayed => "delayed",
+        pb::peeked_message::State::Unspecified => "unknown",
+    }
+}
+
+pub fn peeked_json(m: &pb::PeekedMessage) -> serde_json::Value {
+    json!({
+        "offset": m.offset,
+        "body": String::from_utf8_lossy(&m.body),
+        "headers": m.headers,
+        "publish_time_ms": m.publish_time_ms,
+        "delivery_attempts": m.delivery_attempts,
+        "state": peeked_state(m),
+        "until_ms": m.until_ms,
+    })
+}
+
+pub fn peeked_text(m: &pb::PeekedMessage) -> String {
+    format!("{}\t{}\t{}\t{}", m.offset, peeked_state(m), m.delivery_attempts, String::from_utf8_lossy(&m.body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,12 +13,12 @@ use std::time::Duration;
 use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::message_service_server::MessageService;
 use raftmq_proto::v1::{
-    AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, ProduceRequest, ProduceResponse,
-    SettleResponse,
+    AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, PeekRequest, PeekResponse,
+    ProduceRequest, ProduceResponse, SettleResponse,
 };
 use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
 use raftmq_types::{
-    MAX_DEDUP_ID_BYTES, NewMessage, QueueCommand, QueueLimit, QueueName, QueueRequest, QueueResponse, Receipt,
+    MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueLimit, QueueName, QueueRequest, QueueResponse, Receipt,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -317,6 +317,47 @@ impl MessageService for MessageServiceImpl {
                 let request = ctx.forward(request.clone());
                 async move { Ok(client.nack(request).await?.into_inner()) }
             })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn peek(&self, request: Request<PeekRequest>) -> Result<Response<PeekResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        check_batch("max_messages", request.max_messages as usize)?;
+        let from = Offset(request.from_offset);
+        let to = if request.to_offset == 0 { Offset(u64::MAX) } else { Offset(request.to_offset) };
+        let max = request.max_messages as usize;
+        let response = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                |group, _entry| async move {
+                    let now = clock::now();
+                    let (records, next_offset) = {
+                        let state = group.reader.state();
+                        let records = state.peek(from, to, max);
+                        let next_offset = match records.last() {
+                            Some((last, _)) if records.len() == max => Offset(last.0 + 1),
+                            // The range is exhausted: the next page starts at its end.
+                            _ => to.min(state.next_offset()).max(from),
+                        };
+                        (records, next_offset)
+                    };
+                    let offsets: Vec<Offset> = records.iter().map(|(offset, _)| *offset).collect();
+                    let bodies = group
+                        .reader
+                        .read_messages(&offsets)
+                        .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
+                    Ok(PeekResponse { messages: convert::peeked(&records, bodies, now), next_offset: next_offset.0 })
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(client(channel).peek(request).await?.into_inner()) }
+                },
+            )
             .await?;
         Ok(Response::new(response))
     }
