@@ -140,6 +140,19 @@ impl Client {
         request
     }
 
+    /// Changes the settings set in `update`; returns the queue with its new config.
+    pub async fn update_queue(&self, name: &str, update: pb::QueueConfigUpdate) -> Result<pb::QueueInfo, ClientError> {
+        let message = pb::UpdateQueueRequest { name: name.to_string(), update: Some(update) };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                let response = QueueServiceClient::new(channel).update_queue(Self::request(message, timeout)).await?;
+                response.into_inner().queue.ok_or_else(|| Status::internal("server returned no queue"))
+            }
+        })
+        .await
+    }
+
     pub async fn create_queue(
         &self,
         name: &str,

@@ -4,8 +4,8 @@ use raftmq_proto::v1 as pb;
 use raftmq_queue::DeliveryState;
 use raftmq_storage::CatalogQueue;
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueConfig, QueueName, ReceiptFailure, ReceiptFailureReason, StoredMessage,
-    TimestampMs,
+    DeliveredMessage, NewMessage, Offset, QueueConfig, QueueConfigUpdate, QueueName, ReceiptFailure,
+    ReceiptFailureReason, StoredMessage, TimestampMs,
 };
 
 pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
@@ -86,6 +86,16 @@ pub fn peeked(
             })
         })
         .collect()
+}
+
+pub fn queue_config_update(update: &pb::QueueConfigUpdate) -> QueueConfigUpdate {
+    QueueConfigUpdate {
+        visibility_timeout_ms: update.visibility_timeout_ms,
+        max_message_bytes: update.max_message_bytes,
+        dedup_window_ms: update.dedup_window_ms,
+        max_messages: update.max_messages,
+        max_bytes: update.max_bytes,
+    }
 }
 
 /// Fills the defaults in for fields left at 0.

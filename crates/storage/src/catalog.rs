@@ -47,12 +47,29 @@ impl Catalog {
                 Some(queue) => MetaResponse::QueueDeleted { group_id: queue.group_id },
                 None => MetaResponse::QueueNotFound,
             },
+            // Merged and validated here, at apply, so that concurrent updates
+            // of different settings both take effect.
+            MetaCommand::UpdateQueue { name, update } => match self.queues.get_mut(name) {
+                Some(queue) => {
+                    let updated = update.applied_to(&queue.config);
+                    match updated.validate() {
+                        Ok(()) => {
+                            queue.config = updated;
+                            MetaResponse::QueueUpdated { group_id: queue.group_id }
+                        }
+                        Err(e) => MetaResponse::ConfigRejected { reason: e.to_string() },
+                    }
+                }
+                None => MetaResponse::QueueNotFound,
+            },
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use raftmq_types::QueueConfigUpdate;
+
     use super::*;
 
     fn create(name: &str) -> MetaCommand {
@@ -81,5 +98,28 @@ mod tests {
         assert_eq!(catalog.apply(&delete), MetaResponse::QueueDeleted { group_id: GroupId(1) });
         assert_eq!(catalog.apply(&delete), MetaResponse::QueueNotFound);
         assert_eq!(catalog.apply(&create("a")), MetaResponse::QueueCreated { group_id: GroupId(2) });
+    }
+
+    #[test]
+    fn update_changes_only_the_given_settings_and_refuses_invalid_results() {
+        let mut catalog = Catalog::default();
+        catalog.apply(&create("a"));
+        let name = QueueName::new("a").unwrap();
+        let update = |update: QueueConfigUpdate| MetaCommand::UpdateQueue { name: name.clone(), update };
+        let limit = QueueConfigUpdate { max_messages: Some(10), ..Default::default() };
+        assert!(matches!(catalog.apply(&update(limit)), MetaResponse::QueueUpdated { .. }));
+        let window = QueueConfigUpdate { dedup_window_ms: Some(0), ..Default::default() };
+        catalog.apply(&update(window));
+        let config = &catalog.queues[&name].config;
+        assert_eq!((config.max_messages, config.dedup_window_ms), (10, 0), "both updates took effect");
+        assert_eq!(config.visibility_timeout_ms, QueueConfig::default().visibility_timeout_ms);
+        let bad = QueueConfigUpdate { visibility_timeout_ms: Some(0), ..Default::default() };
+        match catalog.apply(&update(bad)) {
+            MetaResponse::ConfigRejected { reason } => assert!(reason.contains("visibility_timeout_ms"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(catalog.queues[&name].config.visibility_timeout_ms, QueueConfig::default().visibility_timeout_ms);
+        let missing = MetaCommand::UpdateQueue { name: QueueName::new("b").unwrap(), update: Default::default() };
+        assert_eq!(catalog.apply(&missing), MetaResponse::QueueNotFound);
     }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupId, NewMessage, NodeId, Offset, QueueConfig, QueueName, Receipt, TimestampMs};
+use crate::{GroupId, NewMessage, NodeId, Offset, QueueConfig, QueueConfigUpdate, QueueName, Receipt, TimestampMs};
 
 /// The application data of a Raft entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,14 +40,32 @@ pub enum MetaCommand {
     DeleteQueue {
         name: QueueName,
     },
+    /// Change some settings of a queue; applied only if the result is valid.
+    UpdateQueue {
+        name: QueueName,
+        update: QueueConfigUpdate,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
-    QueueCreated { group_id: GroupId },
-    QueueAlreadyExists { group_id: GroupId },
-    QueueDeleted { group_id: GroupId },
+    QueueCreated {
+        group_id: GroupId,
+    },
+    QueueAlreadyExists {
+        group_id: GroupId,
+    },
+    QueueDeleted {
+        group_id: GroupId,
+    },
     QueueNotFound,
+    QueueUpdated {
+        group_id: GroupId,
+    },
+    /// The update would make the config invalid; nothing changed.
+    ConfigRejected {
+        reason: String,
+    },
 }
 
 /// A command for one queue group, stamped with the proposing leader's clock.
@@ -151,6 +169,9 @@ impl std::fmt::Display for RaftRequest {
                 write!(f, "create queue {name} on {replicas:?}")
             }
             RaftRequest::Meta(MetaCommand::DeleteQueue { name }) => write!(f, "delete queue {name}"),
+            RaftRequest::Meta(MetaCommand::UpdateQueue { name, update }) => {
+                write!(f, "update queue {name}: {update:?}")
+            }
             RaftRequest::Queue(QueueRequest { now, command }) => match command {
                 QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
                 QueueCommand::Lease { max_messages, visibility_timeout_ms } => {

@@ -76,3 +76,32 @@ impl QueueConfig {
         Ok(())
     }
 }
+
+/// A change to some settings of an existing queue; `None` keeps the current
+/// value. The replication factor is fixed at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QueueConfigUpdate {
+    pub visibility_timeout_ms: Option<u64>,
+    pub max_message_bytes: Option<u64>,
+    pub dedup_window_ms: Option<u64>,
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+impl QueueConfigUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == QueueConfigUpdate::default()
+    }
+
+    /// `config` with this update's fields replaced; not yet validated.
+    pub fn applied_to(&self, config: &QueueConfig) -> QueueConfig {
+        QueueConfig {
+            visibility_timeout_ms: self.visibility_timeout_ms.unwrap_or(config.visibility_timeout_ms),
+            max_message_bytes: self.max_message_bytes.unwrap_or(config.max_message_bytes),
+            replication_factor: config.replication_factor,
+            dedup_window_ms: self.dedup_window_ms.unwrap_or(config.dedup_window_ms),
+            max_messages: self.max_messages.unwrap_or(config.max_messages),
+            max_bytes: self.max_bytes.unwrap_or(config.max_bytes),
+        }
+    }
+}

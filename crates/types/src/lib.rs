@@ -16,7 +16,7 @@ pub use command::{
     DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse,
     RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
 };
-pub use config::{ConfigError, QueueConfig};
+pub use config::{ConfigError, QueueConfig, QueueConfigUpdate};
 pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};
 pub use message::{MAX_DEDUP_ID_BYTES, NewMessage, StoredMessage};
 pub use name::{QueueName, QueueNameError};

@@ -46,6 +46,25 @@ pub enum QueueCommand {
     Delete { name: String },
     /// Remove every message of a queue.
     Purge { name: String },
+    /// Change settings of a queue; only the ones given change.
+    Update {
+        name: String,
+        #[arg(long)]
+        visibility_timeout_ms: Option<u64>,
+        #[arg(long)]
+        max_message_bytes: Option<u64>,
+        /// 0 turns dedup off.
+        #[arg(long)]
+        dedup_window_ms: Option<u64>,
+        /// 0 removes the limit.
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// 0 removes the limit.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
@@ -94,6 +113,29 @@ pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Get { name, json } => {
             let queue = client.get_queue(&name).await?;
+            if json {
+                println!("{}", output::queue_json(&queue));
+            } else {
+                print!("{}", output::queue_text(&queue));
+            }
+        }
+        QueueCommand::Update {
+            name,
+            visibility_timeout_ms,
+            max_message_bytes,
+            dedup_window_ms,
+            max_messages,
+            max_bytes,
+            json,
+        } => {
+            let update = pb::QueueConfigUpdate {
+                visibility_timeout_ms,
+                max_message_bytes,
+                dedup_window_ms,
+                max_messages,
+                max_bytes,
+            };
+            let queue = client.update_queue(&name, update).await?;
             if json {
                 println!("{}", output::queue_json(&queue));
             } else {

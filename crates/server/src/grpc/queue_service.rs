@@ -12,6 +12,7 @@ use raftmq_proto::v1::queue_service_server::QueueService;
 use raftmq_proto::v1::{
     CreateQueueRequest, CreateQueueResponse, DeleteQueueRequest, DeleteQueueResponse, GetQueueRequest,
     GetQueueResponse, ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse, QueueStats,
+    UpdateQueueRequest, UpdateQueueResponse,
 };
 use raftmq_raft::QueueGroup;
 use raftmq_types::{MetaCommand, MetaResponse, NodeId, QueueCommand, QueueName, QueueRequest, QueueResponse};
@@ -192,6 +193,46 @@ impl QueueService for QueueServiceImpl {
             )
             .await?;
         Ok(Response::new(DeleteQueueResponse {}))
+    }
+
+    async fn update_queue(
+        &self,
+        request: Request<UpdateQueueRequest>,
+    ) -> Result<Response<UpdateQueueResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.name)?;
+        let update = convert::queue_config_update(&request.update.unwrap_or_default());
+        if update.is_empty() {
+            return Err(ApiError::InvalidArgument("update: set at least one setting to change".into()).into());
+        }
+        let command = MetaCommand::UpdateQueue { name: name.clone(), update };
+        let updated = self
+            .router
+            .on_meta_leader(
+                ctx,
+                command,
+                |response| match response {
+                    MetaResponse::QueueUpdated { .. } => Ok(None),
+                    MetaResponse::QueueNotFound => Err(ApiError::QueueNotFound(name.to_string())),
+                    MetaResponse::ConfigRejected { reason } => {
+                        Err(ApiError::InvalidArgument(format!("update: {reason}")))
+                    }
+                    other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(QueueServiceClient::new(channel).update_queue(request).await?.into_inner().queue) }
+                },
+            )
+            .await?;
+        if let Some(forwarded) = updated {
+            return Ok(Response::new(UpdateQueueResponse { queue: Some(forwarded) }));
+        }
+        // Updated here: the meta leader applied it, so the local catalog has it.
+        let info =
+            self.local_info(&name).ok_or_else(|| ApiError::Internal("updated queue missing from catalog".into()))?;
+        Ok(Response::new(UpdateQueueResponse { queue: Some(info) }))
     }
 
     async fn purge_queue(&self, request: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
