@@ -19,8 +19,8 @@ use raftmq_cluster_tests::{raftmq_binary, repo_root, run_with_timeout};
 
 const IMAGE: &str = "raftmq:fault-test";
 const DEFAULT_DURATION: Duration = Duration::from_secs(150);
-/// A fault every few seconds: 150 s give about 30.
-const MIN_FAULTS: u64 = 20;
+/// A fault every few seconds: 150 s gave 23 to 30 here; long partitions make fewer.
+const MIN_FAULTS: u64 = 15;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite_short_run() {
