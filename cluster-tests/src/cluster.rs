@@ -432,7 +432,7 @@ impl Drop for TestCluster {
 /// `n` distinct free loopback addresses. Every listener is held until all are
 /// bound, so no two nodes get the same port; the ports are free again when
 /// this returns, and the kernel does not hand them out again soon.
-fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
+pub(crate) fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
     listeners.iter().map(|l| l.local_addr().expect("read a bound address")).collect()

@@ -61,8 +61,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// Each kind of violation, with its row label, and its examples.
+    fn violation_lists(&self) -> [(&'static str, &Vec<String>); 4] {
+        [
+            ("lost (acknowledged, never delivered)", &self.lost),
+            ("unexpected (delivered, never produced)", &self.unexpected),
+            ("acked, then delivered again", &self.acked_then_delivered),
+            ("produce offsets that disagree", &self.offset_conflicts),
+        ]
+    }
+
     pub fn violations(&self) -> u64 {
-        (self.lost.len() + self.unexpected.len() + self.acked_then_delivered.len() + self.offset_conflicts.len()) as u64
+        self.violation_lists().iter().map(|(_, list)| list.len() as u64).sum()
     }
 
     pub fn is_valid(&self) -> bool {
@@ -89,31 +99,10 @@ impl Report {
         let _ = writeln!(out, "| messages acked | {} |", self.acked);
         let _ = writeln!(out);
         let _ = writeln!(out, "| check | count | verdict |\n|---|---|---|");
-        let verdict = |n: usize| if n == 0 { "ok" } else { "VIOLATION" };
-        let _ = writeln!(
-            out,
-            "| lost (acknowledged, never delivered) | {} | {} |",
-            self.lost.len(),
-            verdict(self.lost.len())
-        );
-        let _ = writeln!(
-            out,
-            "| unexpected (delivered, never produced) | {} | {} |",
-            self.unexpected.len(),
-            verdict(self.unexpected.len())
-        );
-        let _ = writeln!(
-            out,
-            "| acked, then delivered again | {} | {} |",
-            self.acked_then_delivered.len(),
-            verdict(self.acked_then_delivered.len())
-        );
-        let _ = writeln!(
-            out,
-            "| produce offsets that disagree | {} | {} |",
-            self.offset_conflicts.len(),
-            verdict(self.offset_conflicts.len())
-        );
+        for (what, list) in self.violation_lists() {
+            let verdict = if list.is_empty() { "ok" } else { "VIOLATION" };
+            let _ = writeln!(out, "| {what} | {} | {verdict} |", list.len());
+        }
         let _ = writeln!(out, "| redeliveries of unacked messages | {} | allowed |", self.redeliveries);
         let _ =
             writeln!(out, "| messages appended twice (retried produce) | {} | allowed, counted |", self.appended_twice);
@@ -149,12 +138,7 @@ impl Report {
         if self.unrecovered > 0 {
             let _ = writeln!(out, "\n{} leader faults saw no successful produce afterwards.", self.unrecovered);
         }
-        for (what, list) in [
-            ("lost", &self.lost),
-            ("unexpected", &self.unexpected),
-            ("acked then delivered again", &self.acked_then_delivered),
-            ("offset conflicts", &self.offset_conflicts),
-        ] {
+        for (what, list) in self.violation_lists() {
             if !list.is_empty() {
                 let shown: Vec<&String> = list.iter().take(20).collect();
                 let _ = writeln!(out, "\n{what} ({}), first {}: {shown:?}", list.len(), shown.len());

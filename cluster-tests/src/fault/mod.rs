@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cluster::{READY_TIMEOUT, TestCluster};
+use crate::cluster::{READY_TIMEOUT, TestCluster, free_loopback_addrs};
 use crate::fault::backend::{Backend, DockerCluster};
 use crate::fault::checker::Report;
 use crate::fault::history::History;
@@ -117,7 +117,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         }
         Mode::Docker => {
             let project = format!("raftmq-fault-{}", std::process::id());
-            let ports = free_ports()?;
+            let addrs = free_loopback_addrs(3);
+            let ports = [addrs[0].port(), addrs[1].port(), addrs[2].port()];
             println!("starting {project} from image {} on ports {ports:?}", options.image);
             Backend::Docker(DockerCluster::up(&project, &options.image, ports).await?)
         }
@@ -287,14 +288,4 @@ async fn join_all(tasks: &mut JoinSet<()>, what: &str) -> anyhow::Result<()> {
     })
     .await;
     joined.with_context(|| format!("the {what} did not stop within {STOP_TIMEOUT:?}"))?
-}
-
-/// Three host ports free right now, for the containers' published gRPC ports.
-fn free_ports() -> anyhow::Result<[u16; 3]> {
-    let listeners = [
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-    ];
-    Ok([listeners[0].local_addr()?.port(), listeners[1].local_addr()?.port(), listeners[2].local_addr()?.port()])
 }

@@ -128,22 +128,22 @@ impl Nemesis {
 
     async fn inject(&mut self, backend: &mut Backend, kind: FaultKind) -> anyhow::Result<()> {
         match kind {
-            FaultKind::Kill | FaultKind::KillLeader => {
+            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Pause | FaultKind::PauseLeader => {
                 let (node, queue) = self.target(backend, kind).await;
                 let name = kind.recorded_name(queue.is_some());
-                backend.kill(node).await?;
+                let kill = matches!(kind, FaultKind::Kill | FaultKind::KillLeader);
+                if kill {
+                    backend.kill(node).await?
+                } else {
+                    backend.pause(node).await?
+                }
                 self.record_fault(name, node, queue.as_deref());
                 self.sleep_between(1000, 6000).await;
-                backend.start(node).await?;
-                self.record_recover(name, node);
-            }
-            FaultKind::Pause | FaultKind::PauseLeader => {
-                let (node, queue) = self.target(backend, kind).await;
-                let name = kind.recorded_name(queue.is_some());
-                backend.pause(node).await?;
-                self.record_fault(name, node, queue.as_deref());
-                self.sleep_between(1000, 6000).await;
-                backend.resume(node).await?;
+                if kill {
+                    backend.start(node).await?
+                } else {
+                    backend.resume(node).await?
+                }
                 self.record_recover(name, node);
             }
             FaultKind::Isolate | FaultKind::IsolateLeader | FaultKind::OneWayCut => {

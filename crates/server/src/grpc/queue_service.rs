@@ -71,6 +71,22 @@ impl QueueServiceImpl {
         replicas.sort();
         replicas
     }
+
+    /// The queue as a create or update left it: the meta leader's answer when
+    /// the call was forwarded, else this node's catalog, which holds the
+    /// change because this node is the meta leader that applied it.
+    fn after_meta_change(
+        &self,
+        name: &QueueName,
+        forwarded: Option<raftmq_proto::v1::QueueInfo>,
+    ) -> Result<raftmq_proto::v1::QueueInfo, Status> {
+        match forwarded {
+            Some(info) => Ok(info),
+            None => self
+                .local_info(name)
+                .ok_or_else(|| ApiError::Internal(format!("queue {name} missing from the catalog after apply")).into()),
+        }
+    }
 }
 
 fn queue_name(name: &str) -> Result<QueueName, Status> {
@@ -108,16 +124,8 @@ impl QueueService for QueueServiceImpl {
                     async move { Ok(QueueServiceClient::new(channel).create_queue(request).await?.into_inner().queue) }
                 },
             )
-            .await;
-        match created {
-            Ok(Some(forwarded)) => return Ok(Response::new(CreateQueueResponse { queue: Some(forwarded) })),
-            Ok(None) => {}
-            Err(status) => return Err(status),
-        }
-        // Created here: the meta leader applied it, so the local catalog has it.
-        let info =
-            self.local_info(&name).ok_or_else(|| ApiError::Internal("created queue missing from catalog".into()))?;
-        Ok(Response::new(CreateQueueResponse { queue: Some(info) }))
+            .await?;
+        Ok(Response::new(CreateQueueResponse { queue: Some(self.after_meta_change(&name, created)?) }))
     }
 
     async fn get_queue(&self, request: Request<GetQueueRequest>) -> Result<Response<GetQueueResponse>, Status> {
@@ -226,13 +234,7 @@ impl QueueService for QueueServiceImpl {
                 },
             )
             .await?;
-        if let Some(forwarded) = updated {
-            return Ok(Response::new(UpdateQueueResponse { queue: Some(forwarded) }));
-        }
-        // Updated here: the meta leader applied it, so the local catalog has it.
-        let info =
-            self.local_info(&name).ok_or_else(|| ApiError::Internal("updated queue missing from catalog".into()))?;
-        Ok(Response::new(UpdateQueueResponse { queue: Some(info) }))
+        Ok(Response::new(UpdateQueueResponse { queue: Some(self.after_meta_change(&name, updated)?) }))
     }
 
     async fn purge_queue(&self, request: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
