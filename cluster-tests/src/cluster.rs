@@ -198,7 +198,7 @@ impl TestCluster {
         let mut attempts = 0;
         let created = retry_unavailable(QUEUE_READY_TIMEOUT, async || {
             attempts += 1;
-            match client.create_queue(name, config).await {
+            match client.create_queue(name, config.clone()).await {
                 // An earlier attempt took effect but its answer was lost.
                 Err(status) if status.code() == tonic::Code::AlreadyExists && attempts > 1 => Ok(()),
                 other => other.map(|_| ()),

@@ -199,7 +199,7 @@ async fn bad_input_gets_clear_status() {
         &["receipt", "not-a-receipt"],
     );
     assert_rejected("ack no receipts", messages.ack(req(ack(vec![]))).await, Code::InvalidArgument, &["receipts"]);
-    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec!["not-a-receipt".into()], delay_ms: 0 };
+    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec!["not-a-receipt".into()], delay_ms: Some(0) };
     assert_rejected("nack a malformed receipt", messages.nack(req(nack)).await, Code::InvalidArgument, &["receipt"]);
 
     // A stale receipt is not an error of the call: it is reported in `failed`.
@@ -214,7 +214,7 @@ async fn bad_input_gets_clear_status() {
     assert_eq!(stale.failed.len(), 1, "{stale:?}");
     assert_eq!(stale.failed[0].receipt, receipt);
     assert_eq!(stale.failed[0].reason(), Reason::MessageGone, "{stale:?}");
-    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec![receipt.clone()], delay_ms: 0 };
+    let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec![receipt.clone()], delay_ms: Some(0) };
     let stale_nack = messages.nack(req(nack)).await.expect("nack with a stale receipt is answered").into_inner();
     assert_eq!((stale_nack.succeeded, stale_nack.failed.len()), (0, 1), "{stale_nack:?}");
 

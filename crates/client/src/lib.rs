@@ -153,6 +153,17 @@ impl Client {
         .await
     }
 
+    /// Moves up to `max` (0: all available) messages of the dead-letter
+    /// queue `name` back to the queues they died in.
+    pub async fn redrive(&self, name: &str, max: u64) -> Result<pb::RedriveResponse, ClientError> {
+        let message = pb::RedriveRequest { queue: name.to_string(), max_messages: max };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move { Ok(QueueServiceClient::new(channel).redrive(Self::request(message, timeout)).await?.into_inner()) }
+        })
+        .await
+    }
+
     pub async fn create_queue(
         &self,
         name: &str,
@@ -282,13 +293,16 @@ impl Client {
         .await
     }
 
+    /// Gives messages back: redelivered after `delay`, or after the queue's
+    /// retry backoff when `None`.
     pub async fn nack(
         &self,
         queue: &str,
         receipts: Vec<String>,
-        delay: Duration,
+        delay: Option<Duration>,
     ) -> Result<pb::SettleResponse, ClientError> {
-        let message = pb::NackRequest { queue: queue.to_string(), receipts, delay_ms: delay.as_millis() as u64 };
+        let delay_ms = delay.map(|d| d.as_millis() as u64);
+        let message = pb::NackRequest { queue: queue.to_string(), receipts, delay_ms };
         self.retry(Duration::ZERO, |channel, timeout| {
             let message = message.clone();
             async move { Ok(MessageServiceClient::new(channel).nack(Self::request(message, timeout)).await?.into_inner()) }

@@ -11,7 +11,7 @@ mod state;
 
 pub use change::Change;
 pub use dedup::MAX_DEDUP_IDS;
-pub use state::{DeliveryState, Lease, QueueState, QueueStats};
+pub use state::{DeliveryState, Lease, QueueState, QueueStats, retry_backoff_ms};
 
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,11 @@
 //! Delivery state of every stored message, with indexes that make each
 //! command cost O(k log n) for the k messages it touches.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse, Receipt,
-    ReceiptFailure, ReceiptFailureReason, StoredMessage, TimestampMs,
+    DeadReason, DeliveredMessage, DeliveryPolicy, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits,
+    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, StoredMessage, TimestampMs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +20,16 @@ pub struct DeliveryState {
     /// When it may be leased: its publish time, or a nack's time plus delay.
     pub visible_at: TimestampMs,
     /// Set while leased. A deadline in the past is an expired lease: the
-    /// message is available again, and the lease's receipt no longer works.
+    /// message is available again at the lease's `retry_at`, and the lease's
+    /// receipt no longer works.
     pub lease: Option<Lease>,
     /// Body plus headers, in bytes: what the message counts against `max_bytes`.
     pub size: u64,
+    /// When its time to live runs out; `None` is never.
+    pub expires_at: Option<TimestampMs>,
+    /// Set when the message died: it is never delivered again and waits for
+    /// the leader to commit it in the dead-letter queue (`RemoveDead`).
+    pub dead: Option<DeadReason>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,20 +37,25 @@ pub struct Lease {
     /// The log index of the command that created the lease.
     pub lease_id: u64,
     pub deadline: TimestampMs,
+    /// When the message may be delivered again if the lease runs out: the
+    /// deadline plus the retry backoff chosen when it was leased.
+    pub retry_at: TimestampMs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
-    /// Stored, unacknowledged messages.
+    /// Stored, unacknowledged messages, dead ones included.
     pub depth: u64,
     /// Their bodies and headers, in bytes.
     pub bytes: u64,
     /// Leased with a lease that has not run out.
     pub in_flight: u64,
-    /// Unleased, waiting for a nack delay.
+    /// Waiting for a delivery time, a nack's delay or a retry backoff.
     pub delayed: u64,
     /// What a lease command would get now.
     pub available: u64,
+    /// Dead, waiting to be moved to the dead-letter queue.
+    pub dead: u64,
     pub next_offset: Offset,
     /// Producer dedup ids remembered.
     pub dedup_ids: u64,
@@ -57,15 +66,44 @@ pub struct QueueStats {
 enum Slot {
     /// Unleased, visible at the given time (may be in the past).
     Waiting(TimestampMs),
-    /// Leased until the given deadline (may be in the past).
+    /// Leased; available again at the given retry time (may be in the past).
     Leased(TimestampMs),
+    Dead,
 }
 
 fn slot(state: &DeliveryState) -> Slot {
-    match state.lease {
-        Some(lease) => Slot::Leased(lease.deadline),
-        None => Slot::Waiting(state.visible_at),
+    match (state.dead, state.lease) {
+        (Some(_), _) => Slot::Dead,
+        (None, Some(lease)) => Slot::Leased(lease.retry_at),
+        (None, None) => Slot::Waiting(state.visible_at),
     }
+}
+
+/// The redelivery delay after a message's `attempts`-th delivery failed:
+/// `min · 2^(attempts−1)` capped at `max`, plus up to half of that again as
+/// jitter, never above `max`. The jitter comes from the leader's seed and the
+/// offset, so every replica computes the same delay.
+pub fn retry_backoff_ms(policy: &DeliveryPolicy, attempts: u32, offset: Offset) -> u64 {
+    let exponent = attempts.saturating_sub(1).min(63);
+    let base = policy.backoff_min_ms.saturating_mul(1u64 << exponent).min(policy.backoff_max_ms);
+    let spread = base / 2;
+    if spread == 0 {
+        return base;
+    }
+    let jitter = mix(policy.jitter_seed ^ offset.0.rotate_left(32) ^ u64::from(attempts)) % (spread + 1);
+    (base + jitter).min(policy.backoff_max_ms)
+}
+
+/// SplitMix64's finaliser: spreads neighbouring inputs over the whole range.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn exhausted(policy: &DeliveryPolicy, attempts: u32) -> bool {
+    policy.max_deliveries > 0 && attempts >= policy.max_deliveries
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,11 +114,16 @@ pub struct QueueState {
     bytes: u64,
     /// Unleased messages by the time they become visible.
     waiting: BTreeSet<(TimestampMs, Offset)>,
-    /// Leased messages by lease deadline.
+    /// Leased messages by the time they may be delivered again.
     leased: BTreeSet<(TimestampMs, Offset)>,
     /// Messages known to be available, lowest offset first. Entries move here
-    /// from `waiting` and `leased` when a lease command sees them due.
+    /// from `waiting` and `leased` when a lease or sweep command sees them due.
     ready: BTreeSet<Offset>,
+    /// Dead messages, waiting for the dead-letter queue.
+    dead: BTreeSet<Offset>,
+    /// Live (not dead) messages with a time to live, by expiry time. A
+    /// secondary index: each is also in one of the four above.
+    expiring: BTreeSet<(TimestampMs, Offset)>,
     /// Producer dedup ids, with the offsets they were stored at. Not
     /// emptied by a purge: a retried produce still must not store again.
     dedup: DedupIndex,
@@ -89,6 +132,13 @@ pub struct QueueState {
 enum Check {
     Valid,
     Failed(ReceiptFailureReason),
+}
+
+/// What `advance` did to messages that died.
+#[derive(Debug, Default)]
+struct Deaths {
+    died: u64,
+    dropped: u64,
 }
 
 impl QueueState {
@@ -128,33 +178,53 @@ impl QueueState {
         self.deliveries.range(from..to).take(max).map(|(offset, state)| (*offset, *state)).collect()
     }
 
+    /// Up to `max` dead messages, lowest offset first, for the dead-letter queue.
+    pub fn dead_messages(&self, max: usize) -> Vec<(Offset, DeliveryState)> {
+        self.dead.iter().take(max).map(|offset| (*offset, self.deliveries[offset])).collect()
+    }
+
+    /// Whether a `Sweep` would change anything now: a time to live ran out,
+    /// or (with a delivery limit) a lease ran out and may have been the last.
+    pub fn needs_sweep(&self, now: TimestampMs, policy: &DeliveryPolicy) -> bool {
+        self.expiring.first().is_some_and(|(at, _)| *at <= now)
+            || (policy.max_deliveries > 0 && self.leased.first().is_some_and(|(at, _)| *at <= now))
+    }
+
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
                 self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
-            QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
-                self.lease(log_index, now, *max_messages, *visibility_timeout_ms, changes)
+            QueueCommand::Lease { max_messages, visibility_timeout_ms, policy } => {
+                self.lease(log_index, now, *max_messages, *visibility_timeout_ms, policy, changes)
             }
-            QueueCommand::Ack { receipts } => self.settle(now, receipts, changes, |state, offset, _| {
+            QueueCommand::Ack { receipts } => self.settle(now, receipts, |state, offset, _| {
                 state.remove(offset);
-                Some(Change::DeleteMessage(offset))
+                changes.push(Change::DeleteMessage(offset));
             }),
-            QueueCommand::Nack { receipts, delay_ms } => self.settle(now, receipts, changes, |state, offset, d| {
-                let updated = DeliveryState { visible_at: now.saturating_add_ms(*delay_ms), lease: None, ..d };
-                state.replace(offset, updated);
-                Some(Change::PutDelivery { offset, state: updated })
-            }),
-            QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
-                self.settle(now, receipts, changes, |state, offset, d| {
-                    let lease = d.lease.map(|l| Lease {
-                        lease_id: l.lease_id,
-                        deadline: now.saturating_add_ms(*visibility_timeout_ms),
-                    });
-                    let updated = DeliveryState { lease, ..d };
+            QueueCommand::Nack { receipts, delay_ms, policy } => {
+                self.settle(now, receipts, |state, offset, current| {
+                    if exhausted(policy, current.attempts) {
+                        state.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
+                        return;
+                    }
+                    let delay = delay_ms.unwrap_or_else(|| retry_backoff_ms(policy, current.attempts, offset));
+                    let updated = DeliveryState { visible_at: now.saturating_add_ms(delay), lease: None, ..current };
                     state.replace(offset, updated);
-                    Some(Change::PutDelivery { offset, state: updated })
+                    changes.push(Change::PutDelivery { offset, state: updated });
+                })
+            }
+            QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
+                self.settle(now, receipts, |state, offset, current| {
+                    let lease = current.lease.map(|l| {
+                        let deadline = now.saturating_add_ms(*visibility_timeout_ms);
+                        let backoff = l.retry_at.0.saturating_sub(l.deadline.0);
+                        Lease { lease_id: l.lease_id, deadline, retry_at: deadline.saturating_add_ms(backoff) }
+                    });
+                    let updated = DeliveryState { lease, ..current };
+                    state.replace(offset, updated);
+                    changes.push(Change::PutDelivery { offset, state: updated });
                 })
             }
             QueueCommand::Purge => {
@@ -163,6 +233,21 @@ impl QueueState {
                 *self = QueueState { next_offset: self.next_offset, dedup, ..Default::default() };
                 changes.push(Change::DeleteAllMessages);
                 QueueResponse::Purged { removed }
+            }
+            QueueCommand::Sweep { policy } => {
+                let deaths = self.advance(now, policy, changes);
+                QueueResponse::Swept { died: deaths.died, dropped: deaths.dropped }
+            }
+            QueueCommand::RemoveDead { offsets } => {
+                let mut removed = 0;
+                for offset in offsets {
+                    if self.deliveries.get(offset).is_some_and(|d| d.dead.is_some()) {
+                        self.remove(*offset);
+                        changes.push(Change::DeleteMessage(*offset));
+                        removed += 1;
+                    }
+                }
+                QueueResponse::RemovedDead { removed }
             }
         };
         self.check_invariants();
@@ -198,7 +283,14 @@ impl QueueState {
             self.next_offset = Offset(offset.0 + 1);
             // A deliver_at in the past is simply "now".
             let visible_at = message.deliver_at.map_or(now, |at| at.max(now));
-            let delivery = DeliveryState { attempts: 0, visible_at, lease: None, size: message.size_bytes() };
+            let delivery = DeliveryState {
+                attempts: 0,
+                visible_at,
+                lease: None,
+                size: message.size_bytes(),
+                expires_at: message.expires_at,
+                dead: None,
+            };
             changes.push(Change::PutMessage(StoredMessage {
                 offset,
                 publish_time: now,
@@ -256,25 +348,31 @@ impl QueueState {
         now: TimestampMs,
         max_messages: u32,
         visibility_timeout_ms: u64,
+        policy: &DeliveryPolicy,
         changes: &mut Vec<Change>,
     ) -> QueueResponse {
-        self.promote_due(now);
+        self.advance(now, policy, changes);
         let deadline = now.saturating_add_ms(visibility_timeout_ms);
-        let chosen: Vec<Offset> = self.ready.iter().take(max_messages as usize).copied().collect();
-        let mut messages = Vec::with_capacity(chosen.len());
-        for offset in chosen {
+        let mut messages = Vec::new();
+        while messages.len() < max_messages as usize {
+            let Some(&offset) = self.ready.first() else { break };
             let current = self.deliveries[&offset];
-            let updated = DeliveryState {
-                attempts: current.attempts.saturating_add(1),
-                lease: Some(Lease { lease_id: log_index, deadline }),
-                ..current
-            };
+            // The limit may have been lowered since its last delivery.
+            if exhausted(policy, current.attempts) {
+                self.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
+                continue;
+            }
+            let attempts = current.attempts.saturating_add(1);
+            // No backoff after the last allowed delivery: it dies when the lease runs out.
+            let backoff = if exhausted(policy, attempts) { 0 } else { retry_backoff_ms(policy, attempts, offset) };
+            let lease = Lease { lease_id: log_index, deadline, retry_at: deadline.saturating_add_ms(backoff) };
+            let updated = DeliveryState { attempts, lease: Some(lease), ..current };
             self.replace(offset, updated);
             changes.push(Change::PutDelivery { offset, state: updated });
             messages.push(DeliveredMessage {
                 offset,
                 receipt: Receipt { offset, lease_id: log_index },
-                delivery_attempt: updated.attempts,
+                delivery_attempt: attempts,
                 lease_deadline: deadline,
             });
         }
@@ -288,8 +386,7 @@ impl QueueState {
         &mut self,
         now: TimestampMs,
         receipts: &[Receipt],
-        changes: &mut Vec<Change>,
-        mut settle_one: impl FnMut(&mut QueueState, Offset, DeliveryState) -> Option<Change>,
+        mut settle_one: impl FnMut(&mut QueueState, Offset, DeliveryState),
     ) -> QueueResponse {
         let mut succeeded = 0u32;
         let mut failures = Vec::new();
@@ -297,9 +394,7 @@ impl QueueState {
             match self.check(now, receipt) {
                 Check::Valid => {
                     let current = self.deliveries[&receipt.offset];
-                    if let Some(change) = settle_one(self, receipt.offset, current) {
-                        changes.push(change);
-                    }
+                    settle_one(self, receipt.offset, current);
                     succeeded += 1;
                 }
                 Check::Failed(reason) => failures.push(ReceiptFailure { receipt: *receipt, reason }),
@@ -313,13 +408,26 @@ impl QueueState {
             return Check::Failed(ReceiptFailureReason::MessageGone);
         };
         match delivery.lease {
-            Some(lease) if lease.lease_id == receipt.lease_id && lease.deadline > now => Check::Valid,
+            Some(lease) if delivery.dead.is_none() && lease.lease_id == receipt.lease_id && lease.deadline > now => {
+                Check::Valid
+            }
             _ => Check::Failed(ReceiptFailureReason::LeaseGone),
         }
     }
 
-    /// Moves messages whose visibility time or lease deadline has come into `ready`.
-    fn promote_due(&mut self, now: TimestampMs) {
+    /// Brings the indexes up to `now`: messages whose time to live ran out
+    /// die, messages whose delivery time or retry time came move into
+    /// `ready`, or die if their last allowed delivery ran out.
+    fn advance(&mut self, now: TimestampMs, policy: &DeliveryPolicy, changes: &mut Vec<Change>) -> Deaths {
+        let mut deaths = Deaths::default();
+        while let Some(&(at, offset)) = self.expiring.first() {
+            if at > now {
+                break;
+            }
+            let keep = policy.dead_letter && policy.dead_letter_expired;
+            self.kill(offset, DeadReason::Expired, keep, changes);
+            if keep { deaths.died += 1 } else { deaths.dropped += 1 }
+        }
         while let Some(&(at, offset)) = self.waiting.first() {
             if at > now {
                 break;
@@ -327,12 +435,30 @@ impl QueueState {
             self.waiting.pop_first();
             self.ready.insert(offset);
         }
-        while let Some(&(deadline, offset)) = self.leased.first() {
-            if deadline > now {
+        while let Some(&(at, offset)) = self.leased.first() {
+            if at > now {
                 break;
             }
-            self.leased.pop_first();
-            self.ready.insert(offset);
+            if exhausted(policy, self.deliveries[&offset].attempts) {
+                self.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
+                if policy.dead_letter { deaths.died += 1 } else { deaths.dropped += 1 }
+            } else {
+                self.leased.pop_first();
+                self.ready.insert(offset);
+            }
+        }
+        deaths
+    }
+
+    /// A message dies: kept as dead for the dead-letter queue, or deleted.
+    fn kill(&mut self, offset: Offset, reason: DeadReason, keep: bool, changes: &mut Vec<Change>) {
+        if keep {
+            let updated = DeliveryState { dead: Some(reason), lease: None, ..self.deliveries[&offset] };
+            self.replace(offset, updated);
+            changes.push(Change::PutDelivery { offset, state: updated });
+        } else {
+            self.remove(offset);
+            changes.push(Change::DeleteMessage(offset));
         }
     }
 
@@ -341,8 +467,12 @@ impl QueueState {
         self.deliveries.insert(offset, delivery);
         match slot(&delivery) {
             Slot::Waiting(at) => self.waiting.insert((at, offset)),
-            Slot::Leased(deadline) => self.leased.insert((deadline, offset)),
+            Slot::Leased(at) => self.leased.insert((at, offset)),
+            Slot::Dead => self.dead.insert(offset),
         };
+        if let (Some(at), None) = (delivery.expires_at, delivery.dead) {
+            self.expiring.insert((at, offset));
+        }
     }
 
     fn remove(&mut self, offset: Offset) {
@@ -358,13 +488,17 @@ impl QueueState {
     }
 
     fn unindex(&mut self, offset: Offset, old: &DeliveryState) {
+        if let Some(at) = old.expires_at {
+            self.expiring.remove(&(at, offset));
+        }
         // A message is in `ready` or in the index of its slot, never both.
         if self.ready.remove(&offset) {
             return;
         }
         match slot(old) {
             Slot::Waiting(at) => self.waiting.remove(&(at, offset)),
-            Slot::Leased(deadline) => self.leased.remove(&(deadline, offset)),
+            Slot::Leased(at) => self.leased.remove(&(at, offset)),
+            Slot::Dead => self.dead.remove(&offset),
         };
     }
 
@@ -381,40 +515,52 @@ impl QueueState {
     }
 
     pub fn stats(&self, now: TimestampMs) -> QueueStats {
-        let due = |set: &BTreeSet<(TimestampMs, Offset)>| {
-            set.range(..(TimestampMs(now.0.saturating_add(1)), Offset(0))).count() as u64
-        };
-        let waiting_due = due(&self.waiting);
-        let leased_due = due(&self.leased);
+        let after_now = (TimestampMs(now.0.saturating_add(1)), Offset(0));
+        let waiting_due = self.waiting.range(..after_now).count() as u64;
+        let leased_due = self.leased.range(..after_now).count() as u64;
+        // Leased and not yet due to come back: in flight, or in a retry backoff.
+        let in_flight = self
+            .leased
+            .range(after_now..)
+            .filter(|(_, offset)| self.deliveries[offset].lease.is_some_and(|l| l.deadline > now))
+            .count() as u64;
+        let backing_off = self.leased.len() as u64 - leased_due - in_flight;
         QueueStats {
             depth: self.deliveries.len() as u64,
             bytes: self.bytes,
-            in_flight: self.leased.len() as u64 - leased_due,
-            delayed: self.waiting.len() as u64 - waiting_due,
+            in_flight,
+            delayed: self.waiting.len() as u64 - waiting_due + backing_off,
             available: self.ready.len() as u64 + waiting_due + leased_due,
+            dead: self.dead.len() as u64,
             next_offset: self.next_offset,
             dedup_ids: self.dedup.len() as u64,
         }
     }
 
-    /// Every message is in exactly one of the three indexes, consistent with
-    /// its record; no offset at or beyond `next_offset`.
+    /// Every message is in exactly one of the four slot indexes, consistent
+    /// with its record, and in `expiring` exactly when it is live with a time
+    /// to live; no offset at or beyond `next_offset`.
     fn check_invariants(&self) {
         if cfg!(debug_assertions) {
             debug_assert_eq!(
                 self.deliveries.len(),
-                self.ready.len() + self.waiting.len() + self.leased.len(),
+                self.ready.len() + self.waiting.len() + self.leased.len() + self.dead.len(),
                 "index sizes disagree with the delivery records"
             );
             debug_assert_eq!(self.bytes, self.deliveries.values().map(|d| d.size).sum::<u64>(), "byte count is off");
+            let live_expiring = self.deliveries.values().filter(|d| d.expires_at.is_some() && d.dead.is_none()).count();
+            debug_assert_eq!(self.expiring.len(), live_expiring, "expiry index is off");
             for (offset, delivery) in &self.deliveries {
                 debug_assert!(*offset < self.next_offset, "offset {offset} at or past next_offset");
-                let indexed = self.ready.contains(offset)
-                    || match slot(delivery) {
-                        Slot::Waiting(at) => self.waiting.contains(&(at, *offset)),
-                        Slot::Leased(deadline) => self.leased.contains(&(deadline, *offset)),
-                    };
+                let indexed = match slot(delivery) {
+                    Slot::Waiting(at) => self.ready.contains(offset) || self.waiting.contains(&(at, *offset)),
+                    Slot::Leased(at) => self.ready.contains(offset) || self.leased.contains(&(at, *offset)),
+                    Slot::Dead => self.dead.contains(offset),
+                };
                 debug_assert!(indexed, "message {offset} missing from the indexes");
+                if let (Some(at), None) = (delivery.expires_at, delivery.dead) {
+                    debug_assert!(self.expiring.contains(&(at, *offset)), "message {offset} missing from expiring");
+                }
             }
         }
     }

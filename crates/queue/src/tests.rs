@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse, Receipt,
-    ReceiptFailure, ReceiptFailureReason, TimestampMs,
+    DeadReason, DeliveredMessage, DeliveryPolicy, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits,
+    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, TimestampMs,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Change, DeliveryState, QueueState};
+use crate::{Change, DeliveryState, QueueState, retry_backoff_ms};
 
 /// A queue plus the log index and the persisted-changes model, as a replica sees them.
 struct Harness {
@@ -96,7 +96,14 @@ impl Harness {
     }
 
     fn lease(&mut self, now: u64, max: u32, timeout: u64) -> Vec<DeliveredMessage> {
-        match self.apply(now, QueueCommand::Lease { max_messages: max, visibility_timeout_ms: timeout }) {
+        match self.apply(
+            now,
+            QueueCommand::Lease {
+                max_messages: max,
+                visibility_timeout_ms: timeout,
+                policy: DeliveryPolicy::default(),
+            },
+        ) {
             QueueResponse::Leased { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
@@ -238,7 +245,10 @@ fn nack_with_delay_hides_message_until_delay_passes() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
-    assert_eq!(q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: 500 }), (1, vec![]));
+    assert_eq!(
+        q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(500), policy: DeliveryPolicy::default() }),
+        (1, vec![])
+    );
     assert!(!q.state.has_available(TimestampMs(529)));
     assert_eq!(q.state.next_wakeup(TimestampMs(100)), Some(TimestampMs(530)));
     assert_eq!(q.state.stats(TimestampMs(100)).delayed, 1);
@@ -255,7 +265,7 @@ fn nack_without_delay_is_available_at_once() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
-    q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: 0 });
+    q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(0), policy: DeliveryPolicy::default() });
     assert!(q.state.has_available(TimestampMs(30)));
     assert_eq!(offsets(&q.lease(30, 1, 1000)), vec![0]);
 }
@@ -264,7 +274,8 @@ fn nack_without_delay_is_available_at_once() {
 fn nack_of_unknown_receipt_fails() {
     let mut q = Harness::new();
     let r = Receipt { offset: Offset(3), lease_id: 3 };
-    let (ok, failed) = q.settle(10, QueueCommand::Nack { receipts: vec![r], delay_ms: 0 });
+    let (ok, failed) =
+        q.settle(10, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(0), policy: DeliveryPolicy::default() });
     assert_eq!((ok, failed), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
 }
 
@@ -306,7 +317,14 @@ fn stats_count_each_kind_of_message() {
     let mut q = Harness::new();
     q.produce(0, &["a", "b", "c", "d"]);
     let leased = q.lease(10, 2, 100); // 0, 1 until 110
-    q.settle(20, QueueCommand::Nack { receipts: vec![leased[1].receipt], delay_ms: 1000 }); // 1 delayed until 1020
+    q.settle(
+        20,
+        QueueCommand::Nack {
+            receipts: vec![leased[1].receipt],
+            delay_ms: Some(1000),
+            policy: DeliveryPolicy::default(),
+        },
+    ); // 1 delayed until 1020
     let s = q.state.stats(TimestampMs(50));
     assert_eq!((s.depth, s.in_flight, s.delayed, s.available, s.next_offset), (4, 1, 1, 2, Offset(4)));
     // After the lease runs out, message 0 counts as available again.
@@ -340,7 +358,14 @@ fn restore_from_persisted_changes_continues_identically() {
     q.produce(0, &["a", "b", "c", "d"]);
     let leased = q.lease(10, 3, 100);
     q.ack(20, &[leased[0].receipt]);
-    q.settle(30, QueueCommand::Nack { receipts: vec![leased[1].receipt], delay_ms: 500 });
+    q.settle(
+        30,
+        QueueCommand::Nack {
+            receipts: vec![leased[1].receipt],
+            delay_ms: Some(500),
+            policy: DeliveryPolicy::default(),
+        },
+    );
     let mut restarted = Harness { state: q.restored(), ..Harness::new() };
     restarted.index = q.index;
     assert_eq!(restarted.state.stats(TimestampMs(40)), q.state.stats(TimestampMs(40)));
@@ -363,7 +388,20 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
     let mut now = 0u64;
     let mut receipts: Vec<Receipt> = Vec::new();
     let mut acked: std::collections::BTreeSet<Offset> = Default::default();
+    // One queue config per run, with a fresh jitter seed per command.
+    let max_deliveries = if rng.random_bool(0.5) { rng.random_range(1..4) } else { 0 };
+    let backoff_min_ms = rng.random_range(0..300);
+    let base_policy = DeliveryPolicy {
+        max_deliveries,
+        backoff_min_ms,
+        backoff_max_ms: backoff_min_ms + rng.random_range(0..2000),
+        jitter_seed: 0,
+        dead_letter: rng.random_bool(0.5),
+        dead_letter_expired: rng.random_bool(0.5),
+    };
+    println!("policy {base_policy:?}");
     for step in 0..3000 {
+        let policy = DeliveryPolicy { jitter_seed: rng.random(), ..base_policy };
         now += rng.random_range(0..200);
         let command = match rng.random_range(0..10) {
             0..=2 => QueueCommand::Produce {
@@ -371,6 +409,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                     .map(|i| NewMessage {
                         body: vec![i as u8 + 1],
                         deliver_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..2000))),
+                        expires_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..3000))),
                         // A small pool of ids, so that some repeat within the window.
                         dedup_id: rng.random_bool(0.5).then(|| format!("id-{}", rng.random_range(0..30))),
                         ..Default::default()
@@ -386,6 +425,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             3..=4 => QueueCommand::Lease {
                 max_messages: rng.random_range(1..8),
                 visibility_timeout_ms: rng.random_range(1..1000),
+                policy,
             },
             5..=6 if !receipts.is_empty() => {
                 let n = rng.random_range(1..=receipts.len().min(4));
@@ -393,14 +433,27 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             }
             7 if !receipts.is_empty() => QueueCommand::Nack {
                 receipts: vec![receipts.swap_remove(rng.random_range(0..receipts.len()))],
-                delay_ms: rng.random_range(0..500),
+                delay_ms: rng.random_bool(0.5).then(|| rng.random_range(0..500)),
+                policy,
             },
             8 if !receipts.is_empty() => QueueCommand::ExtendLease {
                 receipts: vec![receipts[rng.random_range(0..receipts.len())]],
                 visibility_timeout_ms: rng.random_range(1..1000),
             },
             9 if rng.random_range(0..50) == 0 => QueueCommand::Purge,
-            _ => QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 100 },
+            9 if rng.random_bool(0.5) => QueueCommand::Sweep { policy },
+            // What the dead-letter mover does: remove some dead messages (and
+            // sometimes offsets that are not dead, which must stay).
+            9 => QueueCommand::RemoveDead {
+                offsets: a
+                    .state
+                    .dead_messages(3)
+                    .into_iter()
+                    .map(|(offset, _)| offset)
+                    .chain(a.state.peek(Offset(0), Offset(u64::MAX), 1).into_iter().map(|(offset, _)| offset))
+                    .collect(),
+            },
+            _ => QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 100, policy },
         };
         let ra = a.apply(now, command.clone());
         let rb = b.apply(now, command.clone());
@@ -409,6 +462,12 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             (_, QueueResponse::Leased { messages }) => {
                 for m in messages {
                     assert!(!acked.contains(&m.offset), "acked {} leased again (seed {seed})", m.offset);
+                    assert!(
+                        max_deliveries == 0 || m.delivery_attempt <= max_deliveries,
+                        "{} delivered {} times (seed {seed})",
+                        m.offset,
+                        m.delivery_attempt
+                    );
                     receipts.push(m.receipt);
                 }
             }
@@ -603,4 +662,223 @@ fn peek_shows_a_range_and_changes_nothing() {
     assert_eq!(peeked, vec![2]);
     assert!(q.state.peek(Offset(3), Offset(3), 10).is_empty());
     assert_eq!(q.state.stats(TimestampMs(12)), before);
+}
+
+// Retries, delivery limits, dead letters and expiry.
+
+fn policy(max_deliveries: u32, backoff_min_ms: u64, backoff_max_ms: u64, dead_letter: bool) -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_deliveries,
+        backoff_min_ms,
+        backoff_max_ms,
+        jitter_seed: 7,
+        dead_letter,
+        dead_letter_expired: true,
+    }
+}
+
+impl Harness {
+    fn lease_with(&mut self, now: u64, max: u32, timeout: u64, policy: DeliveryPolicy) -> Vec<DeliveredMessage> {
+        match self.apply(now, QueueCommand::Lease { max_messages: max, visibility_timeout_ms: timeout, policy }) {
+            QueueResponse::Leased { messages } => messages,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn nack(&mut self, now: u64, receipt: Receipt, delay_ms: Option<u64>, policy: DeliveryPolicy) {
+        assert_eq!(self.settle(now, QueueCommand::Nack { receipts: vec![receipt], delay_ms, policy }), (1, vec![]));
+    }
+
+    fn dead(&self) -> Vec<(u64, Option<DeadReason>)> {
+        self.state.dead_messages(100).iter().map(|(o, d)| (o.0, d.dead)).collect()
+    }
+}
+
+#[test]
+fn backoff_doubles_from_min_to_max_with_bounded_jitter() {
+    for seed in 0..200u64 {
+        let p = DeliveryPolicy { jitter_seed: seed, ..policy(0, 100, 1000, false) };
+        let b = |attempts| retry_backoff_ms(&p, attempts, Offset(seed));
+        assert!((100..=150).contains(&b(1)), "{}", b(1));
+        assert!((200..=300).contains(&b(2)), "{}", b(2));
+        assert!((400..=600).contains(&b(3)), "{}", b(3));
+        assert!((800..=1000).contains(&b(4)), "{}", b(4));
+        assert_eq!(b(5), 1000, "capped at max, jitter included");
+        assert_eq!(b(u32::MAX), 1000, "no overflow");
+    }
+    let spread: std::collections::BTreeSet<u64> = (0..50)
+        .map(|seed| {
+            retry_backoff_ms(&DeliveryPolicy { jitter_seed: seed, ..policy(0, 100, 1000, false) }, 1, Offset(3))
+        })
+        .collect();
+    assert!(spread.len() > 10, "the jitter varies with the leader's seed: {spread:?}");
+    assert_eq!(retry_backoff_ms(&policy(0, 0, 0, false), 5, Offset(1)), 0, "0 and 0 is no backoff");
+}
+
+#[test]
+fn a_nack_without_delay_waits_for_the_backoff_and_a_nack_with_delay_overrides_it() {
+    let mut q = Harness::new();
+    let p = policy(0, 1000, 60_000, false);
+    q.produce(10, &["a", "b"]);
+    let leased = q.lease_with(20, 2, 100, p);
+    q.nack(30, leased[0].receipt, None, p);
+    q.nack(30, leased[1].receipt, Some(0), p);
+    let backoff = retry_backoff_ms(&p, 1, Offset(0));
+    assert!((1000..=1500).contains(&backoff));
+    let redelivered = q.lease_with(31, 10, 100, p);
+    assert_eq!(offsets(&redelivered), vec![1], "the explicit delay of 0 wins");
+    q.ack(32, &[redelivered[0].receipt]);
+    assert!(q.lease_with(30 + backoff - 1, 10, 100, p).is_empty());
+    assert_eq!(q.state.stats(TimestampMs(30 + backoff - 1)).delayed, 1);
+    let again = q.lease_with(30 + backoff, 10, 100, p);
+    assert_eq!((offsets(&again), again[0].delivery_attempt), (vec![0], 2));
+}
+
+#[test]
+fn an_expired_lease_comes_back_after_its_backoff() {
+    let mut q = Harness::new();
+    let p = policy(0, 500, 60_000, false);
+    q.produce(10, &["a"]);
+    let first = q.lease_with(20, 1, 100, p);
+    let retry_at = q.state.delivery(Offset(0)).unwrap().lease.unwrap().retry_at;
+    assert_eq!(retry_at.0, 120 + retry_backoff_ms(&p, 1, Offset(0)));
+    assert!(retry_at.0 >= 620);
+    // The lease has run out: the receipt fails, but the message waits for its backoff.
+    assert_eq!(q.ack(121, &[first[0].receipt]).0, 0);
+    let stats = q.state.stats(TimestampMs(121));
+    assert_eq!((stats.in_flight, stats.delayed, stats.available), (0, 1, 0));
+    assert!(q.lease_with(retry_at.0 - 1, 1, 100, p).is_empty());
+    assert_eq!(q.state.next_wakeup(TimestampMs(121)), Some(retry_at));
+    assert_eq!(q.lease_with(retry_at.0, 1, 100, p)[0].delivery_attempt, 2);
+}
+
+#[test]
+fn extending_a_lease_keeps_its_backoff() {
+    let mut q = Harness::new();
+    let p = policy(0, 500, 500, false);
+    q.produce(10, &["a"]);
+    let r = q.lease_with(20, 1, 100, p)[0].receipt;
+    q.settle(50, QueueCommand::ExtendLease { receipts: vec![r], visibility_timeout_ms: 1000 });
+    let lease = q.state.delivery(Offset(0)).unwrap().lease.unwrap();
+    assert_eq!((lease.deadline.0, lease.retry_at.0), (1050, 1550));
+}
+
+#[test]
+fn the_last_allowed_nack_dead_letters_the_message() {
+    let mut q = Harness::new();
+    let p = policy(2, 0, 0, true);
+    q.produce(10, &["a"]);
+    let first = q.lease_with(20, 1, 100, p);
+    q.nack(21, first[0].receipt, None, p);
+    let second = q.lease_with(22, 1, 100, p);
+    assert_eq!(second[0].delivery_attempt, 2);
+    q.nack(23, second[0].receipt, Some(0), p);
+    assert_eq!(q.dead(), vec![(0, Some(DeadReason::MaxDeliveries))]);
+    assert!(q.lease_with(10_000, 10, 100, p).is_empty(), "a dead message is never delivered");
+    let stats = q.state.stats(TimestampMs(24));
+    assert_eq!((stats.depth, stats.dead, stats.available), (1, 1, 0));
+    // Persisted: a restarted replica still holds it dead.
+    assert_eq!(q.restored().dead_messages(10).len(), 1);
+    assert_eq!(q.stored_deliveries[&Offset(0)].dead, Some(DeadReason::MaxDeliveries));
+}
+
+#[test]
+fn a_last_lease_that_runs_out_kills_the_message_at_its_deadline() {
+    let mut q = Harness::new();
+    let p = policy(1, 1000, 1000, true);
+    q.produce(10, &["a", "b"]);
+    let leased = q.lease_with(20, 1, 100, p);
+    // No backoff after the last delivery: it is due at the deadline.
+    assert_eq!(q.state.delivery(Offset(0)).unwrap().lease.unwrap().retry_at, TimestampMs(120));
+    assert!(!q.state.needs_sweep(TimestampMs(119), &p));
+    assert!(q.state.needs_sweep(TimestampMs(120), &p));
+    assert_eq!(q.apply(120, QueueCommand::Sweep { policy: p }), QueueResponse::Swept { died: 1, dropped: 0 });
+    assert!(!q.state.needs_sweep(TimestampMs(120), &p));
+    assert_eq!(q.dead(), vec![(0, Some(DeadReason::MaxDeliveries))]);
+    assert_eq!(q.ack(121, &[leased[0].receipt]).1[0].reason, ReceiptFailureReason::LeaseGone);
+    assert_eq!(offsets(&q.lease_with(121, 10, 100, p)), vec![1]);
+}
+
+#[test]
+fn without_a_dead_letter_queue_dead_messages_are_dropped() {
+    let mut q = Harness::new();
+    let p = policy(1, 0, 0, false);
+    q.produce(10, &["a"]);
+    let r = q.lease_with(20, 1, 100, p)[0].receipt;
+    q.nack(21, r, None, p);
+    assert!(q.dead().is_empty());
+    assert_eq!(q.state.stats(TimestampMs(22)).depth, 0);
+    assert!(q.stored_bodies.is_empty() && q.stored_deliveries.is_empty());
+}
+
+#[test]
+fn a_lowered_delivery_limit_kills_at_the_next_lease() {
+    let mut q = Harness::new();
+    q.produce(10, &["a"]);
+    for now in [20, 200, 400] {
+        let r = q.lease_with(now, 1, 100, policy(0, 0, 0, true))[0].receipt;
+        q.nack(now + 1, r, Some(0), policy(0, 0, 0, true));
+    }
+    assert!(q.lease_with(500, 1, 100, policy(2, 0, 0, true)).is_empty());
+    assert_eq!(q.dead(), vec![(0, Some(DeadReason::MaxDeliveries))]);
+}
+
+#[test]
+fn remove_dead_deletes_only_dead_messages() {
+    let mut q = Harness::new();
+    let p = policy(1, 0, 0, true);
+    q.produce(10, &["a", "b"]);
+    let r = q.lease_with(20, 1, 100, p)[0].receipt;
+    q.nack(21, r, None, p);
+    let remove = QueueCommand::RemoveDead { offsets: vec![Offset(0), Offset(1), Offset(9)] };
+    assert_eq!(q.apply(30, remove.clone()), QueueResponse::RemovedDead { removed: 1 });
+    assert!(q.state.delivery(Offset(0)).is_none() && !q.stored_bodies.contains_key(&Offset(0)));
+    assert!(q.state.delivery(Offset(1)).is_some(), "a live message stays");
+    assert_eq!(q.apply(31, remove), QueueResponse::RemovedDead { removed: 0 }, "a repeat is harmless");
+    assert_eq!(q.apply(32, QueueCommand::RemoveDead { offsets: vec![] }), QueueResponse::RemovedDead { removed: 0 });
+}
+
+#[test]
+fn expired_messages_are_dropped_or_dead_lettered_even_when_leased() {
+    for (dead_letter, dead_letter_expired) in [(false, true), (true, false), (true, true)] {
+        let mut q = Harness::new();
+        let p = DeliveryPolicy { dead_letter, dead_letter_expired, ..policy(0, 0, 0, dead_letter) };
+        let short = NewMessage { expires_at: Some(TimestampMs(500)), ..body("short") };
+        let leased_then_expired = NewMessage { expires_at: Some(TimestampMs(600)), ..body("leased") };
+        q.produce_messages(10, vec![short, leased_then_expired, body("forever")], 0);
+        let r = q.lease_with(20, 1, 10_000, p); // offset 0
+        assert_eq!(offsets(&r), vec![0]);
+        let r = q.lease_with(20, 1, 10_000, p); // offset 1, leased past its expiry
+        assert!(!q.state.needs_sweep(TimestampMs(499), &p));
+        assert!(q.state.needs_sweep(TimestampMs(500), &p));
+        let swept = q.apply(700, QueueCommand::Sweep { policy: p });
+        let kept = dead_letter && dead_letter_expired;
+        let expected = if kept { (2, 0) } else { (0, 2) };
+        assert_eq!(swept, QueueResponse::Swept { died: expected.0, dropped: expected.1 });
+        assert_eq!(q.dead().len(), if kept { 2 } else { 0 });
+        assert_eq!(q.ack(701, &[r[0].receipt]).0, 0, "the receipt of an expired message fails");
+        assert_eq!(offsets(&q.lease_with(701, 10, 100, p)), vec![2]);
+        assert_eq!(q.restored().stats(TimestampMs(701)), q.state.stats(TimestampMs(701)));
+    }
+}
+
+#[test]
+fn a_lease_drops_expired_messages_before_choosing() {
+    let mut q = Harness::new();
+    let p = policy(0, 0, 0, false);
+    let short = NewMessage { expires_at: Some(TimestampMs(50)), ..body("short") };
+    q.produce_messages(10, vec![short, body("b")], 0);
+    assert_eq!(offsets(&q.lease_with(50, 10, 100, p)), vec![1]);
+    assert_eq!(q.state.stats(TimestampMs(50)).depth, 1);
+}
+
+#[test]
+fn a_purge_drops_dead_messages_too() {
+    let mut q = Harness::new();
+    let p = policy(1, 0, 0, true);
+    q.produce(10, &["a"]);
+    let r = q.lease_with(20, 1, 100, p)[0].receipt;
+    q.nack(21, r, None, p);
+    assert_eq!(q.apply(30, QueueCommand::Purge), QueueResponse::Purged { removed: 1 });
+    assert!(q.dead().is_empty());
 }

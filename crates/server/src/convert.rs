@@ -4,9 +4,11 @@ use raftmq_proto::v1 as pb;
 use raftmq_queue::DeliveryState;
 use raftmq_storage::CatalogQueue;
 use raftmq_types::{
-    DeliveredMessage, NewMessage, Offset, QueueConfig, QueueConfigUpdate, QueueName, ReceiptFailure,
+    DeliveredMessage, ExpiryAction, NewMessage, Offset, QueueConfig, QueueConfigUpdate, QueueName, ReceiptFailure,
     ReceiptFailureReason, StoredMessage, TimestampMs,
 };
+
+use crate::error::ApiError;
 
 pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
     NewMessage {
@@ -15,6 +17,8 @@ pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
         dedup_id: (!message.dedup_id.is_empty()).then(|| message.dedup_id.clone()),
         // delay_ms is turned into a time by the leader, from its own clock.
         deliver_at: (message.deliver_at_ms > 0).then_some(TimestampMs(message.deliver_at_ms)),
+        // Stamped by the leader from the message's and the queue's TTL.
+        expires_at: None,
     }
 }
 
@@ -69,11 +73,13 @@ pub fn peeked(
         .iter()
         .filter_map(|(offset, delivery)| {
             let stored = bodies.remove(&offset.0)?;
-            let (state, until) = match delivery.lease {
-                Some(lease) if lease.deadline > now => (State::Leased, lease.deadline.0),
-                Some(_) => (State::Available, 0),
-                None if delivery.visible_at > now => (State::Delayed, delivery.visible_at.0),
-                None => (State::Available, 0),
+            let (state, until) = match (delivery.dead, delivery.lease) {
+                (Some(_), _) => (State::Dead, 0),
+                (None, Some(lease)) if lease.deadline > now => (State::Leased, lease.deadline.0),
+                (None, Some(lease)) if lease.retry_at > now => (State::Delayed, lease.retry_at.0),
+                (None, Some(_)) => (State::Available, 0),
+                (None, None) if delivery.visible_at > now => (State::Delayed, delivery.visible_at.0),
+                (None, None) => (State::Available, 0),
             };
             Some(pb::PeekedMessage {
                 offset: offset.0,
@@ -83,23 +89,49 @@ pub fn peeked(
                 delivery_attempts: delivery.attempts,
                 state: state as i32,
                 until_ms: until,
+                dead_reason: delivery.dead.map(|reason| reason.as_str().to_string()).unwrap_or_default(),
             })
         })
         .collect()
 }
 
-pub fn queue_config_update(update: &pb::QueueConfigUpdate) -> QueueConfigUpdate {
-    QueueConfigUpdate {
+pub fn queue_config_update(update: &pb::QueueConfigUpdate) -> Result<QueueConfigUpdate, ApiError> {
+    Ok(QueueConfigUpdate {
         visibility_timeout_ms: update.visibility_timeout_ms,
         max_message_bytes: update.max_message_bytes,
         dedup_window_ms: update.dedup_window_ms,
         max_messages: update.max_messages,
         max_bytes: update.max_bytes,
+        retry_backoff_min_ms: update.retry_backoff_min_ms,
+        retry_backoff_max_ms: update.retry_backoff_max_ms,
+        max_deliveries: update.max_deliveries,
+        dead_letter_queue: update.dead_letter_queue.as_deref().map(dead_letter_queue).transpose()?,
+        message_ttl_ms: update.message_ttl_ms,
+        expiry_action: update.expiry_action.map(expiry_action).transpose()?,
+    })
+}
+
+/// "" is no dead-letter queue.
+fn dead_letter_queue(name: &str) -> Result<Option<QueueName>, ApiError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    QueueName::new(name).map(Some).map_err(|e| ApiError::InvalidArgument(format!("config.dead_letter_queue: {e}")))
+}
+
+fn expiry_action(value: i32) -> Result<ExpiryAction, ApiError> {
+    match pb::ExpiryAction::try_from(value) {
+        Ok(pb::ExpiryAction::Drop) => Ok(ExpiryAction::Drop),
+        Ok(pb::ExpiryAction::DeadLetter) => Ok(ExpiryAction::DeadLetter),
+        Err(_) => Err(ApiError::InvalidArgument(format!(
+            "config.expiry_action: unknown value {value}; use EXPIRY_ACTION_DROP (0) or EXPIRY_ACTION_DEAD_LETTER (1)"
+        ))),
     }
 }
 
-/// Fills the defaults in for fields left at 0.
-pub fn queue_config(config: Option<&pb::QueueConfig>) -> QueueConfig {
+/// Fills the defaults in for fields left unset (or at 0 where 0 is not a
+/// meaningful value).
+pub fn queue_config(config: Option<&pb::QueueConfig>) -> Result<QueueConfig, ApiError> {
     let mut result = QueueConfig::default();
     if let Some(c) = config {
         if c.visibility_timeout_ms != 0 {
@@ -116,8 +148,18 @@ pub fn queue_config(config: Option<&pb::QueueConfig>) -> QueueConfig {
         }
         result.max_messages = c.max_messages;
         result.max_bytes = c.max_bytes;
+        if let Some(min) = c.retry_backoff_min_ms {
+            result.retry_backoff_min_ms = min;
+        }
+        if let Some(max) = c.retry_backoff_max_ms {
+            result.retry_backoff_max_ms = max;
+        }
+        result.max_deliveries = c.max_deliveries;
+        result.dead_letter_queue = dead_letter_queue(&c.dead_letter_queue)?;
+        result.message_ttl_ms = c.message_ttl_ms;
+        result.expiry_action = expiry_action(c.expiry_action)?;
     }
-    result
+    Ok(result)
 }
 
 pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
@@ -128,6 +170,15 @@ pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
         dedup_window_ms: Some(config.dedup_window_ms),
         max_messages: config.max_messages,
         max_bytes: config.max_bytes,
+        retry_backoff_min_ms: Some(config.retry_backoff_min_ms),
+        retry_backoff_max_ms: Some(config.retry_backoff_max_ms),
+        max_deliveries: config.max_deliveries,
+        dead_letter_queue: config.dead_letter_queue.as_ref().map(ToString::to_string).unwrap_or_default(),
+        message_ttl_ms: config.message_ttl_ms,
+        expiry_action: match config.expiry_action {
+            ExpiryAction::Drop => pb::ExpiryAction::Drop,
+            ExpiryAction::DeadLetter => pb::ExpiryAction::DeadLetter,
+        } as i32,
     }
 }
 

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// A produce that would take a queue past `max_messages` or `max_bytes`.
     #[error("{0}")]
     QueueFull(String),
+    /// The call conflicts with the cluster's state, e.g. deleting a queue
+    /// that is another queue's dead-letter queue.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +53,7 @@ impl From<ApiError> for Status {
             ApiError::QueueAlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::QueueFull(_) => Code::ResourceExhausted,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

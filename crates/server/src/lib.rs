@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod dead_letters;
 pub mod error;
 pub mod grpc;
 pub mod routing;
@@ -27,6 +28,7 @@ use raftmq_raft::{GroupManager, PeerChannels, RaftTiming, TransportService};
 use tracing::info;
 
 use crate::config::ServerConfig;
+use crate::dead_letters::Tender;
 use crate::grpc::cluster_service::ClusterServiceImpl;
 use crate::grpc::message_service::MessageServiceImpl;
 use crate::grpc::queue_service::QueueServiceImpl;
@@ -65,6 +67,8 @@ pub async fn run_with_listener(
         .await
         .context("start raft groups")?;
     let router = Arc::new(Router::new(groups.clone()));
+    let messages = Arc::new(MessageServiceImpl::new(router.clone()));
+    let tender = tokio::spawn(Tender::new(router.clone(), messages.clone()).run());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MessageServiceServer<MessageServiceImpl>>().await;
@@ -84,11 +88,11 @@ pub async fn run_with_listener(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            MessageServiceServer::new(MessageServiceImpl::new(router.clone()))
+            MessageServiceServer::from_arc(messages.clone())
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(QueueServiceServer::new(QueueServiceImpl::new(router.clone())))
+        .add_service(QueueServiceServer::new(QueueServiceImpl::new(router.clone(), messages.clone())))
         .add_service(ClusterServiceServer::new(ClusterServiceImpl::new(router.clone())))
         .add_service(
             RaftTransportServer::new(TransportService::new(groups.clone()))
@@ -98,6 +102,7 @@ pub async fn run_with_listener(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serve grpc")?;
+    tender.abort();
     info!(node_id = config.node_id, "shutting down raft groups");
     groups.shutdown().await;
     // How well appends shared fsyncs over this run (group commit at work).

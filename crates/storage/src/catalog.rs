@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use raftmq_types::{GroupId, MetaCommand, MetaResponse, NodeId, QueueConfig, QueueName, TimestampMs};
+use raftmq_types::{ConfigError, GroupId, MetaCommand, MetaResponse, NodeId, QueueConfig, QueueName, TimestampMs};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ impl Catalog {
                 if let Some(existing) = self.queues.get(name) {
                     return MetaResponse::QueueAlreadyExists { group_id: existing.group_id };
                 }
+                if let Err(e) = self.check_dead_letter_queue(name, config) {
+                    return MetaResponse::ConfigRejected { reason: e.to_string() };
+                }
                 let group_id = GroupId(self.next_group_id);
                 self.next_group_id += 1;
                 self.queues.insert(
@@ -43,26 +46,47 @@ impl Catalog {
                 );
                 MetaResponse::QueueCreated { group_id }
             }
-            MetaCommand::DeleteQueue { name } => match self.queues.remove(name) {
-                Some(queue) => MetaResponse::QueueDeleted { group_id: queue.group_id },
-                None => MetaResponse::QueueNotFound,
-            },
+            MetaCommand::DeleteQueue { name } => {
+                if let Some(used_by) = self.dead_letter_users(name).next() {
+                    return MetaResponse::QueueInUse { used_by: used_by.clone() };
+                }
+                match self.queues.remove(name) {
+                    Some(queue) => MetaResponse::QueueDeleted { group_id: queue.group_id },
+                    None => MetaResponse::QueueNotFound,
+                }
+            }
             // Merged and validated here, at apply, so that concurrent updates
             // of different settings both take effect.
-            MetaCommand::UpdateQueue { name, update } => match self.queues.get_mut(name) {
-                Some(queue) => {
-                    let updated = update.applied_to(&queue.config);
-                    match updated.validate() {
-                        Ok(()) => {
-                            queue.config = updated;
-                            MetaResponse::QueueUpdated { group_id: queue.group_id }
-                        }
-                        Err(e) => MetaResponse::ConfigRejected { reason: e.to_string() },
-                    }
+            MetaCommand::UpdateQueue { name, update } => {
+                let Some(queue) = self.queues.get(name) else { return MetaResponse::QueueNotFound };
+                let updated = update.applied_to(&queue.config);
+                if let Err(e) = updated.validate().and_then(|()| self.check_dead_letter_queue(name, &updated)) {
+                    return MetaResponse::ConfigRejected { reason: e.to_string() };
                 }
-                None => MetaResponse::QueueNotFound,
-            },
+                let queue = self.queues.get_mut(name).expect("looked up above");
+                queue.config = updated;
+                MetaResponse::QueueUpdated { group_id: queue.group_id }
+            }
         }
+    }
+
+    /// A queue's dead-letter queue must exist and be another queue. (A chain
+    /// of dead-letter queues is allowed; a dead message moves one step per
+    /// death.)
+    fn check_dead_letter_queue(&self, name: &QueueName, config: &QueueConfig) -> Result<(), ConfigError> {
+        match &config.dead_letter_queue {
+            Some(dlq) if dlq == name => Err(ConfigError::DeadLetterQueueIsSelf(dlq.to_string())),
+            Some(dlq) if !self.queues.contains_key(dlq) => Err(ConfigError::DeadLetterQueueMissing(dlq.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The queues whose dead-letter queue is `name`.
+    pub fn dead_letter_users<'a>(&'a self, name: &'a QueueName) -> impl Iterator<Item = &'a QueueName> + 'a {
+        self.queues
+            .iter()
+            .filter(move |(other, q)| *other != name && q.config.dead_letter_queue.as_ref() == Some(name))
+            .map(|(other, _)| other)
     }
 }
 
@@ -121,5 +145,32 @@ mod tests {
         assert_eq!(catalog.queues[&name].config.visibility_timeout_ms, QueueConfig::default().visibility_timeout_ms);
         let missing = MetaCommand::UpdateQueue { name: QueueName::new("b").unwrap(), update: Default::default() };
         assert_eq!(catalog.apply(&missing), MetaResponse::QueueNotFound);
+    }
+
+    #[test]
+    fn a_dead_letter_queue_must_exist_be_another_queue_and_outlive_its_users() {
+        let mut catalog = Catalog::default();
+        let name = |n: &str| QueueName::new(n).unwrap();
+        let with_dlq = |queue: &str, dlq: &str| MetaCommand::CreateQueue {
+            name: name(queue),
+            config: QueueConfig { dead_letter_queue: Some(name(dlq)), ..Default::default() },
+            replicas: vec![1],
+            now: TimestampMs(1),
+        };
+        let rejected = |response: MetaResponse, needle: &str| match response {
+            MetaResponse::ConfigRejected { reason } => assert!(reason.contains(needle), "{reason}"),
+            other => panic!("{other:?}"),
+        };
+        rejected(catalog.apply(&with_dlq("work", "work.dlq")), "does not exist");
+        rejected(catalog.apply(&with_dlq("work", "work")), "the queue itself");
+        catalog.apply(&create("work.dlq"));
+        assert!(matches!(catalog.apply(&with_dlq("work", "work.dlq")), MetaResponse::QueueCreated { .. }));
+        let delete_dlq = MetaCommand::DeleteQueue { name: name("work.dlq") };
+        assert_eq!(catalog.apply(&delete_dlq), MetaResponse::QueueInUse { used_by: name("work") });
+        let to_self = QueueConfigUpdate { dead_letter_queue: Some(Some(name("work"))), ..Default::default() };
+        rejected(catalog.apply(&MetaCommand::UpdateQueue { name: name("work"), update: to_self }), "itself");
+        let clear = QueueConfigUpdate { dead_letter_queue: Some(None), ..Default::default() };
+        catalog.apply(&MetaCommand::UpdateQueue { name: name("work"), update: clear });
+        assert!(matches!(catalog.apply(&delete_dlq), MetaResponse::QueueDeleted { .. }));
     }
 }

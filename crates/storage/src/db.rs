@@ -12,7 +12,9 @@ use crate::{StorageError, WalSyncer};
 /// Bump when the layout of keys or values changes, with upgrade code.
 /// 2: producer dedup ids (`QueueKind::Dedup`), `dedup_window_ms` in queue
 /// configs and produce commands.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: retry backoff, max deliveries, dead-letter queue and TTL in queue
+/// configs; lease retry times, expiry and death in delivery records.
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The node's database and its WAL syncer; cheap to clone.

@@ -111,7 +111,12 @@ async fn log_vote_and_queue_state_survive_reopen() {
     let dir = TempDir::new().unwrap();
     let entries = vec![
         queue_entry(1, 1, 100, produce(3)),
-        queue_entry(1, 2, 200, QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 10_000 }),
+        queue_entry(
+            1,
+            2,
+            200,
+            QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 10_000, policy: Default::default() },
+        ),
     ];
     {
         let storage = open(&dir);
@@ -202,7 +207,12 @@ async fn snapshot_installs_on_a_fresh_replica() {
         &mut sm,
         vec![
             queue_entry(1, 1, 100, produce(5)),
-            queue_entry(1, 2, 200, QueueCommand::Lease { max_messages: 2, visibility_timeout_ms: 1000 }),
+            queue_entry(
+                1,
+                2,
+                200,
+                QueueCommand::Lease { max_messages: 2, visibility_timeout_ms: 1000, policy: Default::default() },
+            ),
         ],
     )
     .await;

@@ -62,9 +62,13 @@ pub enum MetaResponse {
     QueueUpdated {
         group_id: GroupId,
     },
-    /// The update would make the config invalid; nothing changed.
+    /// The create or update would make the config invalid; nothing changed.
     ConfigRejected {
         reason: String,
+    },
+    /// The queue cannot be deleted: it is the dead-letter queue of `used_by`.
+    QueueInUse {
+        used_by: QueueName,
     },
 }
 
@@ -83,16 +87,60 @@ pub enum QueueCommand {
     /// A batch that would take the queue past `limits` is not stored at all.
     Produce { messages: Vec<NewMessage>, dedup_window_ms: u64, limits: QueueLimits },
     /// Lease up to `max_messages` available messages until `now + visibility_timeout_ms`.
-    /// One command per consume call, however many messages it leases.
-    Lease { max_messages: u32, visibility_timeout_ms: u64 },
+    /// One command per consume call, however many messages it leases. Due
+    /// expiries and exhausted messages are handled first, as by `Sweep`.
+    Lease { max_messages: u32, visibility_timeout_ms: u64, policy: DeliveryPolicy },
     /// Settle receipts: the messages are gone for good.
     Ack { receipts: Vec<Receipt> },
-    /// Give messages back, visible again at `now + delay_ms`.
-    Nack { receipts: Vec<Receipt>, delay_ms: u64 },
+    /// Give messages back, visible again after `delay_ms`, or after the
+    /// policy's backoff when `None`. A message out of deliveries dies instead.
+    Nack { receipts: Vec<Receipt>, delay_ms: Option<u64>, policy: DeliveryPolicy },
     /// Push lease deadlines to `now + visibility_timeout_ms`.
     ExtendLease { receipts: Vec<Receipt>, visibility_timeout_ms: u64 },
     /// Drop every message, leased or not.
     Purge,
+    /// Proposed by the leader when `QueueState::needs_sweep` says so: expires
+    /// messages whose time to live ran out and kills those whose last lease
+    /// ran out with no deliveries left.
+    Sweep { policy: DeliveryPolicy },
+    /// The given dead messages are committed in the dead-letter queue: delete
+    /// them here. Offsets that are not dead (any more) are left alone.
+    RemoveDead { offsets: Vec<Offset> },
+}
+
+/// The redelivery rules of a queue, stamped into commands by the leader so
+/// that every replica applies the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeliveryPolicy {
+    /// 0 is no limit.
+    pub max_deliveries: u32,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Chosen at random by the leader per command; each backoff's jitter is
+    /// derived from it and the message's offset.
+    pub jitter_seed: u64,
+    /// Dead messages are kept for the dead-letter queue; otherwise dropped.
+    pub dead_letter: bool,
+    /// Expired messages die (and are dead-lettered) rather than being dropped.
+    pub dead_letter_expired: bool,
+}
+
+/// Why a message died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeadReason {
+    /// It was delivered `max_deliveries` times without an ack.
+    MaxDeliveries,
+    /// Its time to live ran out.
+    Expired,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::MaxDeliveries => "max_deliveries",
+            DeadReason::Expired => "expired",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +160,15 @@ pub enum QueueResponse {
         failures: Vec<ReceiptFailure>,
     },
     Purged {
+        removed: u64,
+    },
+    /// Result of Sweep: messages moved to the dead set and messages deleted.
+    Swept {
+        died: u64,
+        dropped: u64,
+    },
+    /// Result of RemoveDead.
+    RemovedDead {
         removed: u64,
     },
     /// The produce stored nothing: its new messages would take the queue past
@@ -174,17 +231,19 @@ impl std::fmt::Display for RaftRequest {
             }
             RaftRequest::Queue(QueueRequest { now, command }) => match command {
                 QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
-                QueueCommand::Lease { max_messages, visibility_timeout_ms } => {
+                QueueCommand::Lease { max_messages, visibility_timeout_ms, .. } => {
                     write!(f, "lease up to {max_messages} for {visibility_timeout_ms} ms at {now}")
                 }
                 QueueCommand::Ack { receipts } => write!(f, "ack {} receipts at {now}", receipts.len()),
-                QueueCommand::Nack { receipts, delay_ms } => {
-                    write!(f, "nack {} receipts, delay {delay_ms} ms, at {now}", receipts.len())
+                QueueCommand::Nack { receipts, delay_ms, .. } => {
+                    write!(f, "nack {} receipts, delay {delay_ms:?} ms, at {now}", receipts.len())
                 }
                 QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
                     write!(f, "extend {} leases by {visibility_timeout_ms} ms at {now}", receipts.len())
                 }
                 QueueCommand::Purge => write!(f, "purge at {now}"),
+                QueueCommand::Sweep { .. } => write!(f, "sweep at {now}"),
+                QueueCommand::RemoveDead { offsets } => write!(f, "remove {} dead-lettered at {now}", offsets.len()),
             },
         }
     }

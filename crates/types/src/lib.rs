@@ -13,10 +13,10 @@ pub mod name;
 pub mod receipt;
 
 pub use command::{
-    DeliveredMessage, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits, QueueRequest, QueueResponse,
-    RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
+    DeadReason, DeliveredMessage, DeliveryPolicy, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits,
+    QueueRequest, QueueResponse, RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
 };
-pub use config::{ConfigError, QueueConfig, QueueConfigUpdate};
+pub use config::{ConfigError, ExpiryAction, QueueConfig, QueueConfigUpdate};
 pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};
 pub use message::{MAX_DEDUP_ID_BYTES, NewMessage, StoredMessage};
 pub use name::{QueueName, QueueNameError};

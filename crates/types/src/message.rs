@@ -16,6 +16,9 @@ pub struct NewMessage {
     pub dedup_id: Option<String>,
     /// Not delivered before this time (the leader's clock); `None` is at once.
     pub deliver_at: Option<TimestampMs>,
+    /// Dropped or dead-lettered at this time (the leader's clock, from the
+    /// message's and the queue's time to live); `None` is never.
+    pub expires_at: Option<TimestampMs>,
 }
 
 /// Longest accepted `dedup_id`, in bytes.

@@ -26,6 +26,9 @@ pub struct ProduceArgs {
     /// Deliver the messages no earlier than this many ms after they are stored.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Drop (or dead-letter) the messages this many ms after they are stored.
+    #[arg(long, default_value_t = 0)]
+    ttl_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,9 +66,10 @@ pub struct NackArgs {
     queue: String,
     #[arg(required = true)]
     receipts: Vec<String>,
-    /// Delay before the messages may be delivered again.
-    #[arg(long, default_value_t = 0)]
-    delay_ms: u64,
+    /// Delay before the messages may be delivered again (0: at once); the
+    /// queue's retry backoff when absent.
+    #[arg(long)]
+    delay_ms: Option<u64>,
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
@@ -84,12 +88,13 @@ pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
         bail!("--dedup-id names one message: pass exactly one body argument");
     }
     let dedup_id = args.dedup_id.clone().unwrap_or_default();
-    let delay_ms = args.delay_ms;
+    let (delay_ms, ttl_ms) = (args.delay_ms, args.ttl_ms);
     let message = |body: String| pb::ProduceMessage {
         body: body.into_bytes(),
         headers: headers.clone(),
         dedup_id: dedup_id.clone(),
         delay_ms,
+        ttl_ms,
         ..Default::default()
     };
     if !args.bodies.is_empty() {
@@ -215,5 +220,5 @@ pub async fn ack(client: &Client, args: AckArgs) -> anyhow::Result<()> {
 }
 
 pub async fn nack(client: &Client, args: NackArgs) -> anyhow::Result<()> {
-    print_settled("nacked", &client.nack(&args.queue, args.receipts, Duration::from_millis(args.delay_ms)).await?)
+    print_settled("nacked", &client.nack(&args.queue, args.receipts, args.delay_ms.map(Duration::from_millis)).await?)
 }

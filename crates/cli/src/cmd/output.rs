@@ -4,12 +4,12 @@ use raftmq_client::v1 as pb;
 use serde_json::json;
 
 pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
-    let config = q.config.unwrap_or_default();
+    let config = q.config.clone().unwrap_or_default();
     let stats = q.stats.as_ref().map(|s| {
         json!({
             "depth": s.depth, "in_flight": s.in_flight, "delayed": s.delayed, "available": s.available,
             "next_offset": s.next_offset, "leader_id": s.leader_id, "applied_index": s.applied_index,
-            "reported_by": s.reported_by, "bytes": s.bytes, "dedup_ids": s.dedup_ids,
+            "reported_by": s.reported_by, "bytes": s.bytes, "dedup_ids": s.dedup_ids, "dead": s.dead,
         })
     });
     json!({
@@ -21,17 +21,32 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
             "dedup_window_ms": config.dedup_window_ms,
             "max_messages": config.max_messages,
             "max_bytes": config.max_bytes,
+            "retry_backoff_min_ms": config.retry_backoff_min_ms,
+            "retry_backoff_max_ms": config.retry_backoff_max_ms,
+            "max_deliveries": config.max_deliveries,
+            "dead_letter_queue": config.dead_letter_queue,
+            "message_ttl_ms": config.message_ttl_ms,
+            "expiry_action": expiry_action(config.expiry_action),
         },
         "stats": stats,
     })
 }
 
+fn expiry_action(value: i32) -> &'static str {
+    match pb::ExpiryAction::try_from(value) {
+        Ok(pb::ExpiryAction::DeadLetter) => "dead-letter",
+        _ => "drop",
+    }
+}
+
 pub fn queue_text(q: &pb::QueueInfo) -> String {
-    let config = q.config.unwrap_or_default();
+    let config = q.config.clone().unwrap_or_default();
     let limit = |n: u64| if n == 0 { "none".to_string() } else { n.to_string() };
+    let dlq = if config.dead_letter_queue.is_empty() { "none" } else { config.dead_letter_queue.as_str() };
     let mut out = format!(
         "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n  \
-         dedup_window_ms {}  max_messages {}  max_bytes {}\n",
+         dedup_window_ms {}  max_messages {}  max_bytes {}\n  \
+         retry_backoff_ms {}..{}  max_deliveries {}  dead_letter_queue {dlq}  message_ttl_ms {}  expiry_action {}\n",
         q.name,
         q.replicas,
         q.group_id,
@@ -41,16 +56,22 @@ pub fn queue_text(q: &pb::QueueInfo) -> String {
         config.dedup_window_ms.unwrap_or_default(),
         limit(config.max_messages),
         limit(config.max_bytes),
+        config.retry_backoff_min_ms.unwrap_or_default(),
+        config.retry_backoff_max_ms.unwrap_or_default(),
+        limit(u64::from(config.max_deliveries)),
+        limit(config.message_ttl_ms),
+        expiry_action(config.expiry_action),
     );
     match &q.stats {
         Some(s) => out.push_str(&format!(
-            "  depth {}  bytes {}  in_flight {}  delayed {}  available {}  next_offset {}  dedup_ids {}\n  \
+            "  depth {}  bytes {}  in_flight {}  delayed {}  available {}  dead {}  next_offset {}  dedup_ids {}\n  \
              leader {}  (reported by node {} at applied index {})\n",
             s.depth,
             s.bytes,
             s.in_flight,
             s.delayed,
             s.available,
+            s.dead,
             s.next_offset,
             s.dedup_ids,
             s.leader_id,
@@ -92,6 +113,7 @@ fn peeked_state(m: &pb::PeekedMessage) -> &'static str {
         pb::peeked_message::State::Available => "available",
         pb::peeked_message::State::Leased => "leased",
         pb::peeked_message::State::Delayed => "delayed",
+        pb::peeked_message::State::Dead => "dead",
         pb::peeked_message::State::Unspecified => "unknown",
     }
 }

@@ -1,33 +1,108 @@
-//! `raftmq queue create|list|get|delete|purge`.
+//! `raftmq queue create|list|get|delete|purge|update|redrive`.
 
 use clap::Subcommand;
 use raftmq_client::{Client, v1 as pb};
 
 use super::output;
 
+/// Queue settings, for `create` (absent: the default) and `update` (absent: unchanged).
+#[derive(Debug, clap::Args)]
+pub struct Settings {
+    /// Default lease duration of consumed messages (default 30000).
+    #[arg(long)]
+    visibility_timeout_ms: Option<u64>,
+    /// Largest accepted message, body plus headers (default 1048576).
+    #[arg(long)]
+    max_message_bytes: Option<u64>,
+    /// How long a produced dedup id is remembered (default 300000; 0 turns dedup off).
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
+    /// Most unacknowledged messages; produces beyond it fail (default and 0: no limit).
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Most bytes of unacknowledged messages; produces beyond it fail (default and 0: no limit).
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Shortest redelivery backoff after a nack or an expired lease (default 1000).
+    #[arg(long)]
+    retry_backoff_min_ms: Option<u64>,
+    /// Longest redelivery backoff (default 300000).
+    #[arg(long)]
+    retry_backoff_max_ms: Option<u64>,
+    /// Deliveries after which an unacknowledged message dies (default and 0: no limit).
+    #[arg(long)]
+    max_deliveries: Option<u32>,
+    /// Queue that dead messages move to ("" for none: they are dropped).
+    #[arg(long)]
+    dead_letter_queue: Option<String>,
+    /// Time to live of every message (default and 0: forever).
+    #[arg(long)]
+    message_ttl_ms: Option<u64>,
+    /// What happens to expired messages (default: drop).
+    #[arg(long, value_enum)]
+    expiry_action: Option<ExpiryAction>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExpiryAction {
+    Drop,
+    DeadLetter,
+}
+
+impl From<ExpiryAction> for pb::ExpiryAction {
+    fn from(action: ExpiryAction) -> Self {
+        match action {
+            ExpiryAction::Drop => pb::ExpiryAction::Drop,
+            ExpiryAction::DeadLetter => pb::ExpiryAction::DeadLetter,
+        }
+    }
+}
+
+impl Settings {
+    fn config(self, replication_factor: Option<u32>) -> pb::QueueConfig {
+        pb::QueueConfig {
+            visibility_timeout_ms: self.visibility_timeout_ms.unwrap_or(0),
+            max_message_bytes: self.max_message_bytes.unwrap_or(0),
+            replication_factor: replication_factor.unwrap_or(0),
+            dedup_window_ms: self.dedup_window_ms,
+            max_messages: self.max_messages.unwrap_or(0),
+            max_bytes: self.max_bytes.unwrap_or(0),
+            retry_backoff_min_ms: self.retry_backoff_min_ms,
+            retry_backoff_max_ms: self.retry_backoff_max_ms,
+            max_deliveries: self.max_deliveries.unwrap_or(0),
+            dead_letter_queue: self.dead_letter_queue.unwrap_or_default(),
+            message_ttl_ms: self.message_ttl_ms.unwrap_or(0),
+            expiry_action: pb::ExpiryAction::from(self.expiry_action.unwrap_or(ExpiryAction::Drop)) as i32,
+        }
+    }
+
+    fn update(self) -> pb::QueueConfigUpdate {
+        pb::QueueConfigUpdate {
+            visibility_timeout_ms: self.visibility_timeout_ms,
+            max_message_bytes: self.max_message_bytes,
+            dedup_window_ms: self.dedup_window_ms,
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            retry_backoff_min_ms: self.retry_backoff_min_ms,
+            retry_backoff_max_ms: self.retry_backoff_max_ms,
+            max_deliveries: self.max_deliveries,
+            dead_letter_queue: self.dead_letter_queue,
+            message_ttl_ms: self.message_ttl_ms,
+            expiry_action: self.expiry_action.map(|a| pb::ExpiryAction::from(a) as i32),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Create a queue.
     Create {
         name: String,
-        /// Default lease duration of consumed messages (default 30000).
-        #[arg(long)]
-        visibility_timeout_ms: Option<u64>,
-        /// Largest accepted message, body plus headers (default 1048576).
-        #[arg(long)]
-        max_message_bytes: Option<u64>,
         /// Number of replicas (default 3, capped at the cluster size).
         #[arg(long)]
         replication_factor: Option<u32>,
-        /// How long a produced dedup id is remembered (default 300000; 0 turns dedup off).
-        #[arg(long)]
-        dedup_window_ms: Option<u64>,
-        /// Most unacknowledged messages; produces beyond it fail (default: no limit).
-        #[arg(long)]
-        max_messages: Option<u64>,
-        /// Most bytes of unacknowledged messages; produces beyond it fail (default: no limit).
-        #[arg(long)]
-        max_bytes: Option<u64>,
+        #[command(flatten)]
+        settings: Settings,
         #[arg(long)]
         json: bool,
     },
@@ -49,45 +124,25 @@ pub enum QueueCommand {
     /// Change settings of a queue; only the ones given change.
     Update {
         name: String,
-        #[arg(long)]
-        visibility_timeout_ms: Option<u64>,
-        #[arg(long)]
-        max_message_bytes: Option<u64>,
-        /// 0 turns dedup off.
-        #[arg(long)]
-        dedup_window_ms: Option<u64>,
-        /// 0 removes the limit.
-        #[arg(long)]
-        max_messages: Option<u64>,
-        /// 0 removes the limit.
-        #[arg(long)]
-        max_bytes: Option<u64>,
+        #[command(flatten)]
+        settings: Settings,
         #[arg(long)]
         json: bool,
+    },
+    /// Move messages of a dead-letter queue back to the queues they died in.
+    Redrive {
+        /// The dead-letter queue.
+        name: String,
+        /// At most this many (default: all that are available).
+        #[arg(long, default_value_t = 0)]
+        max: u64,
     },
 }
 
 pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
     match command {
-        QueueCommand::Create {
-            name,
-            visibility_timeout_ms,
-            max_message_bytes,
-            replication_factor,
-            dedup_window_ms,
-            max_messages,
-            max_bytes,
-            json,
-        } => {
-            let config = pb::QueueConfig {
-                visibility_timeout_ms: visibility_timeout_ms.unwrap_or(0),
-                max_message_bytes: max_message_bytes.unwrap_or(0),
-                replication_factor: replication_factor.unwrap_or(0),
-                dedup_window_ms,
-                max_messages: max_messages.unwrap_or(0),
-                max_bytes: max_bytes.unwrap_or(0),
-            };
-            let queue = client.create_queue(&name, Some(config)).await?;
+        QueueCommand::Create { name, replication_factor, settings, json } => {
+            let queue = client.create_queue(&name, Some(settings.config(replication_factor))).await?;
             if json {
                 println!("{}", output::queue_json(&queue));
             } else {
@@ -119,27 +174,19 @@ pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
                 print!("{}", output::queue_text(&queue));
             }
         }
-        QueueCommand::Update {
-            name,
-            visibility_timeout_ms,
-            max_message_bytes,
-            dedup_window_ms,
-            max_messages,
-            max_bytes,
-            json,
-        } => {
-            let update = pb::QueueConfigUpdate {
-                visibility_timeout_ms,
-                max_message_bytes,
-                dedup_window_ms,
-                max_messages,
-                max_bytes,
-            };
-            let queue = client.update_queue(&name, update).await?;
+        QueueCommand::Update { name, settings, json } => {
+            let queue = client.update_queue(&name, settings.update()).await?;
             if json {
                 println!("{}", output::queue_json(&queue));
             } else {
                 print!("{}", output::queue_text(&queue));
+            }
+        }
+        QueueCommand::Redrive { name, max } => {
+            let redriven = client.redrive(&name, max).await?;
+            println!("moved {} messages from {name} back to their queues", redriven.moved);
+            if redriven.skipped > 0 {
+                println!("left {} in {name}: {}", redriven.skipped, redriven.skipped_reasons.join("; "));
             }
         }
         QueueCommand::Delete { name } => {

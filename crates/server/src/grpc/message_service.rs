@@ -16,9 +16,10 @@ use raftmq_proto::v1::{
     AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, PeekRequest, PeekResponse,
     ProduceRequest, ProduceResponse, SettleResponse,
 };
-use raftmq_types::config::MAX_VISIBILITY_TIMEOUT_MS;
+use raftmq_types::config::{MAX_MESSAGE_TTL_MS, MAX_VISIBILITY_TIMEOUT_MS};
 use raftmq_types::{
-    MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueLimit, QueueName, QueueRequest, QueueResponse, Receipt,
+    MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueConfig, QueueLimit, QueueName, QueueRequest,
+    QueueResponse, Receipt,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -81,15 +82,17 @@ fn unexpected(response: QueueResponse) -> LocalError {
 }
 
 impl MessageServiceImpl {
-    /// Ack, Nack and ExtendLease share everything but the command.
-    async fn settle<R, RF>(
+    /// Ack, Nack and ExtendLease share everything but the command, which
+    /// the leader builds from the queue's config.
+    async fn settle<C, R, RF>(
         &self,
         ctx: CallContext,
         queue: &QueueName,
-        command: QueueCommand,
+        command: C,
         remote: R,
     ) -> Result<SettleResponse, Status>
     where
+        C: Fn(&QueueConfig) -> QueueCommand,
         R: Fn(Client, CallContext) -> RF,
         RF: Future<Output = Result<SettleResponse, Status>>,
     {
@@ -97,8 +100,8 @@ impl MessageServiceImpl {
             .on_queue_leader(
                 ctx,
                 queue,
-                |group, _entry| {
-                    let command = command.clone();
+                |group, entry| {
+                    let command = command(&entry.config);
                     async move {
                         match propose(&group, QueueRequest { now: clock::now(), command }).await? {
                             QueueResponse::Settled { succeeded, failures } => {
@@ -118,6 +121,7 @@ impl MessageServiceImpl {
 /// become available. Proposes nothing while nothing is available.
 async fn lease_on_leader(
     group: QueueGroup,
+    config: QueueConfig,
     max_messages: u32,
     visibility_timeout_ms: u64,
     wait_until: Instant,
@@ -131,7 +135,8 @@ async fn lease_on_leader(
             (state.has_available(now), state.next_wakeup(now))
         };
         if available {
-            let command = QueueCommand::Lease { max_messages, visibility_timeout_ms };
+            let policy = config.delivery_policy(rand::random());
+            let command = QueueCommand::Lease { max_messages, visibility_timeout_ms, policy };
             match propose(&group, QueueRequest { now, command }).await? {
                 QueueResponse::Leased { messages } if !messages.is_empty() => {
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
@@ -195,9 +200,16 @@ impl MessageService for MessageServiceImpl {
                 ApiError::InvalidArgument(format!("messages[{i}]: set delay_ms or deliver_at_ms, not both")).into()
             );
         }
+        if let Some(i) = request.messages.iter().position(|m| m.ttl_ms > MAX_MESSAGE_TTL_MS) {
+            return Err(ApiError::InvalidArgument(format!(
+                "messages[{i}].ttl_ms: {} ms; at most {MAX_MESSAGE_TTL_MS} (one year)",
+                request.messages[i].ttl_ms
+            ))
+            .into());
+        }
         let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
-        // Relative delays count from the leader's clock when it proposes.
-        let delays: Vec<u64> = request.messages.iter().map(|m| m.delay_ms).collect();
+        // Relative delays and lifetimes count from the leader's clock when it proposes.
+        let delays: Vec<(u64, u64)> = request.messages.iter().map(|m| (m.delay_ms, m.ttl_ms)).collect();
         let response = self
             .router
             .on_queue_leader(
@@ -209,10 +221,13 @@ impl MessageService for MessageServiceImpl {
                     let delays = &delays;
                     async move {
                         let now = clock::now();
-                        for (message, delay) in messages.iter_mut().zip(delays) {
+                        for (message, (delay, ttl)) in messages.iter_mut().zip(delays) {
                             if *delay > 0 {
                                 message.deliver_at = Some(now.saturating_add_ms(*delay));
                             }
+                            // The shorter of the message's and the queue's TTL; 0 is none.
+                            let ttl = [*ttl, entry.config.message_ttl_ms].into_iter().filter(|t| *t > 0).min();
+                            message.expires_at = ttl.map(|ttl| now.saturating_add_ms(ttl));
                         }
                         let limit = entry.config.max_message_bytes;
                         if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| m.size_bytes() > limit) {
@@ -277,7 +292,7 @@ impl MessageService for MessageServiceImpl {
                         0 => entry.config.visibility_timeout_ms,
                         ms => ms,
                     };
-                    lease_on_leader(group, request.max_messages, visibility_timeout_ms, wait_until)
+                    lease_on_leader(group, entry.config, request.max_messages, visibility_timeout_ms, wait_until)
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();
@@ -297,10 +312,15 @@ impl MessageService for MessageServiceImpl {
         let queue = queue_name(&request.queue)?;
         let receipts = parse_receipts(&request.receipts)?;
         let response = self
-            .settle(ctx, &queue, QueueCommand::Ack { receipts }, |mut client, ctx| {
-                let request = ctx.forward(request.clone());
-                async move { Ok(client.ack(request).await?.into_inner()) }
-            })
+            .settle(
+                ctx,
+                &queue,
+                |_: &QueueConfig| QueueCommand::Ack { receipts: receipts.clone() },
+                |mut client, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(client.ack(request).await?.into_inner()) }
+                },
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -310,8 +330,15 @@ impl MessageService for MessageServiceImpl {
         let request = request.into_inner();
         let queue = queue_name(&request.queue)?;
         let receipts = parse_receipts(&request.receipts)?;
-        check_duration("delay_ms", request.delay_ms, true)?;
-        let command = QueueCommand::Nack { receipts, delay_ms: request.delay_ms };
+        if let Some(delay_ms) = request.delay_ms {
+            check_duration("delay_ms", delay_ms, true)?;
+        }
+        let delay_ms = request.delay_ms;
+        let command = move |config: &QueueConfig| QueueCommand::Nack {
+            receipts: receipts.clone(),
+            delay_ms,
+            policy: config.delivery_policy(rand::random()),
+        };
         let response = self
             .settle(ctx, &queue, command, |mut client, ctx| {
                 let request = ctx.forward(request.clone());
@@ -368,7 +395,9 @@ impl MessageService for MessageServiceImpl {
         let queue = queue_name(&request.queue)?;
         let receipts = parse_receipts(&request.receipts)?;
         check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
-        let command = QueueCommand::ExtendLease { receipts, visibility_timeout_ms: request.visibility_timeout_ms };
+        let visibility_timeout_ms = request.visibility_timeout_ms;
+        let command =
+            move |_: &QueueConfig| QueueCommand::ExtendLease { receipts: receipts.clone(), visibility_timeout_ms };
         let response = self
             .settle(ctx, &queue, command, |mut client, ctx| {
                 let request = ctx.forward(request.clone());

@@ -6,13 +6,14 @@
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
+use std::time::Duration;
 
 use raftmq_proto::v1::queue_service_client::QueueServiceClient;
 use raftmq_proto::v1::queue_service_server::QueueService;
 use raftmq_proto::v1::{
     CreateQueueRequest, CreateQueueResponse, DeleteQueueRequest, DeleteQueueResponse, GetQueueRequest,
     GetQueueResponse, ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse, QueueStats,
-    UpdateQueueRequest, UpdateQueueResponse,
+    RedriveRequest, RedriveResponse, UpdateQueueRequest, UpdateQueueResponse,
 };
 use raftmq_raft::QueueGroup;
 use raftmq_types::{MetaCommand, MetaResponse, NodeId, QueueCommand, QueueName, QueueRequest, QueueResponse};
@@ -20,16 +21,20 @@ use tonic::{Request, Response, Status};
 
 use crate::clock;
 use crate::convert;
+use crate::dead_letters;
 use crate::error::ApiError;
+use crate::grpc::message_service::MessageServiceImpl;
 use crate::routing::{CallContext, Router, propose};
 
 pub struct QueueServiceImpl {
     router: Arc<Router>,
+    /// Redrive moves messages through the message handlers.
+    messages: Arc<MessageServiceImpl>,
 }
 
 impl QueueServiceImpl {
-    pub fn new(router: Arc<Router>) -> Self {
-        QueueServiceImpl { router }
+    pub fn new(router: Arc<Router>, messages: Arc<MessageServiceImpl>) -> Self {
+        QueueServiceImpl { router, messages }
     }
 
     fn stats(&self, group: &QueueGroup) -> QueueStats {
@@ -47,6 +52,7 @@ impl QueueServiceImpl {
             reported_by: self.router.node_id(),
             dedup_ids: stats.dedup_ids,
             bytes: stats.bytes,
+            dead: stats.dead,
         }
     }
 
@@ -102,7 +108,7 @@ impl QueueService for QueueServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let request = request.into_inner();
         let name = queue_name(&request.name)?;
-        let config = convert::queue_config(request.config.as_ref());
+        let config = convert::queue_config(request.config.as_ref())?;
         config.validate().map_err(ApiError::from)?;
         let members = self.router.groups().members().len() as u32;
         let mut config = config;
@@ -117,6 +123,9 @@ impl QueueService for QueueServiceImpl {
                 |response| match response {
                     MetaResponse::QueueCreated { .. } => Ok(None),
                     MetaResponse::QueueAlreadyExists { .. } => Err(ApiError::QueueAlreadyExists(name.to_string())),
+                    MetaResponse::ConfigRejected { reason } => {
+                        Err(ApiError::InvalidArgument(format!("config: {reason}")))
+                    }
                     other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
                 },
                 |channel, ctx| {
@@ -189,6 +198,9 @@ impl QueueService for QueueServiceImpl {
                 |response| match response {
                     MetaResponse::QueueDeleted { .. } => Ok(()),
                     MetaResponse::QueueNotFound => Err(ApiError::QueueNotFound(name.to_string())),
+                    MetaResponse::QueueInUse { used_by } => Err(ApiError::FailedPrecondition(format!(
+                        "queue {name} is the dead-letter queue of {used_by}; change that queue's dead_letter_queue first"
+                    ))),
                     other => Err(ApiError::Internal(format!("unexpected meta response {other:?}"))),
                 },
                 |channel, ctx| {
@@ -210,7 +222,7 @@ impl QueueService for QueueServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let request = request.into_inner();
         let name = queue_name(&request.name)?;
-        let update = convert::queue_config_update(&request.update.unwrap_or_default());
+        let update = convert::queue_config_update(&request.update.clone().unwrap_or_default())?;
         if update.is_empty() {
             return Err(ApiError::InvalidArgument("update: set at least one setting to change".into()).into());
         }
@@ -259,5 +271,16 @@ impl QueueService for QueueServiceImpl {
             )
             .await?;
         Ok(Response::new(PurgeQueueResponse { removed }))
+    }
+
+    async fn redrive(&self, request: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let name = queue_name(&request.queue)?;
+        // Leave time for the answer and for giving back what could not move.
+        let deadline = ctx.deadline.checked_sub(Duration::from_millis(500)).unwrap_or(ctx.deadline);
+        let response =
+            dead_letters::redrive(&self.router, &self.messages, &name, request.max_messages, deadline).await?;
+        Ok(Response::new(response))
     }
 }
