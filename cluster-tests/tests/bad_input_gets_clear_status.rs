@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use raftmq_cluster_tests::pb::failed_receipt::Reason;
 use raftmq_cluster_tests::pb::{
-    AckRequest, ConsumeRequest, CreateQueueRequest, GetQueueRequest, NackRequest, ProduceMessage, ProduceRequest,
-    QueueConfig,
+    AckRequest, ConsumeRequest, CreateQueueRequest, DeleteQueueRequest, GetQueueRequest, NackRequest, ProduceMessage,
+    ProduceRequest, QueueConfig,
 };
 use raftmq_cluster_tests::{CALL_TIMEOUT, READY_TIMEOUT, TestCluster, poll_until, request_with_timeout};
 use tonic::{Code, Status};
@@ -99,6 +99,68 @@ async fn bad_input_gets_clear_status() {
         queues.create_queue(req(bad_window)).await,
         Code::InvalidArgument,
         &["dedup_window_ms", "24 hours"],
+    );
+
+    // Retry, dead-letter and expiry settings.
+    let with = |name: &str, config: QueueConfig| CreateQueueRequest { name: name.to_string(), config: Some(config) };
+    let cases = [
+        (
+            "create with a dead-letter queue that does not exist",
+            with("orphan", QueueConfig { dead_letter_queue: "nowhere".into(), ..Default::default() }),
+            vec!["dead_letter_queue", "nowhere", "does not exist"],
+        ),
+        (
+            "create with itself as dead-letter queue",
+            with("selfish", QueueConfig { dead_letter_queue: "selfish".into(), ..Default::default() }),
+            vec!["dead_letter_queue", "itself"],
+        ),
+        (
+            "create with a malformed dead-letter queue name",
+            with("badly-named-dlq", QueueConfig { dead_letter_queue: "no spaces".into(), ..Default::default() }),
+            vec!["dead_letter_queue"],
+        ),
+        (
+            "create with retry_backoff_min_ms above max",
+            with(
+                "backwards",
+                QueueConfig { retry_backoff_min_ms: Some(5000), retry_backoff_max_ms: Some(10), ..Default::default() },
+            ),
+            vec!["retry_backoff_min_ms", "retry_backoff_max_ms"],
+        ),
+        (
+            "create with max_deliveries 100000",
+            with("too-patient", QueueConfig { max_deliveries: 100_000, ..Default::default() }),
+            vec!["max_deliveries", "10000"],
+        ),
+        (
+            "create with a two-year TTL",
+            with("ancient", QueueConfig { message_ttl_ms: 2 * 365 * 24 * 3600 * 1000, ..Default::default() }),
+            vec!["message_ttl_ms"],
+        ),
+        (
+            "create with an unknown expiry action",
+            with("confused", QueueConfig { expiry_action: 7, ..Default::default() }),
+            vec!["expiry_action", "7"],
+        ),
+    ];
+    for (what, request, mentions) in cases {
+        assert_rejected(what, queues.create_queue(req(request)).await, Code::InvalidArgument, &mentions);
+    }
+    cluster.create_queue("in-use.dlq", QueueConfig::default()).await;
+    let user = QueueConfig { dead_letter_queue: "in-use.dlq".into(), ..Default::default() };
+    cluster.create_queue("dlq-user", user).await;
+    assert_rejected(
+        "delete a queue that is a dead-letter queue",
+        queues.delete_queue(req(DeleteQueueRequest { name: "in-use.dlq".into() })).await,
+        Code::FailedPrecondition,
+        &["in-use.dlq", "dlq-user", "dead_letter_queue"],
+    );
+    let too_long = ProduceMessage { ttl_ms: 2 * 365 * 24 * 3600 * 1000, ..message("x") };
+    assert_rejected(
+        "produce with a two-year ttl_ms",
+        messages.produce(req(produce(QUEUE, vec![too_long]))).await,
+        Code::InvalidArgument,
+        &["messages[0].ttl_ms"],
     );
     assert_rejected(
         "get an unknown queue",

@@ -127,6 +127,7 @@ pub fn peeked_json(m: &pb::PeekedMessage) -> serde_json::Value {
         "delivery_attempts": m.delivery_attempts,
         "state": peeked_state(m),
         "until_ms": m.until_ms,
+        "dead_reason": m.dead_reason,
     })
 }
 
