@@ -1,5 +1,5 @@
 //! Running a program to completion with a timeout: the `raftmq` CLI, a server
-//! that must refuse its config, the Python example.
+//! that must refuse its config, the Python examples.
 
 use std::fmt;
 use std::process::{Command, ExitStatus, Stdio};
@@ -47,6 +47,25 @@ where
     command.args(args);
     remove_raftmq_env(&mut command);
     command
+}
+
+/// Runs `examples/python/<script> --endpoint <endpoint>` from the repository
+/// root with the venv's Python (`RAFTMQ_PYTHON`, set by `scripts/test`), for
+/// at most `timeout`.
+pub async fn run_python_example(script: &str, endpoint: &str, timeout: Duration) -> CommandOutput {
+    let python = std::env::var_os("RAFTMQ_PYTHON").expect(
+        "RAFTMQ_PYTHON is not set: run scripts/test, which creates a venv with \
+         examples/python/requirements.txt and points RAFTMQ_PYTHON at its python",
+    );
+    let mut command = Command::new(python);
+    command
+        .arg(format!("examples/python/{script}"))
+        .arg("--endpoint")
+        .arg(endpoint)
+        .current_dir(crate::cluster::repo_root());
+    let output = run_with_timeout(command, None, timeout).await;
+    println!("{}", output.stdout);
+    output
 }
 
 pub(crate) fn remove_raftmq_env(command: &mut Command) {

@@ -1,30 +1,17 @@
-//! Proves the Python example in examples/python works against a real cluster
-//! with the pinned grpcio versions: it exits 0 and prints what its README
+//! Proves the Python examples in examples/python work against a real cluster
+//! with the pinned grpcio versions: each exits 0 and prints what its README
 //! promises.
 
-use std::process::Command;
 use std::time::Duration;
 
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, repo_root, run_with_timeout};
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, run_python_example};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_quickstart() {
-    let python = std::env::var_os("RAFTMQ_PYTHON").expect(
-        "RAFTMQ_PYTHON is not set: run scripts/test, which creates a venv with \
-         examples/python/requirements.txt and points RAFTMQ_PYTHON at its python",
-    );
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
-
-    let mut command = Command::new(&python);
-    command
-        .arg("examples/python/quickstart.py")
-        .arg("--endpoint")
-        .arg(cluster.addr(2).to_string())
-        .current_dir(repo_root());
-    let output = run_with_timeout(command, None, Duration::from_secs(120)).await;
+    let output = run_python_example("quickstart.py", &cluster.addr(2).to_string(), Duration::from_secs(120)).await;
     output.assert_success();
-    println!("{}", output.stdout);
 
     let lines: Vec<&str> = output.stdout.lines().collect();
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
@@ -42,4 +29,35 @@ async fn python_quickstart() {
     assert!(has("acked 3 messages"), "{output}");
     assert!(has("depth after ack: 0"), "{output}");
     assert!(has("deleted queue quickstart-"), "{output}");
+}
+
+/// The Celery-style worker pool: flaky tasks are retried and complete, the
+/// two poisoned ones are dead-lettered after three deliveries, and one of
+/// them completes after a redrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_pool() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let output = run_python_example("worker_pool.py", &cluster.addr(1).to_string(), Duration::from_secs(180)).await;
+    output.assert_success();
+
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    let line = |prefix: &str| {
+        *lines.iter().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?}: {output}"))
+    };
+    assert!(line("enqueued ").contains("24 tasks"), "{output}");
+    let completed = line("completed 22 tasks; retried and then completed: ");
+    for flaky in ["t0", "t5", "t10", "t15", "t20"] {
+        assert!(completed.contains(&format!("'{flaky}'")), "flaky task {flaky} not retried: {completed}");
+    }
+    let dead: Vec<&&str> = lines.iter().filter(|l| l.starts_with("dead letter ")).collect();
+    assert_eq!(dead.len(), 2, "{output}");
+    for l in dead {
+        assert!(l.contains("reason=max_deliveries deliveries=3 from=tasks-"), "{l}");
+        assert!(l.starts_with("dead letter t7:") || l.starts_with("dead letter t19:"), "{l}");
+    }
+    assert_eq!(line("redrove "), "redrove 1 dead letter");
+    let redone = line("completed after redrive: ");
+    assert!(redone.contains("'t7'") || redone.contains("'t19'"), "{redone}");
+    assert!(line("deleted queues tasks-").contains(".dlq"), "{output}");
 }

@@ -2,73 +2,25 @@
 """raftmq quickstart in Python: create a queue, produce, consume, ack, delete.
 
 Generates the gRPC stubs from the repository's proto/ directory into a
-temporary directory at start (nothing generated is checked in), then talks to
-one node of a cluster; any node accepts any call.
+temporary directory at start (nothing generated is checked in, see
+raftmq_grpc.py), then talks to one node of a cluster; any node accepts any
+call.
 
     python examples/python/quickstart.py --endpoint 127.0.0.1:7001
 
 Exit code 0 on success, 1 if a call failed, 2 for a usage or setup error.
 """
 
-import argparse
-import atexit
-import importlib.resources
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
-
-
-def generate_stubs() -> None:
-    """Compiles proto/raftmq/v1/*.proto with grpc_tools and makes them importable."""
-    from grpc_tools import protoc
-
-    out_dir = Path(tempfile.mkdtemp(prefix="raftmq-python-stubs-"))
-    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "raftmq" / "v1").glob("*.proto"))
-    if not protos:
-        sys.exit(f"error: no .proto files under {PROTO_ROOT / 'raftmq' / 'v1'}")
-    well_known = importlib.resources.files("grpc_tools") / "_proto"
-    code = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{well_known}",
-            f"--python_out={out_dir}",
-            f"--grpc_python_out={out_dir}",
-            *protos,
-        ]
-    )
-    if code != 0:
-        sys.exit(f"error: protoc failed with exit code {code} on {protos}")
-    sys.path.insert(0, str(out_dir))
+from raftmq_grpc import call, main
 
 
-def call(method, request, timeout=10.0, retry_for=15.0):
-    """Calls `method`, retrying UNAVAILABLE (no leader yet, e.g. just after a
-    queue is created) for up to `retry_for` seconds."""
-    import grpc
-
-    deadline = time.monotonic() + retry_for
-    while True:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def run(endpoint: str) -> None:
-    import grpc
+def run(channel) -> None:
     from raftmq.v1 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
-    channel = grpc.insecure_channel(endpoint)
-    grpc.channel_ready_future(channel).result(timeout=10)
     queues = queues_pb2_grpc.QueueServiceStub(channel)
     messages = messages_pb2_grpc.MessageServiceStub(channel)
 
@@ -129,26 +81,5 @@ def run(endpoint: str) -> None:
         print(f"deleted queue {name}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", default="127.0.0.1:7001", help="host:port of any raftmq node (default %(default)s)")
-    args = parser.parse_args()
-    try:
-        import grpc
-    except ImportError:
-        print("error: grpcio is not installed: pip install -r examples/python/requirements.txt", file=sys.stderr)
-        return 2
-    generate_stubs()
-    try:
-        run(args.endpoint)
-    except grpc.FutureTimeoutError:
-        print(f"error: no raftmq node answers at {args.endpoint}; start one with scripts/dev", file=sys.stderr)
-        return 1
-    except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, run))
