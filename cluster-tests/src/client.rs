@@ -129,7 +129,13 @@ impl Client {
         wait_time_ms: u64,
         visibility_timeout_ms: u64,
     ) -> Result<Vec<Message>, Status> {
-        let request = ConsumeRequest { queue: queue.to_string(), max_messages, wait_time_ms, visibility_timeout_ms };
+        let request = ConsumeRequest {
+            queue: queue.to_string(),
+            max_messages,
+            wait_time_ms,
+            visibility_timeout_ms,
+            max_bytes: 0,
+        };
         let timeout = CALL_TIMEOUT + Duration::from_millis(wait_time_ms);
         let mut client = self.messages.clone();
         Ok(bounded(timeout, client.consume(request_with_timeout(request, timeout))).await?.messages)

@@ -196,8 +196,8 @@ impl QueueState {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
                 self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
-            QueueCommand::Lease { max_messages, visibility_timeout_ms, policy } => {
-                self.lease(log_index, now, *max_messages, *visibility_timeout_ms, policy, changes)
+            QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy } => {
+                self.lease(log_index, now, (*max_messages, *max_bytes), *visibility_timeout_ms, policy, changes)
             }
             QueueCommand::Ack { receipts } => self.settle(now, receipts, |state, offset, _| {
                 state.remove(offset);
@@ -346,7 +346,7 @@ impl QueueState {
         &mut self,
         log_index: u64,
         now: TimestampMs,
-        max_messages: u32,
+        (max_messages, max_bytes): (u32, u64),
         visibility_timeout_ms: u64,
         policy: &DeliveryPolicy,
         changes: &mut Vec<Change>,
@@ -354,9 +354,13 @@ impl QueueState {
         self.advance(now, policy, changes);
         let deadline = now.saturating_add_ms(visibility_timeout_ms);
         let mut messages = Vec::new();
+        let mut bytes = 0u64;
         while messages.len() < max_messages as usize {
             let Some(&offset) = self.ready.first() else { break };
             let current = self.deliveries[&offset];
+            if max_bytes > 0 && !messages.is_empty() && bytes + current.size > max_bytes {
+                break;
+            }
             // The limit may have been lowered since its last delivery.
             if exhausted(policy, current.attempts) {
                 self.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
@@ -369,6 +373,7 @@ impl QueueState {
             let updated = DeliveryState { attempts, lease: Some(lease), ..current };
             self.replace(offset, updated);
             changes.push(Change::PutDelivery { offset, state: updated });
+            bytes += current.size;
             messages.push(DeliveredMessage {
                 offset,
                 receipt: Receipt { offset, lease_id: log_index },

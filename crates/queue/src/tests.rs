@@ -100,6 +100,7 @@ impl Harness {
             now,
             QueueCommand::Lease {
                 max_messages: max,
+                max_bytes: 0,
                 visibility_timeout_ms: timeout,
                 policy: DeliveryPolicy::default(),
             },
@@ -424,6 +425,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             },
             3..=4 => QueueCommand::Lease {
                 max_messages: rng.random_range(1..8),
+                max_bytes: if rng.random_bool(0.3) { rng.random_range(1..4) } else { 0 },
                 visibility_timeout_ms: rng.random_range(1..1000),
                 policy,
             },
@@ -453,7 +455,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                     .chain(a.state.peek(Offset(0), Offset(u64::MAX), 1).into_iter().map(|(offset, _)| offset))
                     .collect(),
             },
-            _ => QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 100, policy },
+            _ => QueueCommand::Lease { max_messages: 1, max_bytes: 0, visibility_timeout_ms: 100, policy },
         };
         let ra = a.apply(now, command.clone());
         let rb = b.apply(now, command.clone());
@@ -679,7 +681,9 @@ fn policy(max_deliveries: u32, backoff_min_ms: u64, backoff_max_ms: u64, dead_le
 
 impl Harness {
     fn lease_with(&mut self, now: u64, max: u32, timeout: u64, policy: DeliveryPolicy) -> Vec<DeliveredMessage> {
-        match self.apply(now, QueueCommand::Lease { max_messages: max, visibility_timeout_ms: timeout, policy }) {
+        match self
+            .apply(now, QueueCommand::Lease { max_messages: max, max_bytes: 0, visibility_timeout_ms: timeout, policy })
+        {
             QueueResponse::Leased { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
@@ -881,4 +885,25 @@ fn a_purge_drops_dead_messages_too() {
     q.nack(21, r, None, p);
     assert_eq!(q.apply(30, QueueCommand::Purge), QueueResponse::Purged { removed: 1 });
     assert!(q.dead().is_empty());
+}
+
+#[test]
+fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
+    let mut q = Harness::new();
+    q.produce(10, &["aaaa", "bbbb", "cccccccc", "d"]);
+    let lease = |q: &mut Harness, max_bytes| match q.apply(
+        20,
+        QueueCommand::Lease {
+            max_messages: 10,
+            max_bytes,
+            visibility_timeout_ms: 100,
+            policy: DeliveryPolicy::default(),
+        },
+    ) {
+        QueueResponse::Leased { messages } => offsets(&messages),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lease(&mut q, 9), vec![0, 1], "4 + 4 fit in 9, the next 8 does not");
+    assert_eq!(lease(&mut q, 3), vec![2], "the first message goes whatever its size");
+    assert_eq!(lease(&mut q, 0), vec![3], "0 is no byte limit");
 }

@@ -179,6 +179,7 @@ pub async fn redrive(
                 max_messages: want as u32,
                 wait_time_ms: 0,
                 visibility_timeout_ms: REDRIVE_LEASE_MS,
+                max_bytes: 0,
             };
             let leased = messages.consume(request(consume)).await?.into_inner().messages;
             if leased.is_empty() {

@@ -115,7 +115,12 @@ async fn log_vote_and_queue_state_survive_reopen() {
             1,
             2,
             200,
-            QueueCommand::Lease { max_messages: 1, visibility_timeout_ms: 10_000, policy: Default::default() },
+            QueueCommand::Lease {
+                max_messages: 1,
+                max_bytes: 0,
+                visibility_timeout_ms: 10_000,
+                policy: Default::default(),
+            },
         ),
     ];
     {
@@ -211,7 +216,12 @@ async fn snapshot_installs_on_a_fresh_replica() {
                 1,
                 2,
                 200,
-                QueueCommand::Lease { max_messages: 2, visibility_timeout_ms: 1000, policy: Default::default() },
+                QueueCommand::Lease {
+                    max_messages: 2,
+                    max_bytes: 0,
+                    visibility_timeout_ms: 1000,
+                    policy: Default::default(),
+                },
             ),
         ],
     )

@@ -86,10 +86,12 @@ pub enum QueueCommand {
     /// window, stamped by the leader) is not appended again.
     /// A batch that would take the queue past `limits` is not stored at all.
     Produce { messages: Vec<NewMessage>, dedup_window_ms: u64, limits: QueueLimits },
-    /// Lease up to `max_messages` available messages until `now + visibility_timeout_ms`.
+    /// Lease up to `max_messages` available messages, and no more than
+    /// `max_bytes` of them (0: no byte limit; the first message is leased
+    /// whatever its size), until `now + visibility_timeout_ms`.
     /// One command per consume call, however many messages it leases. Due
     /// expiries and exhausted messages are handled first, as by `Sweep`.
-    Lease { max_messages: u32, visibility_timeout_ms: u64, policy: DeliveryPolicy },
+    Lease { max_messages: u32, max_bytes: u64, visibility_timeout_ms: u64, policy: DeliveryPolicy },
     /// Settle receipts: the messages are gone for good.
     Ack { receipts: Vec<Receipt> },
     /// Give messages back, visible again after `delay_ms`, or after the

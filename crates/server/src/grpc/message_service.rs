@@ -122,7 +122,7 @@ impl MessageServiceImpl {
 async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
-    max_messages: u32,
+    (max_messages, max_bytes): (u32, u64),
     visibility_timeout_ms: u64,
     wait_until: Instant,
 ) -> Result<Vec<raftmq_proto::v1::Message>, LocalError> {
@@ -136,7 +136,7 @@ async fn lease_on_leader(
         };
         if available {
             let policy = config.delivery_policy(rand::random());
-            let command = QueueCommand::Lease { max_messages, visibility_timeout_ms, policy };
+            let command = QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy };
             match propose(&group, QueueRequest { now, command }).await? {
                 QueueResponse::Leased { messages } if !messages.is_empty() => {
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
@@ -292,7 +292,8 @@ impl MessageService for MessageServiceImpl {
                         0 => entry.config.visibility_timeout_ms,
                         ms => ms,
                     };
-                    lease_on_leader(group, entry.config, request.max_messages, visibility_timeout_ms, wait_until)
+                    let limits = (request.max_messages, request.max_bytes);
+                    lease_on_leader(group, entry.config, limits, visibility_timeout_ms, wait_until)
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();
