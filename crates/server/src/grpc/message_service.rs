@@ -14,7 +14,7 @@ use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::message_service_server::MessageService;
 use raftmq_proto::v1::{
     AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, PeekRequest, PeekResponse,
-    ProduceRequest, ProduceResponse, SettleResponse,
+    ProduceRequest, ProduceResponse, SettleResponse, StreamConsumeRequest,
 };
 use raftmq_types::config::{MAX_MESSAGE_TTL_MS, MAX_VISIBILITY_TIMEOUT_MS};
 use raftmq_types::{
@@ -22,11 +22,12 @@ use raftmq_types::{
     QueueResponse, Receipt,
 };
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock;
 use crate::convert;
 use crate::error::ApiError;
+use crate::grpc::stream_consume;
 use raftmq_raft::QueueGroup;
 
 use crate::routing::{CallContext, LocalError, Router, propose};
@@ -178,6 +179,17 @@ async fn lease_on_leader(
 
 #[tonic::async_trait]
 impl MessageService for MessageServiceImpl {
+    type StreamConsumeStream = stream_consume::ResponseStream;
+
+    async fn stream_consume(
+        &self,
+        request: Request<Streaming<StreamConsumeRequest>>,
+    ) -> Result<Response<Self::StreamConsumeStream>, Status> {
+        // The stream's tasks outlive this call; they share the router.
+        let messages = Arc::new(MessageServiceImpl::new(self.router.clone()));
+        Ok(Response::new(stream_consume::serve(messages, request.into_inner()).await?))
+    }
+
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let ctx = CallContext::from_metadata(request.metadata());
         let request = request.into_inner();

@@ -3,3 +3,4 @@
 pub mod cluster_service;
 pub mod message_service;
 pub mod queue_service;
+pub mod stream_consume;
