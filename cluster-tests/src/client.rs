@@ -134,7 +134,7 @@ impl Client {
             max_messages,
             wait_time_ms,
             visibility_timeout_ms,
-            max_bytes: 0,
+            ..Default::default()
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(wait_time_ms);
         let mut client = self.messages.clone();

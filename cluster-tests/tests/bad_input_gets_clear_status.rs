@@ -46,7 +46,7 @@ fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
 }
 
 fn consume(max_messages: u32, wait_time_ms: u64, visibility_timeout_ms: u64) -> ConsumeRequest {
-    ConsumeRequest { queue: QUEUE.to_string(), max_messages, wait_time_ms, visibility_timeout_ms, max_bytes: 0 }
+    ConsumeRequest { queue: QUEUE.to_string(), max_messages, wait_time_ms, visibility_timeout_ms, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,7 @@ pub async fn consume(
             max_messages: CONSUME_MAX,
             wait_time_ms: CONSUME_WAIT_MS,
             visibility_timeout_ms: VISIBILITY_TIMEOUT_MS,
-            max_bytes: 0,
+            ..Default::default()
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(CONSUME_WAIT_MS);
         let result = bounded(client.messages.clone().consume(request_with_timeout(request, timeout))).await;

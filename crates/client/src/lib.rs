@@ -251,7 +251,7 @@ impl Client {
             max_messages: max,
             wait_time_ms: wait.as_millis() as u64,
             visibility_timeout_ms: visibility_timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
-            max_bytes: 0,
+            ..Default::default()
         };
         self.retry(wait, |channel, timeout| {
             let message = message.clone();

@@ -127,11 +127,23 @@ pub struct QueueState {
     /// Producer dedup ids, with the offsets they were stored at. Not
     /// emptied by a purge: a retried produce still must not store again.
     dedup: DedupIndex,
+    /// Correlation ids of stored messages (replies), both ways.
+    by_correlation: BTreeSet<(String, Offset)>,
+    correlation_of: BTreeMap<Offset, String>,
 }
 
 enum Check {
     Valid,
     Failed(ReceiptFailureReason),
+}
+
+/// What a lease may take.
+#[derive(Clone, Copy)]
+enum Limits<'a> {
+    /// Up to this many messages and bytes (0: no byte limit), lowest offset first.
+    Count(u32, u64),
+    /// One message with this correlation id.
+    Correlated(&'a str),
 }
 
 /// What `advance` did to messages that died.
@@ -146,15 +158,20 @@ impl QueueState {
         Self::default()
     }
 
-    /// Rebuilds the state from persisted delivery and dedup records.
+    /// Rebuilds the state from persisted delivery, dedup and correlation records.
     pub fn restore(
         next_offset: Offset,
         deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>,
         dedup: impl IntoIterator<Item = (Offset, String, TimestampMs)>,
+        correlations: impl IntoIterator<Item = (Offset, String)>,
     ) -> Self {
         let mut state = QueueState { next_offset, dedup: DedupIndex::restore(dedup), ..Default::default() };
         for (offset, delivery) in deliveries {
             state.insert(offset, delivery);
+        }
+        for (offset, id) in correlations {
+            state.by_correlation.insert((id.clone(), offset));
+            state.correlation_of.insert(offset, id);
         }
         state.check_invariants();
         state
@@ -196,13 +213,16 @@ impl QueueState {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
                 self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
-            QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy } => {
-                self.lease(log_index, now, (*max_messages, *max_bytes), *visibility_timeout_ms, policy, changes)
+            QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy, correlation_id } => {
+                let limits = match correlation_id {
+                    Some(id) => Limits::Correlated(id),
+                    None => Limits::Count(*max_messages, *max_bytes),
+                };
+                self.lease(log_index, now, limits, *visibility_timeout_ms, policy, changes)
             }
-            QueueCommand::Ack { receipts } => self.settle(now, receipts, |state, offset, _| {
-                state.remove(offset);
-                changes.push(Change::DeleteMessage(offset));
-            }),
+            QueueCommand::Ack { receipts } => {
+                self.settle(now, receipts, |state, offset, _| state.delete(offset, changes))
+            }
             QueueCommand::Nack { receipts, delay_ms, policy } => {
                 self.settle(now, receipts, |state, offset, current| {
                     if exhausted(policy, current.attempts) {
@@ -242,8 +262,7 @@ impl QueueState {
                 let mut removed = 0;
                 for offset in offsets {
                     if self.deliveries.get(offset).is_some_and(|d| d.dead.is_some()) {
-                        self.remove(*offset);
-                        changes.push(Change::DeleteMessage(*offset));
+                        self.delete(*offset, changes);
                         removed += 1;
                     }
                 }
@@ -296,7 +315,12 @@ impl QueueState {
                 publish_time: now,
                 body: message.body.clone(),
                 headers: message.headers.clone(),
+                correlation_id: message.correlation_id.clone(),
             }));
+            if let Some(id) = &message.correlation_id {
+                self.by_correlation.insert((id.clone(), offset));
+                self.correlation_of.insert(offset, id.clone());
+            }
             changes.push(Change::PutDelivery { offset, state: delivery });
             self.insert(offset, delivery);
             if let Some(id) = dedup_id {
@@ -346,7 +370,7 @@ impl QueueState {
         &mut self,
         log_index: u64,
         now: TimestampMs,
-        (max_messages, max_bytes): (u32, u64),
+        limits: Limits,
         visibility_timeout_ms: u64,
         policy: &DeliveryPolicy,
         changes: &mut Vec<Change>,
@@ -355,8 +379,16 @@ impl QueueState {
         let deadline = now.saturating_add_ms(visibility_timeout_ms);
         let mut messages = Vec::new();
         let mut bytes = 0u64;
+        let (max_messages, max_bytes) = match limits {
+            Limits::Count(messages, bytes) => (messages, bytes),
+            Limits::Correlated(_) => (1, 0),
+        };
         while messages.len() < max_messages as usize {
-            let Some(&offset) = self.ready.first() else { break };
+            let next = match limits {
+                Limits::Count(..) => self.ready.first().copied(),
+                Limits::Correlated(id) => self.correlated(id).find(|offset| self.ready.contains(offset)),
+            };
+            let Some(offset) = next else { break };
             let current = self.deliveries[&offset];
             if max_bytes > 0 && !messages.is_empty() && bytes + current.size > max_bytes {
                 break;
@@ -462,9 +494,17 @@ impl QueueState {
             self.replace(offset, updated);
             changes.push(Change::PutDelivery { offset, state: updated });
         } else {
-            self.remove(offset);
-            changes.push(Change::DeleteMessage(offset));
+            self.delete(offset, changes);
         }
+    }
+
+    /// The message is gone for good: acked, dropped or dead-lettered.
+    fn delete(&mut self, offset: Offset, changes: &mut Vec<Change>) {
+        self.remove(offset);
+        if let Some(id) = self.correlation_of.remove(&offset) {
+            self.by_correlation.remove(&(id, offset));
+        }
+        changes.push(Change::DeleteMessage(offset));
     }
 
     fn insert(&mut self, offset: Offset, delivery: DeliveryState) {
@@ -505,6 +545,25 @@ impl QueueState {
             Slot::Leased(at) => self.leased.remove(&(at, offset)),
             Slot::Dead => self.dead.remove(&offset),
         };
+    }
+
+    /// Offsets of stored messages carrying `id`, lowest first.
+    fn correlated<'a>(&'a self, id: &'a str) -> impl Iterator<Item = Offset> + 'a {
+        self.by_correlation
+            .range((id.to_string(), Offset(0))..)
+            .take_while(move |(other, _)| other == id)
+            .map(|(_, offset)| *offset)
+    }
+
+    /// Whether a lease for correlation id `id` would get a message now.
+    pub fn has_available_correlated(&self, now: TimestampMs, id: &str) -> bool {
+        self.correlated(id).any(|offset| {
+            self.ready.contains(&offset)
+                || match slot(&self.deliveries[&offset]) {
+                    Slot::Waiting(at) | Slot::Leased(at) => at <= now,
+                    Slot::Dead => false,
+                }
+        })
     }
 
     pub fn has_available(&self, now: TimestampMs) -> bool {
@@ -553,6 +612,11 @@ impl QueueState {
                 "index sizes disagree with the delivery records"
             );
             debug_assert_eq!(self.bytes, self.deliveries.values().map(|d| d.size).sum::<u64>(), "byte count is off");
+            debug_assert_eq!(self.by_correlation.len(), self.correlation_of.len(), "correlation indexes disagree");
+            debug_assert!(
+                self.correlation_of.keys().all(|offset| self.deliveries.contains_key(offset)),
+                "a correlation id of a deleted message"
+            );
             let live_expiring = self.deliveries.values().filter(|d| d.expires_at.is_some() && d.dead.is_none()).count();
             debug_assert_eq!(self.expiring.len(), live_expiring, "expiry index is off");
             for (offset, delivery) in &self.deliveries {

@@ -20,6 +20,7 @@ struct Harness {
     stored_bodies: BTreeMap<Offset, Vec<u8>>,
     stored_next: Offset,
     stored_dedup: BTreeMap<Offset, (String, TimestampMs)>,
+    stored_correlations: BTreeMap<Offset, String>,
 }
 
 impl Harness {
@@ -31,6 +32,7 @@ impl Harness {
             stored_bodies: BTreeMap::new(),
             stored_next: Offset(0),
             stored_dedup: BTreeMap::new(),
+            stored_correlations: BTreeMap::new(),
         }
     }
 
@@ -41,6 +43,9 @@ impl Harness {
         for change in changes {
             match change {
                 Change::PutMessage(m) => {
+                    if let Some(id) = m.correlation_id {
+                        self.stored_correlations.insert(m.offset, id);
+                    }
                     self.stored_bodies.insert(m.offset, m.body);
                 }
                 Change::PutDelivery { offset, state } => {
@@ -49,10 +54,12 @@ impl Harness {
                 Change::DeleteMessage(offset) => {
                     self.stored_deliveries.remove(&offset);
                     self.stored_bodies.remove(&offset);
+                    self.stored_correlations.remove(&offset);
                 }
                 Change::DeleteAllMessages => {
                     self.stored_deliveries.clear();
                     self.stored_bodies.clear();
+                    self.stored_correlations.clear();
                 }
                 Change::PutNextOffset(o) => self.stored_next = o,
                 Change::PutDedup { offset, id, expires_at } => {
@@ -103,6 +110,7 @@ impl Harness {
                 max_bytes: 0,
                 visibility_timeout_ms: timeout,
                 policy: DeliveryPolicy::default(),
+                correlation_id: None,
             },
         ) {
             QueueResponse::Leased { messages } => messages,
@@ -127,6 +135,7 @@ impl Harness {
             self.stored_next,
             self.stored_deliveries.clone(),
             self.stored_dedup.iter().map(|(offset, (id, expires_at))| (*offset, id.clone(), *expires_at)),
+            self.stored_correlations.iter().map(|(offset, id)| (*offset, id.clone())),
         )
     }
 }
@@ -411,6 +420,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                         body: vec![i as u8 + 1],
                         deliver_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..2000))),
                         expires_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..3000))),
+                        correlation_id: rng.random_bool(0.3).then(|| format!("c-{}", rng.random_range(0..5))),
                         // A small pool of ids, so that some repeat within the window.
                         dedup_id: rng.random_bool(0.5).then(|| format!("id-{}", rng.random_range(0..30))),
                         ..Default::default()
@@ -428,6 +438,8 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                 max_bytes: if rng.random_bool(0.3) { rng.random_range(1..4) } else { 0 },
                 visibility_timeout_ms: rng.random_range(1..1000),
                 policy,
+                // Sometimes only the reply to one of a few correlation ids.
+                correlation_id: rng.random_bool(0.2).then(|| format!("c-{}", rng.random_range(0..5))),
             },
             5..=6 if !receipts.is_empty() => {
                 let n = rng.random_range(1..=receipts.len().min(4));
@@ -455,7 +467,13 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                     .chain(a.state.peek(Offset(0), Offset(u64::MAX), 1).into_iter().map(|(offset, _)| offset))
                     .collect(),
             },
-            _ => QueueCommand::Lease { max_messages: 1, max_bytes: 0, visibility_timeout_ms: 100, policy },
+            _ => QueueCommand::Lease {
+                max_messages: 1,
+                max_bytes: 0,
+                visibility_timeout_ms: 100,
+                policy,
+                correlation_id: None,
+            },
         };
         let ra = a.apply(now, command.clone());
         let rb = b.apply(now, command.clone());
@@ -681,9 +699,16 @@ fn policy(max_deliveries: u32, backoff_min_ms: u64, backoff_max_ms: u64, dead_le
 
 impl Harness {
     fn lease_with(&mut self, now: u64, max: u32, timeout: u64, policy: DeliveryPolicy) -> Vec<DeliveredMessage> {
-        match self
-            .apply(now, QueueCommand::Lease { max_messages: max, max_bytes: 0, visibility_timeout_ms: timeout, policy })
-        {
+        match self.apply(
+            now,
+            QueueCommand::Lease {
+                max_messages: max,
+                max_bytes: 0,
+                visibility_timeout_ms: timeout,
+                policy,
+                correlation_id: None,
+            },
+        ) {
             QueueResponse::Leased { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
@@ -898,6 +923,7 @@ fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
             max_bytes,
             visibility_timeout_ms: 100,
             policy: DeliveryPolicy::default(),
+            correlation_id: None,
         },
     ) {
         QueueResponse::Leased { messages } => offsets(&messages),
@@ -906,4 +932,50 @@ fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
     assert_eq!(lease(&mut q, 9), vec![0, 1], "4 + 4 fit in 9, the next 8 does not");
     assert_eq!(lease(&mut q, 3), vec![2], "the first message goes whatever its size");
     assert_eq!(lease(&mut q, 0), vec![3], "0 is no byte limit");
+}
+
+// Replies: leasing by correlation id.
+
+fn reply(body: &str, correlation_id: &str) -> NewMessage {
+    NewMessage { correlation_id: Some(correlation_id.to_string()), ..body_message(body) }
+}
+
+fn body_message(text: &str) -> NewMessage {
+    NewMessage { body: text.as_bytes().to_vec(), ..Default::default() }
+}
+
+impl Harness {
+    fn lease_correlated(&mut self, now: u64, id: &str) -> Vec<DeliveredMessage> {
+        let command = QueueCommand::Lease {
+            max_messages: 10,
+            max_bytes: 0,
+            visibility_timeout_ms: 100,
+            policy: DeliveryPolicy::default(),
+            correlation_id: Some(id.to_string()),
+        };
+        match self.apply(now, command) {
+            QueueResponse::Leased { messages } => messages,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_correlated_lease_takes_only_that_reply_and_only_when_available() {
+    let mut q = Harness::new();
+    q.produce_messages(10, vec![body_message("other"), reply("r1", "a"), reply("r2", "b"), reply("r1-again", "a")], 0);
+    assert!(q.state.has_available_correlated(TimestampMs(10), "a"));
+    assert!(!q.state.has_available_correlated(TimestampMs(10), "zzz"));
+    assert!(q.lease_correlated(11, "zzz").is_empty());
+    let got = q.lease_correlated(11, "a");
+    assert_eq!(offsets(&got), vec![1], "one message, the lowest offset with that id");
+    assert_eq!(offsets(&q.lease_correlated(12, "a")), vec![3]);
+    assert!(q.lease_correlated(13, "a").is_empty(), "both replies are leased");
+    assert!(!q.state.has_available_correlated(TimestampMs(13), "a"));
+    // An acked reply leaves the index; a restarted replica has the same index.
+    q.ack(14, &[got[0].receipt]);
+    assert_eq!(q.stored_correlations.len(), 2);
+    assert!(q.restored().has_available_correlated(TimestampMs(200), "a"), "offset 3's lease ran out");
+    assert_eq!(offsets(&q.lease_correlated(200, "a")), vec![3]);
+    assert_eq!(offsets(&q.lease(201, 10, 100)), vec![0, 2], "plain leases take any message");
 }

@@ -19,6 +19,7 @@ pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
         deliver_at: (message.deliver_at_ms > 0).then_some(TimestampMs(message.deliver_at_ms)),
         // Stamped by the leader from the message's and the queue's TTL.
         expires_at: None,
+        correlation_id: (!message.correlation_id.is_empty()).then(|| message.correlation_id.clone()),
     }
 }
 
@@ -38,6 +39,7 @@ pub fn delivered(leased: &[DeliveredMessage], bodies: Vec<StoredMessage>) -> Vec
                 receipt: lease.receipt.to_string(),
                 delivery_attempt: lease.delivery_attempt,
                 lease_deadline_ms: lease.lease_deadline.0,
+                correlation_id: stored.correlation_id.unwrap_or_default(),
             })
         })
         .collect()

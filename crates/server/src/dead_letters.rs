@@ -120,6 +120,7 @@ impl Tender {
                 body: stored.body,
                 headers,
                 dedup_id: format!("raftmq-dlq-{}-{}", group.group_id.0, stored.offset.0),
+                correlation_id: stored.correlation_id.unwrap_or_default(),
                 ..Default::default()
             });
             moved.push(stored.offset);
@@ -179,7 +180,7 @@ pub async fn redrive(
                 max_messages: want as u32,
                 wait_time_ms: 0,
                 visibility_timeout_ms: REDRIVE_LEASE_MS,
-                max_bytes: 0,
+                ..Default::default()
             };
             let leased = messages.consume(request(consume)).await?.into_inner().messages;
             if leased.is_empty() {
@@ -210,6 +211,7 @@ pub async fn redrive(
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
                             dedup_id: format!("raftmq-redrive-{}-{}", group_id.0, m.offset),
+                            correlation_id: m.correlation_id.clone(),
                             ..Default::default()
                         })
                         .collect(),

@@ -13,7 +13,8 @@ use crate::{StorageError, WalSyncer};
 /// 2: producer dedup ids (`QueueKind::Dedup`), `dedup_window_ms` in queue
 /// configs and produce commands.
 /// 3: retry backoff, max deliveries, dead-letter queue and TTL in queue
-/// configs; lease retry times, expiry and death in delivery records.
+/// configs; lease retry times, expiry and death in delivery records;
+/// correlation ids (`QueueKind::Correlation`).
 pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 

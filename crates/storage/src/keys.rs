@@ -32,6 +32,8 @@ pub enum QueueKind {
     Body = 3,
     /// A producer dedup id, keyed by the offset of the message that carried it.
     Dedup = 4,
+    /// The correlation id of a stored message (a reply), keyed by its offset.
+    Correlation = 5,
 }
 
 pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {

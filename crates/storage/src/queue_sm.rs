@@ -78,20 +78,27 @@ impl QueueStateMachine {
         let cf = self.storage.cf(CF_QUEUE);
         for change in changes {
             match change {
-                Change::PutMessage(message) => batch.put_cf(
-                    cf,
-                    queue_key(self.group, QueueKind::Body, message.offset),
-                    encode("message", message)?,
-                ),
+                Change::PutMessage(message) => {
+                    batch.put_cf(
+                        cf,
+                        queue_key(self.group, QueueKind::Body, message.offset),
+                        encode("message", message)?,
+                    );
+                    if let Some(id) = &message.correlation_id {
+                        let key = queue_key(self.group, QueueKind::Correlation, message.offset);
+                        batch.put_cf(cf, key, encode("correlation id", id)?);
+                    }
+                }
                 Change::PutDelivery { offset, state } => {
                     batch.put_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset), encode("delivery", state)?)
                 }
                 Change::DeleteMessage(offset) => {
-                    batch.delete_cf(cf, queue_key(self.group, QueueKind::Body, *offset));
-                    batch.delete_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset));
+                    for kind in [QueueKind::Body, QueueKind::Delivery, QueueKind::Correlation] {
+                        batch.delete_cf(cf, queue_key(self.group, kind, *offset));
+                    }
                 }
                 Change::DeleteAllMessages => {
-                    for kind in [QueueKind::Delivery, QueueKind::Body] {
+                    for kind in [QueueKind::Delivery, QueueKind::Body, QueueKind::Correlation] {
                         let (start, end) = queue_kind_range(self.group, kind);
                         batch.delete_range_cf(cf, start, end);
                     }
@@ -150,7 +157,11 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
         let (id, expires_at): (String, TimestampMs) = decode("dedup id", value)?;
         Ok((offset, id, expires_at))
     })?;
-    Ok(QueueState::restore(next_offset, deliveries, dedup))
+    let correlations = read_kind(storage, group, QueueKind::Correlation, |offset, value| {
+        let id: String = decode("correlation id", value)?;
+        Ok((offset, id))
+    })?;
+    Ok(QueueState::restore(next_offset, deliveries, dedup, correlations))
 }
 
 /// Every record of one kind of the group, in offset order, decoded by `decode_one`.

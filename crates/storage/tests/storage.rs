@@ -120,6 +120,7 @@ async fn log_vote_and_queue_state_survive_reopen() {
                 max_bytes: 0,
                 visibility_timeout_ms: 10_000,
                 policy: Default::default(),
+                correlation_id: None,
             },
         ),
     ];
@@ -221,6 +222,7 @@ async fn snapshot_installs_on_a_fresh_replica() {
                     max_bytes: 0,
                     visibility_timeout_ms: 1000,
                     policy: Default::default(),
+                    correlation_id: None,
                 },
             ),
         ],

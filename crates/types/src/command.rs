@@ -91,7 +91,15 @@ pub enum QueueCommand {
     /// whatever its size), until `now + visibility_timeout_ms`.
     /// One command per consume call, however many messages it leases. Due
     /// expiries and exhausted messages are handled first, as by `Sweep`.
-    Lease { max_messages: u32, max_bytes: u64, visibility_timeout_ms: u64, policy: DeliveryPolicy },
+    /// With `correlation_id`, only an available message carrying that id is
+    /// leased (at most one): how a requester takes its reply.
+    Lease {
+        max_messages: u32,
+        max_bytes: u64,
+        visibility_timeout_ms: u64,
+        policy: DeliveryPolicy,
+        correlation_id: Option<String>,
+    },
     /// Settle receipts: the messages are gone for good.
     Ack { receipts: Vec<Receipt> },
     /// Give messages back, visible again after `delay_ms`, or after the

@@ -18,6 +18,6 @@ pub use command::{
 };
 pub use config::{ConfigError, ExpiryAction, QueueConfig, QueueConfigUpdate};
 pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};
-pub use message::{MAX_DEDUP_ID_BYTES, NewMessage, StoredMessage};
+pub use message::{MAX_CORRELATION_ID_BYTES, MAX_DEDUP_ID_BYTES, NewMessage, StoredMessage};
 pub use name::{QueueName, QueueNameError};
 pub use receipt::{Receipt, ReceiptParseError};

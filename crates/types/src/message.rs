@@ -19,10 +19,14 @@ pub struct NewMessage {
     /// Dropped or dead-lettered at this time (the leader's clock, from the
     /// message's and the queue's time to live); `None` is never.
     pub expires_at: Option<TimestampMs>,
+    /// Makes the message findable by a lease for this id (replies).
+    pub correlation_id: Option<String>,
 }
 
 /// Longest accepted `dedup_id`, in bytes.
 pub const MAX_DEDUP_ID_BYTES: usize = 128;
+/// Longest accepted `correlation_id`, in bytes.
+pub const MAX_CORRELATION_ID_BYTES: usize = 128;
 
 impl NewMessage {
     /// Bytes counted against `max_message_bytes`: body plus header keys and values.
@@ -40,4 +44,5 @@ pub struct StoredMessage {
     pub publish_time: TimestampMs,
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    pub correlation_id: Option<String>,
 }

@@ -14,12 +14,13 @@ use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::message_service_server::MessageService;
 use raftmq_proto::v1::{
     AckRequest, ConsumeRequest, ConsumeResponse, ExtendLeaseRequest, NackRequest, PeekRequest, PeekResponse,
-    ProduceRequest, ProduceResponse, SettleResponse, StreamConsumeRequest,
+    ProduceRequest, ProduceResponse, ReplyRequest, ReplyResponse, RequestRequest, RequestResponse, SettleResponse,
+    StreamConsumeRequest,
 };
 use raftmq_types::config::{MAX_MESSAGE_TTL_MS, MAX_VISIBILITY_TIMEOUT_MS};
 use raftmq_types::{
-    MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueConfig, QueueLimit, QueueName, QueueRequest,
-    QueueResponse, Receipt,
+    MAX_CORRELATION_ID_BYTES, MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueConfig, QueueLimit, QueueName,
+    QueueRequest, QueueResponse, Receipt,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::clock;
 use crate::convert;
 use crate::error::ApiError;
-use crate::grpc::stream_consume;
+use crate::grpc::{request_reply, stream_consume};
 use raftmq_raft::QueueGroup;
 
 use crate::routing::{CallContext, LocalError, Router, propose};
@@ -124,6 +125,7 @@ async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
     (max_messages, max_bytes): (u32, u64),
+    correlation_id: Option<String>,
     visibility_timeout_ms: u64,
     wait_until: Instant,
 ) -> Result<Vec<raftmq_proto::v1::Message>, LocalError> {
@@ -133,11 +135,21 @@ async fn lease_on_leader(
         let now = clock::now();
         let (available, wakeup) = {
             let state = group.reader.state();
-            (state.has_available(now), state.next_wakeup(now))
+            let available = match &correlation_id {
+                Some(id) => state.has_available_correlated(now, id),
+                None => state.has_available(now),
+            };
+            (available, state.next_wakeup(now))
         };
         if available {
             let policy = config.delivery_policy(rand::random());
-            let command = QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy };
+            let command = QueueCommand::Lease {
+                max_messages,
+                max_bytes,
+                visibility_timeout_ms,
+                policy,
+                correlation_id: correlation_id.clone(),
+            };
             match propose(&group, QueueRequest { now, command }).await? {
                 QueueResponse::Leased { messages } if !messages.is_empty() => {
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
@@ -181,6 +193,16 @@ async fn lease_on_leader(
 impl MessageService for MessageServiceImpl {
     type StreamConsumeStream = stream_consume::ResponseStream;
 
+    async fn request(&self, request: Request<RequestRequest>) -> Result<Response<RequestResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        Ok(Response::new(request_reply::request(self, ctx, request.into_inner()).await?))
+    }
+
+    async fn reply(&self, request: Request<ReplyRequest>) -> Result<Response<ReplyResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        Ok(Response::new(request_reply::reply(self, ctx, request.into_inner()).await?))
+    }
+
     async fn stream_consume(
         &self,
         request: Request<Streaming<StreamConsumeRequest>>,
@@ -211,6 +233,13 @@ impl MessageService for MessageServiceImpl {
             return Err(
                 ApiError::InvalidArgument(format!("messages[{i}]: set delay_ms or deliver_at_ms, not both")).into()
             );
+        }
+        if let Some(i) = request.messages.iter().position(|m| m.correlation_id.len() > MAX_CORRELATION_ID_BYTES) {
+            return Err(ApiError::InvalidArgument(format!(
+                "messages[{i}].correlation_id: {} bytes; at most {MAX_CORRELATION_ID_BYTES}",
+                request.messages[i].correlation_id.len()
+            ))
+            .into());
         }
         if let Some(i) = request.messages.iter().position(|m| m.ttl_ms > MAX_MESSAGE_TTL_MS) {
             return Err(ApiError::InvalidArgument(format!(
@@ -305,7 +334,8 @@ impl MessageService for MessageServiceImpl {
                         ms => ms,
                     };
                     let limits = (request.max_messages, request.max_bytes);
-                    lease_on_leader(group, entry.config, limits, visibility_timeout_ms, wait_until)
+                    let correlation_id = (!request.correlation_id.is_empty()).then(|| request.correlation_id.clone());
+                    lease_on_leader(group, entry.config, limits, correlation_id, visibility_timeout_ms, wait_until)
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();

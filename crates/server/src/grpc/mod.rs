@@ -3,4 +3,5 @@
 pub mod cluster_service;
 pub mod message_service;
 pub mod queue_service;
+pub mod request_reply;
 pub mod stream_consume;

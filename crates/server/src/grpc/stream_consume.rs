@@ -163,6 +163,7 @@ async fn push(
             wait_time_ms: LONG_POLL_MS,
             visibility_timeout_ms,
             max_bytes,
+            ..Default::default()
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(LONG_POLL_MS);
         let leased = tokio::select! {
