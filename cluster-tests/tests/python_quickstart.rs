@@ -61,3 +61,20 @@ async fn python_worker_pool() {
     assert!(redone.contains("'t7'") || redone.contains("'t19'"), "{redone}");
     assert!(line("deleted queues tasks-").contains(".dlq"), "{output}");
 }
+
+/// Request/reply: two calls answered by a server thread, and a call whose
+/// reply comes after its deadline, found later by its correlation id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_request_reply() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let output = run_python_example("request_reply.py", &cluster.addr(3).to_string(), Duration::from_secs(120)).await;
+    output.assert_success();
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    for expected in
+        ["call sum[1, 2, 3] -> 6", "call sum[10, 20] -> 30", "slow call -> DEADLINE_EXCEEDED", "late reply kept: 10"]
+    {
+        assert!(lines.contains(&expected), "no line {expected:?}: {output}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("deleted queues rpc-")), "{output}");
+}
