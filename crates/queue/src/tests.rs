@@ -718,6 +718,14 @@ impl Harness {
         assert_eq!(self.settle(now, QueueCommand::Nack { receipts: vec![receipt], delay_ms, policy }), (1, vec![]));
     }
 
+    /// Produces "a" at 10, leases it at 20 and nacks it at 21: with a
+    /// delivery limit of 1, it dies.
+    fn nack_to_death(&mut self, p: DeliveryPolicy) {
+        self.produce(10, &["a"]);
+        let r = self.lease_with(20, 1, 100, p)[0].receipt;
+        self.nack(21, r, None, p);
+    }
+
     fn dead(&self) -> Vec<(u64, Option<DeadReason>)> {
         self.state.dead_messages(100).iter().map(|(o, d)| (o.0, d.dead)).collect()
     }
@@ -832,9 +840,7 @@ fn a_last_lease_that_runs_out_kills_the_message_at_its_deadline() {
 fn without_a_dead_letter_queue_dead_messages_are_dropped() {
     let mut q = Harness::new();
     let p = policy(1, 0, 0, false);
-    q.produce(10, &["a"]);
-    let r = q.lease_with(20, 1, 100, p)[0].receipt;
-    q.nack(21, r, None, p);
+    q.nack_to_death(p);
     assert!(q.dead().is_empty());
     assert_eq!(q.state.stats(TimestampMs(22)).depth, 0);
     assert!(q.stored_bodies.is_empty() && q.stored_deliveries.is_empty());
@@ -905,9 +911,7 @@ fn a_lease_drops_expired_messages_before_choosing() {
 fn a_purge_drops_dead_messages_too() {
     let mut q = Harness::new();
     let p = policy(1, 0, 0, true);
-    q.produce(10, &["a"]);
-    let r = q.lease_with(20, 1, 100, p)[0].receipt;
-    q.nack(21, r, None, p);
+    q.nack_to_death(p);
     assert_eq!(q.apply(30, QueueCommand::Purge), QueueResponse::Purged { removed: 1 });
     assert!(q.dead().is_empty());
 }
@@ -936,12 +940,8 @@ fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
 
 // Replies: leasing by correlation id.
 
-fn reply(body: &str, correlation_id: &str) -> NewMessage {
-    NewMessage { correlation_id: Some(correlation_id.to_string()), ..body_message(body) }
-}
-
-fn body_message(text: &str) -> NewMessage {
-    NewMessage { body: text.as_bytes().to_vec(), ..Default::default() }
+fn reply(text: &str, correlation_id: &str) -> NewMessage {
+    NewMessage { correlation_id: Some(correlation_id.to_string()), ..body(text) }
 }
 
 impl Harness {
@@ -963,7 +963,7 @@ impl Harness {
 #[test]
 fn a_correlated_lease_takes_only_that_reply_and_only_when_available() {
     let mut q = Harness::new();
-    q.produce_messages(10, vec![body_message("other"), reply("r1", "a"), reply("r2", "b"), reply("r1-again", "a")], 0);
+    q.produce_messages(10, vec![body("other"), reply("r1", "a"), reply("r2", "b"), reply("r1-again", "a")], 0);
     assert!(q.state.has_available_correlated(TimestampMs(10), "a"));
     assert!(!q.state.has_available_correlated(TimestampMs(10), "zzz"));
     assert!(q.lease_correlated(11, "zzz").is_empty());
