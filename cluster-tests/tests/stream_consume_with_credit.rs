@@ -21,7 +21,11 @@ use tonic::Streaming;
 
 const QUEUE: &str = "streamed";
 const MESSAGES: usize = 30;
-const LEASE_MS: u64 = 3_000;
+/// Long enough that no lease runs out (and frees credit) while the test
+/// checks the credit.
+const LEASE_MS: u64 = 30_000;
+/// For the closed stream's message, which must come back soon.
+const SHORT_LEASE_MS: u64 = 3_000;
 /// Long enough for a push the credit allows to arrive on loopback.
 const QUIET: Duration = Duration::from_millis(1_500);
 
@@ -32,9 +36,9 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(client: &Client, credit: StreamCredit) -> Stream {
+    async fn open(client: &Client, credit: StreamCredit, lease_ms: u64) -> Stream {
         let (requests, rx) = mpsc::channel(16);
-        let open = StreamOpen { queue: QUEUE.into(), visibility_timeout_ms: LEASE_MS, credit: Some(credit) };
+        let open = StreamOpen { queue: QUEUE.into(), visibility_timeout_ms: lease_ms, credit: Some(credit) };
         requests.send(StreamConsumeRequest { request: Some(Req::Open(open)) }).await.expect("send open");
         let responses = client
             .messages
@@ -144,7 +148,7 @@ async fn stream_consume_with_credit() {
     let mut settled = Vec::new();
 
     // Five messages of credit: five arrive, then nothing.
-    let mut stream = Stream::open(&client, StreamCredit { max_messages: 5, max_bytes: 0 }).await;
+    let mut stream = Stream::open(&client, StreamCredit { max_messages: 5, max_bytes: 0 }, LEASE_MS).await;
     let mut held = stream.messages(5, &mut settled).await;
     assert_eq!(held.len(), 5, "one push may not exceed the credit");
     stream.assert_quiet("credit of 5 messages", &mut settled).await;
@@ -213,16 +217,19 @@ async fn stream_consume_with_credit() {
     }
     assert_eq!(acked_bodies, bodies.iter().cloned().collect::<BTreeSet<_>>());
     drop(stream);
+    // Settle ids are per stream.
+    settled.clear();
 
     // A closed stream's unsettled message comes back after its lease.
     cluster.restart(leader);
     cluster.wait_ready(READY_TIMEOUT).await;
     client.produce(QUEUE, ["left behind"]).await.expect("produce");
-    let mut first = Stream::open(&client, StreamCredit { max_messages: 1, max_bytes: 0 }).await;
+    let mut first = Stream::open(&client, StreamCredit { max_messages: 1, max_bytes: 0 }, SHORT_LEASE_MS).await;
     let taken = first.messages(1, &mut settled).await;
     assert_eq!(body_text(&taken[0]), "left behind");
     drop(first);
-    let mut second = Stream::open(&cluster.client(leader), StreamCredit { max_messages: 10, max_bytes: 0 }).await;
+    let mut second =
+        Stream::open(&cluster.client(leader), StreamCredit { max_messages: 10, max_bytes: 0 }, LEASE_MS).await;
     let back = second.messages(1, &mut settled).await;
     assert_eq!((body_text(&back[0]), back[0].delivery_attempt), ("left behind".to_string(), 2));
     let id = second.settle(Action::Ack, &back, None).await;
