@@ -1,0 +1,104 @@
+//! The state machine's apply path, without a disk or a network: what one
+//! replica spends in `QueueState::apply` per produce, lease and ack entry.
+//!
+//! Run with `cargo bench -p raftmq-queue --bench apply` (release profile;
+//! see docs/performance.md for figures).
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use raftmq_queue::QueueState;
+use raftmq_types::{
+    DeliveryPolicy, NewMessage, QueueCommand, QueueLimits, QueueRequest, QueueResponse, Receipt, TimestampMs,
+};
+
+const BATCH: usize = 64;
+const BODY: usize = 1024;
+/// Messages already in the queue when a measured command applies.
+const BACKLOG: usize = 100_000;
+
+fn batch(first: usize, dedup: bool) -> Vec<NewMessage> {
+    (first..first + BATCH)
+        .map(|i| NewMessage {
+            body: vec![b'x'; BODY],
+            dedup_id: dedup.then(|| format!("id-{i}")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn produce(messages: Vec<NewMessage>, dedup_window_ms: u64) -> QueueRequest {
+    QueueRequest {
+        now: TimestampMs(1_000),
+        command: QueueCommand::Produce { messages, dedup_window_ms, limits: QueueLimits::default() },
+    }
+}
+
+fn lease(now: u64) -> QueueRequest {
+    QueueRequest {
+        now: TimestampMs(now),
+        command: QueueCommand::Lease {
+            max_messages: BATCH as u32,
+            max_bytes: 0,
+            visibility_timeout_ms: 30_000,
+            policy: DeliveryPolicy { backoff_min_ms: 1_000, backoff_max_ms: 300_000, ..Default::default() },
+            correlation_id: None,
+        },
+    }
+}
+
+/// A queue holding `BACKLOG` messages, and the log index after them.
+fn backlog() -> (QueueState, u64) {
+    let mut state = QueueState::new();
+    let mut changes = Vec::new();
+    let mut index = 0;
+    for first in (0..BACKLOG).step_by(BATCH) {
+        index += 1;
+        state.apply(index, &produce(batch(first, false), 0), &mut changes);
+        changes.clear();
+    }
+    (state, index)
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let (base, index) = backlog();
+
+    for (name, dedup) in [("produce 64 x 1 KiB", false), ("produce 64 x 1 KiB with dedup ids", true)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || (base.clone(), produce(batch(BACKLOG, dedup), if dedup { 300_000 } else { 0 }), Vec::new()),
+                |(mut state, request, mut changes)| black_box(state.apply(index + 1, &request, &mut changes)),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.bench_function("lease 64", |b| {
+        b.iter_batched(
+            || (base.clone(), Vec::new()),
+            |(mut state, mut changes)| black_box(state.apply(index + 1, &lease(2_000), &mut changes)),
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("ack 64", |b| {
+        b.iter_batched(
+            || {
+                let mut state = base.clone();
+                let mut changes = Vec::new();
+                let QueueResponse::Leased { messages } = state.apply(index + 1, &lease(2_000), &mut changes) else {
+                    panic!("lease failed")
+                };
+                let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt).collect();
+                let ack = QueueRequest { now: TimestampMs(3_000), command: QueueCommand::Ack { receipts } };
+                (state, ack, Vec::new())
+            },
+            |(mut state, request, mut changes)| black_box(state.apply(index + 2, &request, &mut changes)),
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(apply, benches);
+criterion_main!(apply);
