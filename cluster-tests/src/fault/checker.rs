@@ -56,6 +56,10 @@ pub struct Report {
     pub recoveries_ms: BTreeMap<String, Vec<u64>>,
     /// Leader faults after which no produce on that queue succeeded.
     pub unrecovered: u64,
+    /// Leader faults followed by another fault before a produce on their
+    /// queue succeeded: their recovery would measure several faults, so it
+    /// is not counted.
+    pub interrupted: u64,
     /// Microseconds from the first to the last event.
     pub duration_us: u64,
 }
@@ -135,6 +139,13 @@ impl Report {
         for (fault, times) in &self.recoveries_ms {
             let _ = writeln!(out, "\n{fault} recovery distribution: {}", distribution(times));
         }
+        if self.interrupted > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} leader faults were followed by another fault before a produce succeeded; their recovery is not measured.",
+                self.interrupted
+            );
+        }
         if self.unrecovered > 0 {
             let _ = writeln!(out, "\n{} leader faults saw no successful produce afterwards.", self.unrecovered);
         }
@@ -212,6 +223,8 @@ pub fn check(events: &[Event]) -> Report {
             (F::Fault, _) => {
                 let fault = event.fault.clone().unwrap_or_else(|| "unnamed".to_string());
                 *report.faults.entry(fault.clone()).or_default() += 1;
+                report.interrupted += pending.len() as u64;
+                pending.clear();
                 if fault.ends_with("-leader")
                     && let Some(queue) = &event.queue
                 {
@@ -560,6 +573,21 @@ mod tests {
             report.table()
         );
         assert_eq!(report.unrecovered, 0);
+    }
+
+    #[test]
+    fn a_recovery_interrupted_by_the_next_fault_is_not_measured() {
+        let mut history = Builder::default();
+        history.push(Event::new("nemesis", Type::Info, F::Fault).queue("q").fault("isolate-leader", vec![1]));
+        history.produce("producer-0", "p0-0", Type::Info, None);
+        history.push(Event::new("nemesis", Type::Info, F::Fault).fault("isolate", vec![2]));
+        history.produce("producer-0", "p0-1", Type::Ok, Some(0));
+        history.consume("consumer-0", &[("p0-1", 0)]);
+        let report = history.check();
+        assert!(report.is_valid(), "{}", report.table());
+        assert!(!report.recoveries_ms.contains_key("isolate-leader"), "{:?}", report.recoveries_ms);
+        assert_eq!((report.interrupted, report.unrecovered), (1, 0));
+        assert!(report.table().contains("1 leader faults were followed by another fault"), "{}", report.table());
     }
 
     #[test]
