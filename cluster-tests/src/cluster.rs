@@ -132,6 +132,11 @@ impl TestCluster {
         format!("http://{}", self.addr(node))
     }
 
+    /// Every node's address, comma-separated: the CLI's `--endpoints`.
+    pub fn endpoints(&self) -> String {
+        self.node_ids().iter().map(|id| self.addr(*id).to_string()).collect::<Vec<_>>().join(",")
+    }
+
     pub fn client(&self, node: NodeId) -> Client {
         Client::connect_lazy(&self.endpoint(node))
     }

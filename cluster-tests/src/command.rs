@@ -49,6 +49,14 @@ where
     command
 }
 
+/// `raftmq ARGS… --endpoints ENDPOINTS`, a client command against a running
+/// cluster, with `stdin` as its input; at most 60 s.
+pub async fn raftmq_cli(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> CommandOutput {
+    let mut args = args.to_vec();
+    args.extend(["--endpoints", endpoints]);
+    run_with_timeout(raftmq_command(&args), stdin, Duration::from_secs(60)).await
+}
+
 /// Runs `examples/python/<script> --endpoint <endpoint>` from the repository
 /// root with the venv's Python (`RAFTMQ_PYTHON`, set by `scripts/test`), for
 /// at most `timeout`.

@@ -27,7 +27,7 @@ mod poll;
 
 pub use client::{CALL_TIMEOUT, Client, body_text, is_retryable, request_with_timeout};
 pub use cluster::{NodeId, READY_TIMEOUT, TestCluster, raftmq_binary, repo_root};
-pub use command::{CommandOutput, raftmq_command, run_python_example, run_with_timeout};
+pub use command::{CommandOutput, raftmq_cli, raftmq_command, run_python_example, run_with_timeout};
 pub use poll::{poll_until, retry_unavailable};
 /// The generated public API, re-exported so tests name one crate.
 pub use raftmq_proto::v1 as pb;

@@ -10,8 +10,7 @@ use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, raftmq_command, run_with_
 async fn bench_runs_against_cluster() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
-    let endpoints: Vec<String> = cluster.node_ids().iter().map(|id| cluster.addr(*id).to_string()).collect();
-    let endpoints = endpoints.join(",");
+    let endpoints = cluster.endpoints();
     let args = [
         "bench",
         "--endpoints",

@@ -7,16 +7,8 @@
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::{CommandOutput, READY_TIMEOUT, TestCluster, raftmq_command, run_with_timeout};
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, raftmq_cli};
 use tokio::time::Instant;
-
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn cli(endpoints: &str, args: &[&str]) -> CommandOutput {
-    let mut args = args.to_vec();
-    args.extend(["--endpoints", endpoints]);
-    run_with_timeout(raftmq_command(&args), None, CLI_TIMEOUT).await
-}
 
 fn json_lines(output: &str) -> Vec<serde_json::Value> {
     output
@@ -30,9 +22,8 @@ fn json_lines(output: &str) -> Vec<serde_json::Value> {
 async fn cli_dead_letters_and_settings() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
-    let endpoints: Vec<String> = cluster.node_ids().iter().map(|id| cluster.addr(*id).to_string()).collect();
-    let endpoints = endpoints.join(",");
-    let run = async |args: &[&str]| cli(&endpoints, args).await;
+    let endpoints = cluster.endpoints();
+    let run = async |args: &[&str]| raftmq_cli(&endpoints, args, None).await;
 
     run(&["queue", "create", "jobs.dlq"]).await.assert_success();
     let create = [

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::{CommandOutput, READY_TIMEOUT, TestCluster, raftmq_command, run_with_timeout};
+use raftmq_cluster_tests::{CommandOutput, READY_TIMEOUT, TestCluster, raftmq_cli, raftmq_command, run_with_timeout};
 use tokio::time::Instant;
 
 const QUEUE: &str = "cli-queue";
@@ -15,18 +15,11 @@ async fn raftmq(args: &[&str], stdin: Option<&[u8]>) -> CommandOutput {
     run_with_timeout(raftmq_command(args), stdin, CLI_TIMEOUT).await
 }
 
-/// `raftmq ARGS --endpoints ENDPOINTS`: a client command against the cluster.
-async fn cli(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> CommandOutput {
-    let mut args = args.to_vec();
-    args.extend(["--endpoints", endpoints]);
-    raftmq(&args, stdin).await
-}
-
 /// Polls `raftmq queue get` until it shows `depth` (15 s at most).
 async fn assert_depth_reaches(endpoints: &str, depth: u64) {
     let started = Instant::now();
     loop {
-        let get = cli(endpoints, &["queue", "get", QUEUE], None).await;
+        let get = raftmq_cli(endpoints, &["queue", "get", QUEUE], None).await;
         if depth_in(&get.assert_success().stdout) == Some(depth) {
             return;
         }
@@ -78,9 +71,8 @@ fn bodies_in(json_output: &str) -> Vec<String> {
 async fn cli_end_to_end() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
-    let endpoints: Vec<String> = cluster.node_ids().iter().map(|id| cluster.addr(*id).to_string()).collect();
-    let endpoints = endpoints.join(",");
-    let run = async |args: &[&str], stdin: Option<&[u8]>| cli(&endpoints, args, stdin).await;
+    let endpoints = cluster.endpoints();
+    let run = async |args: &[&str], stdin: Option<&[u8]>| raftmq_cli(&endpoints, args, stdin).await;
 
     run(&["queue", "create", QUEUE], None).await.assert_success();
     let list = run(&["queue", "list"], None).await;

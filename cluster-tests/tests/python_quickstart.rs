@@ -4,14 +4,21 @@
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, run_python_example};
+use raftmq_cluster_tests::{CommandOutput, READY_TIMEOUT, TestCluster, run_python_example};
+
+/// Runs `script` against a fresh three-node cluster through node `node`;
+/// panics unless it exits 0.
+async fn run_example(script: &str, node: u64, timeout: Duration) -> CommandOutput {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let output = run_python_example(script, &cluster.addr(node).to_string(), timeout).await;
+    output.assert_success();
+    output
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_quickstart() {
-    let mut cluster = TestCluster::start(3);
-    cluster.wait_ready(READY_TIMEOUT).await;
-    let output = run_python_example("quickstart.py", &cluster.addr(2).to_string(), Duration::from_secs(120)).await;
-    output.assert_success();
+    let output = run_example("quickstart.py", 2, Duration::from_secs(120)).await;
 
     let lines: Vec<&str> = output.stdout.lines().collect();
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
@@ -36,10 +43,7 @@ async fn python_quickstart() {
 /// them completes after a redrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_worker_pool() {
-    let mut cluster = TestCluster::start(3);
-    cluster.wait_ready(READY_TIMEOUT).await;
-    let output = run_python_example("worker_pool.py", &cluster.addr(1).to_string(), Duration::from_secs(180)).await;
-    output.assert_success();
+    let output = run_example("worker_pool.py", 1, Duration::from_secs(180)).await;
 
     let lines: Vec<&str> = output.stdout.lines().collect();
     let line = |prefix: &str| {
@@ -66,10 +70,7 @@ async fn python_worker_pool() {
 /// reply comes after its deadline, found later by its correlation id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_request_reply() {
-    let mut cluster = TestCluster::start(3);
-    cluster.wait_ready(READY_TIMEOUT).await;
-    let output = run_python_example("request_reply.py", &cluster.addr(3).to_string(), Duration::from_secs(120)).await;
-    output.assert_success();
+    let output = run_example("request_reply.py", 3, Duration::from_secs(120)).await;
     let lines: Vec<&str> = output.stdout.lines().collect();
     for expected in
         ["call sum[1, 2, 3] -> 6", "call sum[10, 20] -> 30", "slow call -> DEADLINE_EXCEEDED", "late reply kept: 10"]

@@ -103,16 +103,12 @@ impl Harness {
     }
 
     fn lease(&mut self, now: u64, max: u32, timeout: u64) -> Vec<DeliveredMessage> {
-        match self.apply(
-            now,
-            QueueCommand::Lease {
-                max_messages: max,
-                max_bytes: 0,
-                visibility_timeout_ms: timeout,
-                policy: DeliveryPolicy::default(),
-                correlation_id: None,
-            },
-        ) {
+        self.lease_with(now, max, timeout, DeliveryPolicy::default())
+    }
+
+    /// Applies a lease command and returns what it leased.
+    fn leased(&mut self, now: u64, command: QueueCommand) -> Vec<DeliveredMessage> {
+        match self.apply(now, command) {
             QueueResponse::Leased { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
@@ -699,19 +695,14 @@ fn policy(max_deliveries: u32, backoff_min_ms: u64, backoff_max_ms: u64, dead_le
 
 impl Harness {
     fn lease_with(&mut self, now: u64, max: u32, timeout: u64, policy: DeliveryPolicy) -> Vec<DeliveredMessage> {
-        match self.apply(
-            now,
-            QueueCommand::Lease {
-                max_messages: max,
-                max_bytes: 0,
-                visibility_timeout_ms: timeout,
-                policy,
-                correlation_id: None,
-            },
-        ) {
-            QueueResponse::Leased { messages } => messages,
-            other => panic!("unexpected {other:?}"),
-        }
+        let command = QueueCommand::Lease {
+            max_messages: max,
+            max_bytes: 0,
+            visibility_timeout_ms: timeout,
+            policy,
+            correlation_id: None,
+        };
+        self.leased(now, command)
     }
 
     fn nack(&mut self, now: u64, receipt: Receipt, delay_ms: Option<u64>, policy: DeliveryPolicy) {
@@ -920,18 +911,15 @@ fn a_purge_drops_dead_messages_too() {
 fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
     let mut q = Harness::new();
     q.produce(10, &["aaaa", "bbbb", "cccccccc", "d"]);
-    let lease = |q: &mut Harness, max_bytes| match q.apply(
-        20,
-        QueueCommand::Lease {
+    let lease = |q: &mut Harness, max_bytes| {
+        let command = QueueCommand::Lease {
             max_messages: 10,
             max_bytes,
             visibility_timeout_ms: 100,
             policy: DeliveryPolicy::default(),
             correlation_id: None,
-        },
-    ) {
-        QueueResponse::Leased { messages } => offsets(&messages),
-        other => panic!("{other:?}"),
+        };
+        offsets(&q.leased(20, command))
     };
     assert_eq!(lease(&mut q, 9), vec![0, 1], "4 + 4 fit in 9, the next 8 does not");
     assert_eq!(lease(&mut q, 3), vec![2], "the first message goes whatever its size");
@@ -953,10 +941,7 @@ impl Harness {
             policy: DeliveryPolicy::default(),
             correlation_id: Some(id.to_string()),
         };
-        match self.apply(now, command) {
-            QueueResponse::Leased { messages } => messages,
-            other => panic!("unexpected {other:?}"),
-        }
+        self.leased(now, command)
     }
 }
 

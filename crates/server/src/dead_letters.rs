@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::grpc::message_service::{MAX_BATCH, MessageServiceImpl};
-use crate::routing::{LocalError, Router, propose};
+use crate::routing::{LocalError, Router, propose, request_until};
 
 /// Headers a dead-lettered message carries, besides its own.
 pub const SOURCE_QUEUE_HEADER: &str = "raftmq-dlq-source-queue";
@@ -46,9 +46,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const REDRIVE_LEASE_MS: u64 = 60_000;
 
 fn request<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(CALL_TIMEOUT);
-    request
+    request_until(message, Instant::now() + CALL_TIMEOUT)
 }
 
 /// Sweeps and dead-letters for the queues this node leads.

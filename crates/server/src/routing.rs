@@ -57,17 +57,25 @@ impl CallContext {
 
     /// A request for the next node, carrying the hop count and what is left of the deadline.
     pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = request_until(message, self.deadline);
         request
             .metadata_mut()
             .insert(HOPS_HEADER, (self.hops + 1).to_string().parse().expect("a number is valid metadata"));
-        request.set_timeout(self.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
         request
     }
 
     pub fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
+}
+
+/// A request whose `grpc-timeout` ends at `deadline`: for a forwarded call,
+/// and for the handlers the server calls in-process (the tender, redrive,
+/// streams, request/reply), which then route like any client call.
+pub fn request_until<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+    request
 }
 
 /// `grpc-timeout` is an integer and a unit: H, M, S, m, u, n.

@@ -17,22 +17,16 @@ use raftmq_proto::v1::{
 };
 use raftmq_types::{MAX_CORRELATION_ID_BYTES, QueueName};
 use tokio::time::Instant;
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::error::ApiError;
 use crate::grpc::message_service::{MAX_WAIT_MS, MessageServiceImpl};
-use crate::routing::CallContext;
+use crate::routing::{CallContext, request_until};
 
 pub const REPLY_TO_HEADER: &str = "raftmq-reply-to";
 pub const CORRELATION_ID_HEADER: &str = "raftmq-correlation-id";
 /// Kept back from the caller's deadline for the ack and the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
-
-fn with_timeout<T>(message: T, until: Instant) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-    request
-}
 
 fn check_correlation_id(field: &str, id: &str) -> Result<(), Status> {
     if id.len() > MAX_CORRELATION_ID_BYTES {
@@ -73,7 +67,7 @@ pub async fn request(
         correlation_id: correlation_id.clone(),
         ..Default::default()
     };
-    let early = messages.consume(with_timeout(probe, until)).await.map_err(|status| match status.code() {
+    let early = messages.consume(request_until(probe, until)).await.map_err(|status| match status.code() {
         tonic::Code::NotFound => ApiError::QueueNotFound(request.reply_queue.clone()).into(),
         _ => status,
     })?;
@@ -84,7 +78,7 @@ pub async fn request(
         message.dedup_id = format!("raftmq-request-{correlation_id}");
     }
     let produce = ProduceRequest { queue: request.queue.clone(), messages: vec![message] };
-    let produced = messages.produce(with_timeout(produce, until)).await?.into_inner();
+    let produced = messages.produce(request_until(produce, until)).await?.into_inner();
     let request_offset = produced.offsets.first().copied().unwrap_or_default();
 
     // A retried request may find its reply already there.
@@ -106,7 +100,7 @@ pub async fn request(
             correlation_id: correlation_id.clone(),
             ..Default::default()
         };
-        match messages.consume(with_timeout(consume, until)).await {
+        match messages.consume(request_until(consume, until)).await {
             Ok(response) => reply = response.into_inner().messages.pop(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -116,7 +110,7 @@ pub async fn request(
     }
     let reply = reply.expect("the loop ends with a reply");
     let ack = AckRequest { queue: request.reply_queue, receipts: vec![reply.receipt.clone()] };
-    messages.ack(with_timeout(ack, ctx.deadline)).await?;
+    messages.ack(request_until(ack, ctx.deadline)).await?;
     Ok(RequestResponse { reply: Some(reply), correlation_id, request_offset })
 }
 
@@ -142,7 +136,7 @@ pub async fn reply(
         ..message
     };
     let produce = ProduceRequest { queue: request.reply_to, messages: vec![message] };
-    let produced = messages.produce(with_timeout(produce, ctx.deadline)).await?.into_inner();
+    let produced = messages.produce(request_until(produce, ctx.deadline)).await?.into_inner();
     Ok(ReplyResponse {
         offset: produced.offsets.first().copied().unwrap_or_default(),
         duplicate: produced.duplicates.first().copied().unwrap_or_default(),

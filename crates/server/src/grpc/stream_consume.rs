@@ -29,6 +29,7 @@ use tonic::{Code, Request, Status, Streaming};
 use crate::clock;
 use crate::error::ApiError;
 use crate::grpc::message_service::MessageServiceImpl;
+use crate::routing::request_until;
 
 pub const MAX_CREDIT_MESSAGES: u32 = 10_000;
 /// Each lease call waits this long for messages before the pusher looks at
@@ -94,9 +95,7 @@ fn check_credit(credit: &StreamCredit) -> Result<(), Status> {
 }
 
 fn request<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
+    request_until(message, Instant::now() + timeout)
 }
 
 /// Reads the opening message, then serves the stream from two tasks.
