@@ -24,6 +24,7 @@ const MESSAGES: usize = 30;
 /// Long enough that no lease runs out (and frees credit) while the test
 /// checks the credit.
 const LEASE_MS: u64 = 30_000;
+const EXTEND_MS: u64 = 60_000;
 /// For the closed stream's message, which must come back soon.
 const SHORT_LEASE_MS: u64 = 3_000;
 /// Long enough for a push the credit allows to arrive on loopback.
@@ -55,7 +56,7 @@ impl Stream {
         self.requests.send(StreamConsumeRequest { request: Some(Req::Credit(credit)) }).await.expect("send credit");
     }
 
-    /// Sends a settle and returns its id.
+    /// Sends a settle and returns its id; an extend asks for `EXTEND_MS`.
     async fn settle(&mut self, action: Action, messages: &[Message], delay_ms: Option<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -64,7 +65,7 @@ impl Stream {
             receipts: messages.iter().map(|m| m.receipt.clone()).collect(),
             action: action as i32,
             delay_ms,
-            visibility_timeout_ms: 0,
+            visibility_timeout_ms: if action == Action::Extend { EXTEND_MS } else { 0 },
         };
         self.requests.send(StreamConsumeRequest { request: Some(Req::Settle(settle)) }).await.expect("send settle");
         id
@@ -169,6 +170,12 @@ async fn stream_consume_with_credit() {
     held.extend(stream.messages(3, &mut settled).await);
     stream.assert_quiet("credit of 80 bytes", &mut settled).await;
     assert_eq!(held.len(), 8);
+
+    // Extending leases on the stream succeeds and keeps the messages outstanding.
+    let id = stream.settle(Action::Extend, &held[..2], None).await;
+    assert_eq!(stream.settled(id, &mut settled, &mut pushed).await, (2, vec![]));
+    assert!(pushed.is_empty(), "{} messages pushed beyond the credit after an extend", pushed.len());
+    stream.assert_quiet("credit of 80 bytes after an extend", &mut settled).await;
 
     // A nack with no delay (the queue's backoff is 0) comes back on the stream.
     let nacked = held.remove(0);
