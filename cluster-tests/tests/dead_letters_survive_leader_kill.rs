@@ -28,7 +28,8 @@ const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Every stored message of `queue`, as the answering node's leader sees it.
 async fn peek_all(client: &Client, queue: &str) -> Vec<raftmq_cluster_tests::pb::PeekedMessage> {
     retry_unavailable(RETRY_FOR, async || {
-        let request = PeekRequest { queue: queue.into(), from_offset: 0, max_messages: 1000, to_offset: 0 };
+        let request =
+            PeekRequest { queue: queue.into(), from_offset: 0, max_messages: 1000, to_offset: 0, ..Default::default() };
         let response = client.messages.clone().peek(request_with_timeout(request, CALL_TIMEOUT)).await?;
         Ok(response.into_inner().messages)
     })

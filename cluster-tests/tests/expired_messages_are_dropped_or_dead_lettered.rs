@@ -18,7 +18,8 @@ const MESSAGE_TTL_MS: u64 = 1_500;
 /// Bodies of the stored messages of `queue`, with their headers.
 async fn stored(client: &Client, queue: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     retry_unavailable(Duration::from_secs(30), async || {
-        let request = PeekRequest { queue: queue.into(), from_offset: 0, max_messages: 1000, to_offset: 0 };
+        let request =
+            PeekRequest { queue: queue.into(), from_offset: 0, max_messages: 1000, to_offset: 0, ..Default::default() };
         let response = client.messages.clone().peek(request_with_timeout(request, CALL_TIMEOUT)).await?;
         Ok(response
             .into_inner()

@@ -15,7 +15,8 @@ use tonic::Code;
 const QUEUE: &str = "browse";
 
 async fn peek(client: &Client, from: u64, to: u64, max: u32) -> Result<PeekResponse, tonic::Status> {
-    let request = PeekRequest { queue: QUEUE.into(), from_offset: from, max_messages: max, to_offset: to };
+    let request =
+        PeekRequest { queue: QUEUE.into(), from_offset: from, max_messages: max, to_offset: to, ..Default::default() };
     client.messages.clone().peek(request_with_timeout(request, CALL_TIMEOUT)).await.map(tonic::Response::into_inner)
 }
 
@@ -70,7 +71,8 @@ async fn peek_browses_without_leasing() {
 
     // Bad input.
     assert_eq!(peek(&client, 0, 0, 0).await.expect_err("max 0").code(), Code::InvalidArgument);
-    let unknown = PeekRequest { queue: "nope".into(), from_offset: 0, max_messages: 1, to_offset: 0 };
+    let unknown =
+        PeekRequest { queue: "nope".into(), from_offset: 0, max_messages: 1, to_offset: 0, ..Default::default() };
     let status = client.messages.clone().peek(request_with_timeout(unknown, CALL_TIMEOUT)).await.expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
 

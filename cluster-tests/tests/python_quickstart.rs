@@ -79,3 +79,20 @@ async fn python_request_reply() {
     }
     assert!(lines.iter().any(|l| l.starts_with("deleted queues rpc-")), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_pubsub() {
+    let output = run_example("pubsub.py", 2, Duration::from_secs(120)).await;
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    let events: Vec<String> = (0..6).map(|i| format!("instance.create.{i}")).collect();
+    for subscription in ["billing", "audit"] {
+        let prefix = format!("{subscription} received 6 events: ");
+        let line = lines.iter().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix:?}: {output}"));
+        for event in &events {
+            assert!(line.contains(event.as_str()), "{subscription} missed {event}: {line}");
+        }
+    }
+    assert!(lines.contains(&"subscriptions: default depth=6, billing depth=0, audit depth=0"), "{output}");
+    assert!(lines.iter().any(|l| l.starts_with("audit replayed 6 events after seeking to offset 0")), "{output}");
+    assert!(lines.iter().any(|l| l.starts_with("deleted queue notifications-")), "{output}");
+}

@@ -39,7 +39,12 @@ struct Stream {
 impl Stream {
     async fn open(client: &Client, credit: StreamCredit, lease_ms: u64) -> Stream {
         let (requests, rx) = mpsc::channel(16);
-        let open = StreamOpen { queue: QUEUE.into(), visibility_timeout_ms: lease_ms, credit: Some(credit) };
+        let open = StreamOpen {
+            queue: QUEUE.into(),
+            visibility_timeout_ms: lease_ms,
+            credit: Some(credit),
+            ..Default::default()
+        };
         requests.send(StreamConsumeRequest { request: Some(Req::Open(open)) }).await.expect("send open");
         let responses = client
             .messages

@@ -164,6 +164,72 @@ impl Client {
         .await
     }
 
+    /// Adds subscription `name` to `queue`, starting at the earliest stored
+    /// message or at the next one produced.
+    pub async fn create_subscription(
+        &self,
+        queue: &str,
+        name: &str,
+        earliest: bool,
+    ) -> Result<pb::Subscription, ClientError> {
+        let start = if earliest { pb::SubscriptionStart::Earliest } else { pb::SubscriptionStart::Latest };
+        let message =
+            pb::CreateSubscriptionRequest { queue: queue.to_string(), name: name.to_string(), start: start as i32 };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                let response =
+                    QueueServiceClient::new(channel).create_subscription(Self::request(message, timeout)).await?;
+                response.into_inner().subscription.ok_or_else(|| Status::internal("server returned no subscription"))
+            }
+        })
+        .await
+    }
+
+    pub async fn list_subscriptions(&self, queue: &str) -> Result<Vec<pb::Subscription>, ClientError> {
+        let message = pb::ListSubscriptionsRequest { queue: queue.to_string() };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                let response =
+                    QueueServiceClient::new(channel).list_subscriptions(Self::request(message, timeout)).await?;
+                Ok(response.into_inner().subscriptions)
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_subscription(&self, queue: &str, name: &str) -> Result<(), ClientError> {
+        let message = pb::DeleteSubscriptionRequest { queue: queue.to_string(), name: name.to_string() };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                QueueServiceClient::new(channel).delete_subscription(Self::request(message, timeout)).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Moves `subscription` ("" is `default`) to an offset or a time; returns
+    /// how many messages it then holds.
+    pub async fn seek(
+        &self,
+        queue: &str,
+        subscription: &str,
+        target: pb::seek_request::Target,
+    ) -> Result<u64, ClientError> {
+        let message =
+            pb::SeekRequest { queue: queue.to_string(), subscription: subscription.to_string(), target: Some(target) };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                Ok(QueueServiceClient::new(channel).seek(Self::request(message, timeout)).await?.into_inner().pending)
+            }
+        })
+        .await
+    }
+
     pub async fn create_queue(
         &self,
         name: &str,
@@ -238,7 +304,8 @@ impl Client {
         .await
     }
 
-    /// Leases up to `max` messages, waiting up to `wait` for some to arrive.
+    /// Leases up to `max` messages of the `default` subscription, waiting up
+    /// to `wait` for some to arrive.
     pub async fn consume(
         &self,
         queue: &str,
@@ -246,13 +313,19 @@ impl Client {
         wait: Duration,
         visibility_timeout: Option<Duration>,
     ) -> Result<Vec<pb::Message>, ClientError> {
-        let message = pb::ConsumeRequest {
+        self.consume_with(pb::ConsumeRequest {
             queue: queue.to_string(),
             max_messages: max,
             wait_time_ms: wait.as_millis() as u64,
             visibility_timeout_ms: visibility_timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// Consume with every field of the request (a subscription, a byte limit, …).
+    pub async fn consume_with(&self, message: pb::ConsumeRequest) -> Result<Vec<pb::Message>, ClientError> {
+        let wait = Duration::from_millis(message.wait_time_ms);
         self.retry(wait, |channel, timeout| {
             let message = message.clone();
             async move {
@@ -264,10 +337,12 @@ impl Client {
     }
 
     /// Up to `max` stored messages from `from` (to `to`, exclusive, if given),
-    /// without leasing them.
+    /// without leasing them, with the delivery state of `subscription` ("" is
+    /// `default`).
     pub async fn peek(
         &self,
         queue: &str,
+        subscription: &str,
         from: u64,
         to: Option<u64>,
         max: u32,
@@ -277,6 +352,7 @@ impl Client {
             from_offset: from,
             max_messages: max,
             to_offset: to.unwrap_or(0),
+            subscription: subscription.to_string(),
         };
         self.retry(Duration::ZERO, |channel, timeout| {
             let message = message.clone();

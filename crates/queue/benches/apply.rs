@@ -9,7 +9,8 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use raftmq_queue::QueueState;
 use raftmq_types::{
-    DeliveryPolicy, NewMessage, QueueCommand, QueueLimits, QueueRequest, QueueResponse, Receipt, TimestampMs,
+    DeliveryPolicy, NewMessage, QueueCommand, QueueLimits, QueueRequest, QueueResponse, Receipt, SubscriptionName,
+    TimestampMs,
 };
 
 const BATCH: usize = 64;
@@ -38,6 +39,7 @@ fn lease(now: u64) -> QueueRequest {
     QueueRequest {
         now: TimestampMs(now),
         command: QueueCommand::Lease {
+            subscription: SubscriptionName::default_subscription(),
             max_messages: BATCH as u32,
             max_bytes: 0,
             visibility_timeout_ms: 30_000,
@@ -101,7 +103,10 @@ fn benches(c: &mut Criterion) {
                     panic!("lease failed")
                 };
                 let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt).collect();
-                let ack = QueueRequest { now: TimestampMs(3_000), command: QueueCommand::Ack { receipts } };
+                let ack = QueueRequest {
+                    now: TimestampMs(3_000),
+                    command: QueueCommand::Ack { receipts, retention: Default::default() },
+                };
                 (state, ack, Vec::new())
             },
             |(mut state, request, mut changes)| {

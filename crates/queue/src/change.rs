@@ -1,19 +1,26 @@
 //! What apply asks storage to persist.
 
-use raftmq_types::{Offset, StoredMessage, TimestampMs};
+use raftmq_types::{Offset, StoredMessage, SubscriptionId, TimestampMs};
 
-use crate::DeliveryState;
+use crate::{DeliveryState, MessageInfo, SubscriptionList};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A new message body, written once at produce.
-    PutMessage(StoredMessage),
-    /// Create or overwrite the delivery record of a message.
-    PutDelivery { offset: Offset, state: DeliveryState },
-    /// Drop a message's body and delivery record.
+    /// A new message: its body, written once at produce, and its info.
+    PutMessage { message: StoredMessage, info: MessageInfo },
+    /// Create or overwrite a subscription's delivery record of a message.
+    PutDelivery { subscription: SubscriptionId, offset: Offset, state: DeliveryState },
+    /// The subscription is done with the message.
+    DeleteDelivery { subscription: SubscriptionId, offset: Offset },
+    /// Drop a message's body, info and correlation id (its delivery records
+    /// are gone already).
     DeleteMessage(Offset),
-    /// Drop every body and delivery record of the queue (purge).
+    /// Drop every message of the queue and every delivery record (purge).
     DeleteAllMessages,
+    /// Drop every delivery record of one subscription (delete, seek).
+    ClearSubscription(SubscriptionId),
+    /// The queue's subscriptions changed.
+    PutSubscriptions(SubscriptionList),
     /// The next offset to assign.
     PutNextOffset(Offset),
     /// Remember a producer's dedup id, stored at `offset`, until `expires_at`.

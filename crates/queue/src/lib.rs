@@ -4,14 +4,22 @@
 //! randomness. Time arrives inside the command. Message bodies are not kept
 //! here; apply reports what to persist as [`Change`]s, which the storage crate
 //! writes in one RocksDB batch together with the applied log id.
+//!
+//! A queue is a message table (`table.rs`) and one or more subscriptions
+//! (`subscription.rs`), each with its own delivery record per message it
+//! holds: its leases, attempts and deaths. Every queue has `default`.
 
 mod change;
 mod dedup;
 mod state;
+mod subscription;
+mod table;
 
 pub use change::Change;
 pub use dedup::MAX_DEDUP_IDS;
-pub use state::{DeliveryState, Lease, QueueState, QueueStats, retry_backoff_ms};
+pub use state::{DeadMessage, PeekedMessage, QueueState, QueueStats, SubscriptionList, retry_backoff_ms};
+pub use subscription::{DeliveryState, Lease, SubscriptionStats};
+pub use table::MessageInfo;
 
 #[cfg(test)]
 mod tests;

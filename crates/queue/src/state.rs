@@ -1,82 +1,71 @@
-//! Delivery state of every stored message, with indexes that make each
-//! command cost O(k log n) for the k messages it touches.
+//! The queue's state: the message table, the subscriptions with their
+//! delivery state, the producer dedup ids, and every rule that changes them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use raftmq_types::{
     DeadReason, DeliveredMessage, DeliveryPolicy, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits,
-    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, StoredMessage, TimestampMs,
+    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, Retention, SeekTarget, StoredMessage,
+    SubscriptionId, SubscriptionName, SubscriptionStart, TimestampMs, config::MAX_SUBSCRIPTIONS,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::Change;
 use crate::dedup::DedupIndex;
-
-/// The replicated delivery record of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliveryState {
-    /// How many times the message was leased so far.
-    pub attempts: u32,
-    /// When it may be leased: its publish time, or a nack's time plus delay.
-    pub visible_at: TimestampMs,
-    /// Set while leased. A deadline in the past is an expired lease: the
-    /// message is available again at the lease's `retry_at`, and the lease's
-    /// receipt no longer works.
-    pub lease: Option<Lease>,
-    /// Body plus headers, in bytes: what the message counts against `max_bytes`.
-    pub size: u64,
-    /// When its time to live runs out; `None` is never.
-    pub expires_at: Option<TimestampMs>,
-    /// Set when the message died: it is never delivered again and waits for
-    /// the leader to commit it in the dead-letter queue (`RemoveDead`).
-    pub dead: Option<DeadReason>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// The log index of the command that created the lease.
-    pub lease_id: u64,
-    pub deadline: TimestampMs,
-    /// When the message may be delivered again if the lease runs out: the
-    /// deadline plus the retry backoff chosen when it was leased.
-    pub retry_at: TimestampMs,
-}
+use crate::subscription::{DeliveryState, Lease, Subscription, SubscriptionStats};
+use crate::table::{MessageInfo, Table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
-    /// Stored, unacknowledged messages, dead ones included.
+    /// Stored messages some subscription has not acked yet, dead ones
+    /// included: what `max_messages` counts.
     pub depth: u64,
-    /// Their bodies and headers, in bytes.
+    /// Their bodies and headers, in bytes: what `max_bytes` counts.
     pub bytes: u64,
-    /// Leased with a lease that has not run out.
+    /// Summed over the subscriptions (see `QueueState::subscriptions`):
+    /// leased with a lease that has not run out,
     pub in_flight: u64,
-    /// Waiting for a delivery time, a nack's delay or a retry backoff.
+    /// waiting for a delivery time, a nack's delay or a retry backoff,
     pub delayed: u64,
-    /// What a lease command would get now.
+    /// what lease commands would get now,
     pub available: u64,
-    /// Dead, waiting to be moved to the dead-letter queue.
+    /// dead, waiting to be moved to the dead-letter queue.
     pub dead: u64,
+    /// Messages every subscription is done with, kept by retention.
+    pub retained: u64,
+    pub retained_bytes: u64,
     pub next_offset: Offset,
     /// Producer dedup ids remembered.
     pub dedup_ids: u64,
+    pub subscriptions: u64,
 }
 
-/// Where a message is, for the indexes. Derived from its `DeliveryState`.
+/// The persisted list of a queue's subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionList {
+    /// The id the next subscription gets; ids are never reused.
+    pub next_id: u32,
+    pub subscriptions: Vec<(SubscriptionId, SubscriptionName)>,
+}
+
+/// A dead message of one subscription, for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadMessage {
+    pub subscription: SubscriptionId,
+    pub subscription_name: SubscriptionName,
+    pub offset: Offset,
+    pub state: DeliveryState,
+    pub info: MessageInfo,
+}
+
+/// A stored message as `peek` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    /// Unleased, visible at the given time (may be in the past).
-    Waiting(TimestampMs),
-    /// Leased; available again at the given retry time (may be in the past).
-    Leased(TimestampMs),
-    Dead,
-}
-
-fn slot(state: &DeliveryState) -> Slot {
-    match (state.dead, state.lease) {
-        (Some(_), _) => Slot::Dead,
-        (None, Some(lease)) => Slot::Leased(lease.retry_at),
-        (None, None) => Slot::Waiting(state.visible_at),
-    }
+pub struct PeekedMessage {
+    pub offset: Offset,
+    pub info: MessageInfo,
+    /// The subscription's record; `None` when the subscription is done with
+    /// the message (acked, or before its start) and retention keeps it.
+    pub state: Option<DeliveryState>,
 }
 
 /// The redelivery delay after a message's `attempts`-th delivery failed:
@@ -106,30 +95,31 @@ fn exhausted(policy: &DeliveryPolicy, attempts: u32) -> bool {
     policy.max_deliveries > 0 && attempts >= policy.max_deliveries
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct QueueState {
     next_offset: Offset,
-    deliveries: BTreeMap<Offset, DeliveryState>,
-    /// Sum of `size` over `deliveries`.
-    bytes: u64,
-    /// Unleased messages by the time they become visible.
-    waiting: BTreeSet<(TimestampMs, Offset)>,
-    /// Leased messages by the time they may be delivered again.
-    leased: BTreeSet<(TimestampMs, Offset)>,
-    /// Messages known to be available, lowest offset first. Entries move here
-    /// from `waiting` and `leased` when a lease or sweep command sees them due.
-    ready: BTreeSet<Offset>,
-    /// Dead messages, waiting for the dead-letter queue.
-    dead: BTreeSet<Offset>,
-    /// Live (not dead) messages with a time to live, by expiry time. A
-    /// secondary index: each is also in one of the four above.
-    expiring: BTreeSet<(TimestampMs, Offset)>,
+    table: Table,
+    subscriptions: BTreeMap<SubscriptionId, Subscription>,
+    by_name: BTreeMap<SubscriptionName, SubscriptionId>,
+    next_subscription: u32,
     /// Producer dedup ids, with the offsets they were stored at. Not
     /// emptied by a purge: a retried produce still must not store again.
     dedup: DedupIndex,
-    /// Correlation ids of stored messages (replies), both ways.
-    by_correlation: BTreeSet<(String, Offset)>,
-    correlation_of: BTreeMap<Offset, String>,
+}
+
+impl Default for QueueState {
+    fn default() -> Self {
+        let mut state = QueueState {
+            next_offset: Offset(0),
+            table: Table::default(),
+            subscriptions: BTreeMap::new(),
+            by_name: BTreeMap::new(),
+            next_subscription: 1,
+            dedup: DedupIndex::default(),
+        };
+        state.add_subscription(SubscriptionId::DEFAULT, SubscriptionName::default_subscription());
+        state
+    }
 }
 
 enum Check {
@@ -153,58 +143,194 @@ struct Deaths {
     dropped: u64,
 }
 
+/// When a subscription lets go of a message, and the retention that decides
+/// whether the table keeps it.
+#[derive(Clone, Copy)]
+struct Release {
+    now: TimestampMs,
+    retention: Retention,
+}
+
+fn put_delivery(sub: &mut Subscription, offset: Offset, state: DeliveryState, changes: &mut Vec<Change>) {
+    sub.replace(offset, state);
+    changes.push(Change::PutDelivery { subscription: sub.id, offset, state });
+}
+
+/// The subscription is done with the message: acked, dropped or dead-lettered.
+fn drop_record(sub: &mut Subscription, table: &mut Table, offset: Offset, release: Release, changes: &mut Vec<Change>) {
+    sub.remove(offset);
+    changes.push(Change::DeleteDelivery { subscription: sub.id, offset });
+    table.release(offset, release.now, &release.retention, changes);
+}
+
+/// A message dies in a subscription: kept as dead for the dead-letter queue,
+/// or dropped.
+fn kill(
+    sub: &mut Subscription,
+    table: &mut Table,
+    offset: Offset,
+    reason: DeadReason,
+    keep: bool,
+    release: Release,
+    changes: &mut Vec<Change>,
+) {
+    if keep {
+        let current = *sub.get(offset).expect("kill of a message the subscription does not hold");
+        put_delivery(sub, offset, DeliveryState { dead: Some(reason), lease: None, ..current }, changes);
+    } else {
+        drop_record(sub, table, offset, release, changes);
+    }
+}
+
+impl Deaths {
+    fn count(&mut self, keep: bool) {
+        if keep { self.died += 1 } else { self.dropped += 1 }
+    }
+}
+
+/// Brings one subscription's indexes up to `now`: messages whose delivery or
+/// retry time came move into `ready`, or die if their last allowed delivery
+/// ran out.
+fn advance_subscription(
+    sub: &mut Subscription,
+    table: &mut Table,
+    now: TimestampMs,
+    policy: &DeliveryPolicy,
+    deaths: &mut Deaths,
+    changes: &mut Vec<Change>,
+) {
+    sub.promote_waiting(now);
+    let release = Release { now, retention: policy.retention };
+    while let Some(offset) = sub.due_lease(now) {
+        let attempts = sub.get(offset).map_or(0, |d| d.attempts);
+        if exhausted(policy, attempts) {
+            kill(sub, table, offset, DeadReason::MaxDeliveries, policy.dead_letter, release, changes);
+            deaths.count(policy.dead_letter);
+        } else {
+            sub.promote_lease(offset);
+        }
+    }
+}
+
 impl QueueState {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Rebuilds the state from persisted delivery, dedup and correlation records.
+    /// Rebuilds the state from persisted records: the subscription list
+    /// (`None` for a queue that never changed it), message infos, delivery
+    /// records, dedup ids and correlation ids.
     pub fn restore(
         next_offset: Offset,
-        deliveries: impl IntoIterator<Item = (Offset, DeliveryState)>,
+        list: Option<SubscriptionList>,
+        messages: impl IntoIterator<Item = (Offset, MessageInfo)>,
+        deliveries: impl IntoIterator<Item = (SubscriptionId, Offset, DeliveryState)>,
         dedup: impl IntoIterator<Item = (Offset, String, TimestampMs)>,
         correlations: impl IntoIterator<Item = (Offset, String)>,
     ) -> Self {
         let mut state = QueueState { next_offset, dedup: DedupIndex::restore(dedup), ..Default::default() };
-        for (offset, delivery) in deliveries {
-            state.insert(offset, delivery);
+        if let Some(list) = list {
+            state.subscriptions.clear();
+            state.by_name.clear();
+            state.next_subscription = list.next_id;
+            for (id, name) in list.subscriptions {
+                state.add_subscription(id, name);
+            }
+        }
+        let mut holders: HashMap<Offset, u32> = HashMap::new();
+        let mut records = Vec::new();
+        for (id, offset, delivery) in deliveries {
+            if state.subscriptions.contains_key(&id) {
+                *holders.entry(offset).or_default() += 1;
+                records.push((id, offset, delivery));
+            }
+        }
+        for (offset, info) in messages {
+            state.table.restore(offset, info, holders.get(&offset).copied().unwrap_or(0));
+        }
+        for (id, offset, delivery) in records {
+            if state.table.info(offset).is_some() {
+                state.subscriptions.get_mut(&id).expect("checked above").insert(offset, delivery);
+            }
         }
         for (offset, id) in correlations {
-            state.by_correlation.insert((id.clone(), offset));
-            state.correlation_of.insert(offset, id);
+            state.table.restore_correlation(offset, id);
         }
         state.check_invariants();
         state
+    }
+
+    fn add_subscription(&mut self, id: SubscriptionId, name: SubscriptionName) {
+        self.by_name.insert(name.clone(), id);
+        self.subscriptions.insert(id, Subscription::new(id, name));
+    }
+
+    fn subscription_list(&self) -> SubscriptionList {
+        SubscriptionList {
+            next_id: self.next_subscription,
+            subscriptions: self.subscriptions.values().map(|s| (s.id, s.name.clone())).collect(),
+        }
     }
 
     pub fn next_offset(&self) -> Offset {
         self.next_offset
     }
 
-    pub fn delivery(&self, offset: Offset) -> Option<&DeliveryState> {
-        self.deliveries.get(&offset)
+    pub fn subscription_id(&self, name: &SubscriptionName) -> Option<SubscriptionId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn delivery(&self, subscription: SubscriptionId, offset: Offset) -> Option<&DeliveryState> {
+        self.subscriptions.get(&subscription)?.get(offset)
+    }
+
+    pub fn message_info(&self, offset: Offset) -> Option<&MessageInfo> {
+        self.table.info(offset)
     }
 
     /// Up to `max` stored messages from `from` (inclusive) to `to`
-    /// (exclusive), in offset order, with their delivery records. Changes
-    /// nothing.
-    pub fn peek(&self, from: Offset, to: Offset, max: usize) -> Vec<(Offset, DeliveryState)> {
+    /// (exclusive), in offset order, with the subscription's delivery
+    /// records. Changes nothing.
+    pub fn peek(&self, subscription: SubscriptionId, from: Offset, to: Offset, max: usize) -> Vec<PeekedMessage> {
         if from >= to {
             return Vec::new();
         }
-        self.deliveries.range(from..to).take(max).map(|(offset, state)| (*offset, *state)).collect()
+        let sub = self.subscriptions.get(&subscription);
+        self.table
+            .range(from, to)
+            .take(max)
+            .map(|(offset, info)| PeekedMessage {
+                offset,
+                info: *info,
+                state: sub.and_then(|s| s.get(offset)).copied(),
+            })
+            .collect()
     }
 
-    /// Up to `max` dead messages, lowest offset first, for the dead-letter queue.
-    pub fn dead_messages(&self, max: usize) -> Vec<(Offset, DeliveryState)> {
-        self.dead.iter().take(max).map(|offset| (*offset, self.deliveries[offset])).collect()
+    /// Up to `max` dead messages of every subscription, for the dead-letter queue.
+    pub fn dead_messages(&self, max: usize) -> Vec<DeadMessage> {
+        self.subscriptions
+            .values()
+            .flat_map(|sub| {
+                sub.dead_offsets().map(move |offset| DeadMessage {
+                    subscription: sub.id,
+                    subscription_name: sub.name.clone(),
+                    offset,
+                    state: *sub.get(offset).expect("dead index and records agree"),
+                    info: *self.table.info(offset).expect("a held message is in the table"),
+                })
+            })
+            .take(max)
+            .collect()
     }
 
     /// Whether a `Sweep` would change anything now: a time to live ran out,
-    /// or (with a delivery limit) a lease ran out and may have been the last.
+    /// (with a delivery limit) a lease ran out and may have been the last, or
+    /// retention no longer keeps a retained message.
     pub fn needs_sweep(&self, now: TimestampMs, policy: &DeliveryPolicy) -> bool {
-        self.expiring.first().is_some_and(|(at, _)| *at <= now)
-            || (policy.max_deliveries > 0 && self.leased.first().is_some_and(|(at, _)| *at <= now))
+        self.table.due_expiry(now).is_some()
+            || (policy.max_deliveries > 0 && self.subscriptions.values().any(|s| s.due_lease(now).is_some()))
+            || self.table.needs_trim(now, &policy.retention)
     }
 
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
@@ -213,62 +339,109 @@ impl QueueState {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
                 self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
-            QueueCommand::Lease { max_messages, max_bytes, visibility_timeout_ms, policy, correlation_id } => {
+            QueueCommand::Lease {
+                subscription,
+                max_messages,
+                max_bytes,
+                visibility_timeout_ms,
+                policy,
+                correlation_id,
+            } => {
                 let limits = match correlation_id {
                     Some(id) => Limits::Correlated(id),
                     None => Limits::Count(*max_messages, *max_bytes),
                 };
-                self.lease(log_index, now, limits, *visibility_timeout_ms, policy, changes)
+                match self.subscription_id(subscription) {
+                    Some(id) => self.lease(log_index, now, id, limits, *visibility_timeout_ms, policy, changes),
+                    None => QueueResponse::SubscriptionNotFound,
+                }
             }
-            QueueCommand::Ack { receipts } => {
-                self.settle(now, receipts, |state, offset, _| state.delete(offset, changes))
+            QueueCommand::Ack { receipts, retention } => {
+                let release = Release { now, retention: *retention };
+                self.settle(now, receipts, |sub, table, offset, _| drop_record(sub, table, offset, release, changes))
             }
             QueueCommand::Nack { receipts, delay_ms, policy } => {
-                self.settle(now, receipts, |state, offset, current| {
+                let release = Release { now, retention: policy.retention };
+                self.settle(now, receipts, |sub, table, offset, current| {
                     if exhausted(policy, current.attempts) {
-                        state.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
+                        kill(sub, table, offset, DeadReason::MaxDeliveries, policy.dead_letter, release, changes);
                         return;
                     }
                     let delay = delay_ms.unwrap_or_else(|| retry_backoff_ms(policy, current.attempts, offset));
                     let updated = DeliveryState { visible_at: now.saturating_add_ms(delay), lease: None, ..current };
-                    state.replace(offset, updated);
-                    changes.push(Change::PutDelivery { offset, state: updated });
+                    put_delivery(sub, offset, updated, changes);
                 })
             }
             QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
-                self.settle(now, receipts, |state, offset, current| {
+                self.settle(now, receipts, |sub, _, offset, current| {
                     let lease = current.lease.map(|l| {
                         let deadline = now.saturating_add_ms(*visibility_timeout_ms);
                         let backoff = l.retry_at.0.saturating_sub(l.deadline.0);
                         Lease { lease_id: l.lease_id, deadline, retry_at: deadline.saturating_add_ms(backoff) }
                     });
-                    let updated = DeliveryState { lease, ..current };
-                    state.replace(offset, updated);
-                    changes.push(Change::PutDelivery { offset, state: updated });
+                    put_delivery(sub, offset, DeliveryState { lease, ..current }, changes);
                 })
             }
             QueueCommand::Purge => {
-                let removed = self.deliveries.len() as u64;
-                let dedup = std::mem::take(&mut self.dedup);
-                *self = QueueState { next_offset: self.next_offset, dedup, ..Default::default() };
+                let removed = self.table.len() as u64;
+                for sub in self.subscriptions.values_mut() {
+                    sub.clear();
+                }
+                self.table = Table::default();
                 changes.push(Change::DeleteAllMessages);
                 QueueResponse::Purged { removed }
             }
             QueueCommand::Sweep { policy } => {
-                let deaths = self.advance(now, policy, changes);
+                let mut deaths = Deaths::default();
+                self.advance_expiry(now, policy, &mut deaths, changes);
+                for sub in self.subscriptions.values_mut() {
+                    advance_subscription(sub, &mut self.table, now, policy, &mut deaths, changes);
+                }
+                deaths.dropped += self.table.trim(now, &policy.retention, changes);
                 QueueResponse::Swept { died: deaths.died, dropped: deaths.dropped }
             }
-            QueueCommand::RemoveDead { offsets } => {
+            QueueCommand::RemoveDead { subscription, offsets, retention } => {
                 let mut removed = 0;
-                for offset in offsets {
-                    if self.deliveries.get(offset).is_some_and(|d| d.dead.is_some()) {
-                        self.delete(*offset, changes);
-                        removed += 1;
+                if let Some(sub) = self.subscriptions.get_mut(subscription) {
+                    let release = Release { now, retention: *retention };
+                    for offset in offsets {
+                        if sub.get(*offset).is_some_and(|d| d.dead.is_some()) {
+                            drop_record(sub, &mut self.table, *offset, release, changes);
+                            removed += 1;
+                        }
                     }
                 }
                 QueueResponse::RemovedDead { removed }
             }
+            QueueCommand::CreateSubscription { name, start } => self.create_subscription(now, name, *start, changes),
+            QueueCommand::DeleteSubscription { name, retention } => {
+                let Some(id) = self.subscription_id(name) else {
+                    return self.checked(QueueResponse::SubscriptionNotFound);
+                };
+                if id == SubscriptionId::DEFAULT {
+                    return self.checked(QueueResponse::DefaultSubscription);
+                }
+                let mut sub = self.subscriptions.remove(&id).expect("named subscriptions exist");
+                self.by_name.remove(name);
+                changes.push(Change::ClearSubscription(id));
+                for offset in sub.clear() {
+                    self.table.release(offset, now, retention, changes);
+                }
+                changes.push(Change::PutSubscriptions(self.subscription_list()));
+                QueueResponse::SubscriptionDeleted { id }
+            }
+            QueueCommand::Seek { subscription, target, retention } => match self.subscription_id(subscription) {
+                Some(id) => {
+                    let pending = self.seek(id, *target, Release { now, retention: *retention }, changes);
+                    QueueResponse::Sought { pending }
+                }
+                None => QueueResponse::SubscriptionNotFound,
+            },
         };
+        self.checked(response)
+    }
+
+    fn checked(&self, response: QueueResponse) -> QueueResponse {
         self.check_invariants();
         response
     }
@@ -277,7 +450,8 @@ impl QueueState {
     /// answer with the original's offset. Ids repeated within the batch count
     /// too. With `dedup_window_ms` 0 ids are neither checked nor remembered.
     /// If the new messages would take the queue past a limit, nothing is
-    /// stored.
+    /// stored. Every subscription receives each new message, unless the
+    /// message names one that exists.
     fn produce(
         &mut self,
         now: TimestampMs,
@@ -288,8 +462,10 @@ impl QueueState {
     ) -> QueueResponse {
         self.dedup.expire(now, changes);
         if let Some(limit) = self.exceeded_limit(now, messages, dedup_window_ms, limits) {
-            return QueueResponse::Full { limit, depth: self.deliveries.len() as u64, bytes: self.bytes };
+            let (depth, bytes) = self.table.held();
+            return QueueResponse::Full { limit, depth, bytes };
         }
+        let everyone: Vec<SubscriptionId> = self.subscriptions.keys().copied().collect();
         let first_offset = self.next_offset;
         let mut offsets = Vec::with_capacity(messages.len());
         for message in messages {
@@ -301,28 +477,29 @@ impl QueueState {
             let offset = self.next_offset;
             self.next_offset = Offset(offset.0 + 1);
             // A deliver_at in the past is simply "now".
-            let visible_at = message.deliver_at.map_or(now, |at| at.max(now));
-            let delivery = DeliveryState {
-                attempts: 0,
-                visible_at,
-                lease: None,
+            let info = MessageInfo {
+                publish_time: now,
+                deliver_at: message.deliver_at.map_or(now, |at| at.max(now)),
                 size: message.size_bytes(),
                 expires_at: message.expires_at,
-                dead: None,
             };
-            changes.push(Change::PutMessage(StoredMessage {
-                offset,
-                publish_time: now,
-                body: message.body.clone(),
-                headers: message.headers.clone(),
-                correlation_id: message.correlation_id.clone(),
-            }));
-            if let Some(id) = &message.correlation_id {
-                self.by_correlation.insert((id.clone(), offset));
-                self.correlation_of.insert(offset, id.clone());
+            changes.push(Change::PutMessage {
+                message: StoredMessage {
+                    offset,
+                    publish_time: now,
+                    body: message.body.clone(),
+                    headers: message.headers.clone(),
+                    correlation_id: message.correlation_id.clone(),
+                },
+                info,
+            });
+            let only = message.subscription.as_ref().and_then(|name| self.by_name.get(name));
+            let targets = only.map_or(everyone.as_slice(), std::slice::from_ref);
+            self.table.add(offset, info, message.correlation_id.as_deref(), targets.len() as u32);
+            for id in targets {
+                let sub = self.subscriptions.get_mut(id).expect("listed above");
+                put_delivery(sub, offset, DeliveryState::fresh(info.deliver_at), changes);
             }
-            changes.push(Change::PutDelivery { offset, state: delivery });
-            self.insert(offset, delivery);
             if let Some(id) = dedup_id {
                 self.dedup.insert(id, offset, now.saturating_add_ms(dedup_window_ms), changes);
             }
@@ -356,26 +533,33 @@ impl QueueState {
             count += 1;
             bytes += message.size_bytes();
         }
-        let depth = self.deliveries.len() as u64;
+        let (depth, held_bytes) = self.table.held();
         if limits.max_messages > 0 && depth + count > limits.max_messages {
             return Some(QueueLimit::MaxMessages(limits.max_messages));
         }
-        if limits.max_bytes > 0 && self.bytes + bytes > limits.max_bytes {
+        if limits.max_bytes > 0 && held_bytes + bytes > limits.max_bytes {
             return Some(QueueLimit::MaxBytes(limits.max_bytes));
         }
         None
     }
 
+    #[allow(clippy::too_many_arguments)] // one per field of the Lease command
     fn lease(
         &mut self,
         log_index: u64,
         now: TimestampMs,
+        id: SubscriptionId,
         limits: Limits,
         visibility_timeout_ms: u64,
         policy: &DeliveryPolicy,
         changes: &mut Vec<Change>,
     ) -> QueueResponse {
-        self.advance(now, policy, changes);
+        let mut deaths = Deaths::default();
+        self.advance_expiry(now, policy, &mut deaths, changes);
+        let sub = self.subscriptions.get_mut(&id).expect("resolved by the caller");
+        let table = &mut self.table;
+        advance_subscription(sub, table, now, policy, &mut deaths, changes);
+        let release = Release { now, retention: policy.retention };
         let deadline = now.saturating_add_ms(visibility_timeout_ms);
         let mut messages = Vec::new();
         let mut bytes = 0u64;
@@ -385,30 +569,29 @@ impl QueueState {
         };
         while messages.len() < max_messages as usize {
             let next = match limits {
-                Limits::Count(..) => self.ready.first().copied(),
-                Limits::Correlated(id) => self.correlated(id).find(|offset| self.ready.contains(offset)),
+                Limits::Count(..) => sub.first_ready(),
+                Limits::Correlated(id) => table.correlated(id).find(|offset| sub.is_ready(*offset)),
             };
             let Some(offset) = next else { break };
-            let current = self.deliveries[&offset];
-            if max_bytes > 0 && !messages.is_empty() && bytes + current.size > max_bytes {
+            let current = *sub.get(offset).expect("ready messages have records");
+            let size = table.info(offset).expect("held messages are in the table").size;
+            if max_bytes > 0 && !messages.is_empty() && bytes + size > max_bytes {
                 break;
             }
             // The limit may have been lowered since its last delivery.
             if exhausted(policy, current.attempts) {
-                self.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
+                kill(sub, table, offset, DeadReason::MaxDeliveries, policy.dead_letter, release, changes);
                 continue;
             }
             let attempts = current.attempts.saturating_add(1);
             // No backoff after the last allowed delivery: it dies when the lease runs out.
             let backoff = if exhausted(policy, attempts) { 0 } else { retry_backoff_ms(policy, attempts, offset) };
             let lease = Lease { lease_id: log_index, deadline, retry_at: deadline.saturating_add_ms(backoff) };
-            let updated = DeliveryState { attempts, lease: Some(lease), ..current };
-            self.replace(offset, updated);
-            changes.push(Change::PutDelivery { offset, state: updated });
-            bytes += current.size;
+            put_delivery(sub, offset, DeliveryState { attempts, lease: Some(lease), ..current }, changes);
+            bytes += size;
             messages.push(DeliveredMessage {
                 offset,
-                receipt: Receipt { offset, lease_id: log_index },
+                receipt: Receipt { subscription: id, offset, lease_id: log_index },
                 delivery_attempt: attempts,
                 lease_deadline: deadline,
             });
@@ -417,21 +600,25 @@ impl QueueState {
     }
 
     /// Ack, nack and extend: check each receipt, then let `settle_one` change
-    /// the message. A receipt is valid while its lease is the message's current
-    /// lease and has not run out.
+    /// the message in the receipt's subscription. A receipt is valid while
+    /// its lease is the message's current lease there and has not run out.
     fn settle(
         &mut self,
         now: TimestampMs,
         receipts: &[Receipt],
-        mut settle_one: impl FnMut(&mut QueueState, Offset, DeliveryState),
+        mut settle_one: impl FnMut(&mut Subscription, &mut Table, Offset, DeliveryState),
     ) -> QueueResponse {
         let mut succeeded = 0u32;
         let mut failures = Vec::new();
         for receipt in receipts {
-            match self.check(now, receipt) {
+            let Some(sub) = self.subscriptions.get_mut(&receipt.subscription) else {
+                failures.push(ReceiptFailure { receipt: *receipt, reason: ReceiptFailureReason::MessageGone });
+                continue;
+            };
+            match check(sub, now, receipt) {
                 Check::Valid => {
-                    let current = self.deliveries[&receipt.offset];
-                    settle_one(self, receipt.offset, current);
+                    let current = *sub.get(receipt.offset).expect("checked");
+                    settle_one(sub, &mut self.table, receipt.offset, current);
                     succeeded += 1;
                 }
                 Check::Failed(reason) => failures.push(ReceiptFailure { receipt: *receipt, reason }),
@@ -440,197 +627,170 @@ impl QueueState {
         QueueResponse::Settled { succeeded, failures }
     }
 
-    fn check(&self, now: TimestampMs, receipt: &Receipt) -> Check {
-        let Some(delivery) = self.deliveries.get(&receipt.offset) else {
-            return Check::Failed(ReceiptFailureReason::MessageGone);
-        };
-        match delivery.lease {
-            Some(lease) if delivery.dead.is_none() && lease.lease_id == receipt.lease_id && lease.deadline > now => {
-                Check::Valid
+    /// Messages whose time to live ran out die in every subscription that
+    /// holds them alive; a retained one is deleted.
+    fn advance_expiry(
+        &mut self,
+        now: TimestampMs,
+        policy: &DeliveryPolicy,
+        deaths: &mut Deaths,
+        changes: &mut Vec<Change>,
+    ) {
+        let keep = policy.dead_letter && policy.dead_letter_expired;
+        let release = Release { now, retention: policy.retention };
+        while let Some(offset) = self.table.due_expiry(now) {
+            self.table.expiry_handled(offset);
+            if self.table.holders(offset) == 0 {
+                // Retained: nobody needs it, and its time is up.
+                self.table.delete_retained(offset, changes);
+                continue;
             }
-            _ => Check::Failed(ReceiptFailureReason::LeaseGone),
-        }
-    }
-
-    /// Brings the indexes up to `now`: messages whose time to live ran out
-    /// die, messages whose delivery time or retry time came move into
-    /// `ready`, or die if their last allowed delivery ran out.
-    fn advance(&mut self, now: TimestampMs, policy: &DeliveryPolicy, changes: &mut Vec<Change>) -> Deaths {
-        let mut deaths = Deaths::default();
-        while let Some(&(at, offset)) = self.expiring.first() {
-            if at > now {
-                break;
-            }
-            let keep = policy.dead_letter && policy.dead_letter_expired;
-            self.kill(offset, DeadReason::Expired, keep, changes);
-            if keep { deaths.died += 1 } else { deaths.dropped += 1 }
-        }
-        while let Some(&(at, offset)) = self.waiting.first() {
-            if at > now {
-                break;
-            }
-            self.waiting.pop_first();
-            self.ready.insert(offset);
-        }
-        while let Some(&(at, offset)) = self.leased.first() {
-            if at > now {
-                break;
-            }
-            if exhausted(policy, self.deliveries[&offset].attempts) {
-                self.kill(offset, DeadReason::MaxDeliveries, policy.dead_letter, changes);
-                if policy.dead_letter { deaths.died += 1 } else { deaths.dropped += 1 }
-            } else {
-                self.leased.pop_first();
-                self.ready.insert(offset);
-            }
-        }
-        deaths
-    }
-
-    /// A message dies: kept as dead for the dead-letter queue, or deleted.
-    fn kill(&mut self, offset: Offset, reason: DeadReason, keep: bool, changes: &mut Vec<Change>) {
-        if keep {
-            let updated = DeliveryState { dead: Some(reason), lease: None, ..self.deliveries[&offset] };
-            self.replace(offset, updated);
-            changes.push(Change::PutDelivery { offset, state: updated });
-        } else {
-            self.delete(offset, changes);
-        }
-    }
-
-    /// The message is gone for good: acked, dropped or dead-lettered.
-    fn delete(&mut self, offset: Offset, changes: &mut Vec<Change>) {
-        self.remove(offset);
-        if let Some(id) = self.correlation_of.remove(&offset) {
-            self.by_correlation.remove(&(id, offset));
-        }
-        changes.push(Change::DeleteMessage(offset));
-    }
-
-    fn insert(&mut self, offset: Offset, delivery: DeliveryState) {
-        self.bytes += delivery.size;
-        self.deliveries.insert(offset, delivery);
-        match slot(&delivery) {
-            Slot::Waiting(at) => self.waiting.insert((at, offset)),
-            Slot::Leased(at) => self.leased.insert((at, offset)),
-            Slot::Dead => self.dead.insert(offset),
-        };
-        if let (Some(at), None) = (delivery.expires_at, delivery.dead) {
-            self.expiring.insert((at, offset));
-        }
-    }
-
-    fn remove(&mut self, offset: Offset) {
-        if let Some(old) = self.deliveries.remove(&offset) {
-            self.bytes -= old.size;
-            self.unindex(offset, &old);
-        }
-    }
-
-    fn replace(&mut self, offset: Offset, delivery: DeliveryState) {
-        self.remove(offset);
-        self.insert(offset, delivery);
-    }
-
-    fn unindex(&mut self, offset: Offset, old: &DeliveryState) {
-        if let Some(at) = old.expires_at {
-            self.expiring.remove(&(at, offset));
-        }
-        // A message is in `ready` or in the index of its slot, never both.
-        if self.ready.remove(&offset) {
-            return;
-        }
-        match slot(old) {
-            Slot::Waiting(at) => self.waiting.remove(&(at, offset)),
-            Slot::Leased(at) => self.leased.remove(&(at, offset)),
-            Slot::Dead => self.dead.remove(&offset),
-        };
-    }
-
-    /// Offsets of stored messages carrying `id`, lowest first.
-    fn correlated<'a>(&'a self, id: &'a str) -> impl Iterator<Item = Offset> + 'a {
-        self.by_correlation
-            .range((id.to_string(), Offset(0))..)
-            .take_while(move |(other, _)| other == id)
-            .map(|(_, offset)| *offset)
-    }
-
-    /// Whether a lease for correlation id `id` would get a message now.
-    pub fn has_available_correlated(&self, now: TimestampMs, id: &str) -> bool {
-        self.correlated(id).any(|offset| {
-            self.ready.contains(&offset)
-                || match slot(&self.deliveries[&offset]) {
-                    Slot::Waiting(at) | Slot::Leased(at) => at <= now,
-                    Slot::Dead => false,
+            for sub in self.subscriptions.values_mut() {
+                if sub.get(offset).is_some_and(|d| d.dead.is_none()) {
+                    kill(sub, &mut self.table, offset, DeadReason::Expired, keep, release, changes);
+                    deaths.count(keep);
                 }
-        })
+            }
+        }
     }
 
-    pub fn has_available(&self, now: TimestampMs) -> bool {
-        !self.ready.is_empty()
-            || self.waiting.first().is_some_and(|(at, _)| *at <= now)
-            || self.leased.first().is_some_and(|(deadline, _)| *deadline <= now)
+    fn create_subscription(
+        &mut self,
+        now: TimestampMs,
+        name: &SubscriptionName,
+        start: SubscriptionStart,
+        changes: &mut Vec<Change>,
+    ) -> QueueResponse {
+        if let Some(id) = self.subscription_id(name) {
+            return QueueResponse::SubscriptionExists { id };
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return QueueResponse::TooManySubscriptions { max: MAX_SUBSCRIPTIONS };
+        }
+        let id = SubscriptionId(self.next_subscription);
+        self.next_subscription += 1;
+        self.add_subscription(id, name.clone());
+        changes.push(Change::PutSubscriptions(self.subscription_list()));
+        if start == SubscriptionStart::Earliest {
+            // Nothing to release: the subscription is empty.
+            self.seek(id, SeekTarget::Offset(Offset(0)), Release { now, retention: Retention::default() }, changes);
+        }
+        QueueResponse::SubscriptionCreated { id }
     }
 
-    pub fn next_wakeup(&self, now: TimestampMs) -> Option<TimestampMs> {
-        let waiting = self.waiting.range((TimestampMs(now.0.saturating_add(1)), Offset(0))..).next();
-        let leased = self.leased.range((TimestampMs(now.0.saturating_add(1)), Offset(0))..).next();
-        [waiting, leased].into_iter().flatten().map(|(at, _)| *at).min()
+    /// The subscription holds every stored, unexpired message at or after
+    /// `target` as never delivered, and lets go of the others. Returns how
+    /// many it holds.
+    fn seek(&mut self, id: SubscriptionId, target: SeekTarget, release: Release, changes: &mut Vec<Change>) -> u64 {
+        let now = release.now;
+        let wanted: Vec<(Offset, TimestampMs)> = self
+            .table
+            .iter()
+            .filter(|(offset, info)| {
+                !info.expired(now)
+                    && match target {
+                        SeekTarget::Offset(from) => *offset >= from,
+                        SeekTarget::Time(from) => info.publish_time >= from,
+                    }
+            })
+            .map(|(offset, info)| (offset, info.deliver_at))
+            .collect();
+        let sub = self.subscriptions.get_mut(&id).expect("resolved by the caller");
+        // Hold the wanted messages first, so that letting go of the others
+        // cannot make retention delete one of them.
+        for (offset, _) in &wanted {
+            if sub.get(*offset).is_none() {
+                self.table.hold(*offset);
+            }
+        }
+        let keep: BTreeSet<Offset> = wanted.iter().map(|(offset, _)| *offset).collect();
+        changes.push(Change::ClearSubscription(id));
+        for offset in sub.clear() {
+            if !keep.contains(&offset) {
+                self.table.release(offset, now, &release.retention, changes);
+            }
+        }
+        for (offset, visible_at) in &wanted {
+            put_delivery(sub, *offset, DeliveryState::fresh(*visible_at), changes);
+        }
+        wanted.len() as u64
+    }
+
+    /// Whether a lease of the subscription for correlation id `id` would get a message now.
+    pub fn has_available_correlated(&self, subscription: SubscriptionId, now: TimestampMs, id: &str) -> bool {
+        self.subscriptions
+            .get(&subscription)
+            .is_some_and(|sub| self.table.correlated(id).any(|offset| sub.is_available(now, offset)))
+    }
+
+    pub fn has_available(&self, subscription: SubscriptionId, now: TimestampMs) -> bool {
+        self.subscriptions.get(&subscription).is_some_and(|sub| sub.has_available(now))
+    }
+
+    pub fn next_wakeup(&self, subscription: SubscriptionId, now: TimestampMs) -> Option<TimestampMs> {
+        self.subscriptions.get(&subscription)?.next_wakeup(now)
+    }
+
+    /// Every subscription with its counts, `default` first.
+    pub fn subscriptions(&self, now: TimestampMs) -> Vec<SubscriptionStats> {
+        self.subscriptions.values().map(|sub| sub.stats(now)).collect()
     }
 
     pub fn stats(&self, now: TimestampMs) -> QueueStats {
-        let after_now = (TimestampMs(now.0.saturating_add(1)), Offset(0));
-        let waiting_due = self.waiting.range(..after_now).count() as u64;
-        let leased_due = self.leased.range(..after_now).count() as u64;
-        // Leased and not yet due to come back: in flight, or in a retry backoff.
-        let in_flight = self
-            .leased
-            .range(after_now..)
-            .filter(|(_, offset)| self.deliveries[offset].lease.is_some_and(|l| l.deadline > now))
-            .count() as u64;
-        let backing_off = self.leased.len() as u64 - leased_due - in_flight;
-        QueueStats {
-            depth: self.deliveries.len() as u64,
-            bytes: self.bytes,
-            in_flight,
-            delayed: self.waiting.len() as u64 - waiting_due + backing_off,
-            available: self.ready.len() as u64 + waiting_due + leased_due,
-            dead: self.dead.len() as u64,
+        let (depth, bytes) = self.table.held();
+        let (retained, retained_bytes) = self.table.retained();
+        let mut stats = QueueStats {
+            depth,
+            bytes,
+            retained,
+            retained_bytes,
             next_offset: self.next_offset,
             dedup_ids: self.dedup.len() as u64,
+            subscriptions: self.subscriptions.len() as u64,
+            ..Default::default()
+        };
+        for sub in self.subscriptions.values() {
+            let s = sub.stats(now);
+            stats.in_flight += s.in_flight;
+            stats.delayed += s.delayed;
+            stats.available += s.available;
+            stats.dead += s.dead;
         }
+        stats
     }
 
-    /// Every message is in exactly one of the four slot indexes, consistent
-    /// with its record, and in `expiring` exactly when it is live with a time
-    /// to live; no offset at or beyond `next_offset`.
+    /// The table and every subscription are consistent: each record is of a
+    /// stored message, each message's holder count is its number of
+    /// records, and nothing is at or beyond `next_offset`.
     fn check_invariants(&self) {
         if cfg!(debug_assertions) {
-            debug_assert_eq!(
-                self.deliveries.len(),
-                self.ready.len() + self.waiting.len() + self.leased.len() + self.dead.len(),
-                "index sizes disagree with the delivery records"
-            );
-            debug_assert_eq!(self.bytes, self.deliveries.values().map(|d| d.size).sum::<u64>(), "byte count is off");
-            debug_assert_eq!(self.by_correlation.len(), self.correlation_of.len(), "correlation indexes disagree");
-            debug_assert!(
-                self.correlation_of.keys().all(|offset| self.deliveries.contains_key(offset)),
-                "a correlation id of a deleted message"
-            );
-            let live_expiring = self.deliveries.values().filter(|d| d.expires_at.is_some() && d.dead.is_none()).count();
-            debug_assert_eq!(self.expiring.len(), live_expiring, "expiry index is off");
-            for (offset, delivery) in &self.deliveries {
-                debug_assert!(*offset < self.next_offset, "offset {offset} at or past next_offset");
-                let indexed = match slot(delivery) {
-                    Slot::Waiting(at) => self.ready.contains(offset) || self.waiting.contains(&(at, *offset)),
-                    Slot::Leased(at) => self.ready.contains(offset) || self.leased.contains(&(at, *offset)),
-                    Slot::Dead => self.dead.contains(offset),
-                };
-                debug_assert!(indexed, "message {offset} missing from the indexes");
-                if let (Some(at), None) = (delivery.expires_at, delivery.dead) {
-                    debug_assert!(self.expiring.contains(&(at, *offset)), "message {offset} missing from expiring");
+            self.table.check_invariants();
+            let mut holders: HashMap<Offset, u32> = HashMap::new();
+            for sub in self.subscriptions.values() {
+                sub.check_invariants();
+                for offset in sub.offsets() {
+                    *holders.entry(offset).or_default() += 1;
                 }
             }
+            for (offset, _) in self.table.iter() {
+                debug_assert!(offset < self.next_offset, "offset {offset} at or past next_offset");
+                let count = holders.remove(&offset).unwrap_or(0);
+                debug_assert_eq!(self.table.holders(offset), count, "holder count of {offset} is off");
+            }
+            debug_assert!(holders.is_empty(), "delivery records of messages not in the table: {holders:?}");
+            debug_assert_eq!(self.by_name.len(), self.subscriptions.len(), "subscription names disagree");
         }
+    }
+}
+
+fn check(sub: &Subscription, now: TimestampMs, receipt: &Receipt) -> Check {
+    let Some(delivery) = sub.get(receipt.offset) else {
+        return Check::Failed(ReceiptFailureReason::MessageGone);
+    };
+    match delivery.lease {
+        Some(lease) if delivery.dead.is_none() && lease.lease_id == receipt.lease_id && lease.deadline > now => {
+            Check::Valid
+        }
+        _ => Check::Failed(ReceiptFailureReason::LeaseGone),
     }
 }

@@ -4,23 +4,34 @@ use std::collections::BTreeMap;
 
 use raftmq_types::{
     DeadReason, DeliveredMessage, DeliveryPolicy, NewMessage, Offset, QueueCommand, QueueLimit, QueueLimits,
-    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, TimestampMs,
+    QueueRequest, QueueResponse, Receipt, ReceiptFailure, ReceiptFailureReason, Retention, SeekTarget, SubscriptionId,
+    SubscriptionName, SubscriptionStart, TimestampMs,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Change, DeliveryState, QueueState, retry_backoff_ms};
+use crate::{Change, DeliveryState, MessageInfo, QueueState, SubscriptionList, retry_backoff_ms};
+
+const D: SubscriptionId = SubscriptionId::DEFAULT;
+
+fn default_sub() -> SubscriptionName {
+    SubscriptionName::default_subscription()
+}
 
 /// A queue plus the log index and the persisted-changes model, as a replica sees them.
 struct Harness {
     state: QueueState,
     index: u64,
     /// What storage would hold: delivery records, bodies and next offset.
-    stored_deliveries: BTreeMap<Offset, DeliveryState>,
+    stored_deliveries: BTreeMap<(SubscriptionId, Offset), DeliveryState>,
+    stored_infos: BTreeMap<Offset, MessageInfo>,
+    stored_subscriptions: Option<SubscriptionList>,
     stored_bodies: BTreeMap<Offset, Vec<u8>>,
     stored_next: Offset,
     stored_dedup: BTreeMap<Offset, (String, TimestampMs)>,
     stored_correlations: BTreeMap<Offset, String>,
+    /// What the leader would stamp into commands that release messages.
+    retention: Retention,
 }
 
 impl Harness {
@@ -29,10 +40,13 @@ impl Harness {
             state: QueueState::new(),
             index: 0,
             stored_deliveries: BTreeMap::new(),
+            stored_infos: BTreeMap::new(),
+            stored_subscriptions: None,
             stored_bodies: BTreeMap::new(),
             stored_next: Offset(0),
             stored_dedup: BTreeMap::new(),
             stored_correlations: BTreeMap::new(),
+            retention: Retention::default(),
         }
     }
 
@@ -42,25 +56,36 @@ impl Harness {
         let response = self.state.apply(self.index, &QueueRequest { now: TimestampMs(now), command }, &mut changes);
         for change in changes {
             match change {
-                Change::PutMessage(m) => {
+                Change::PutMessage { message: m, info } => {
                     if let Some(id) = m.correlation_id {
                         self.stored_correlations.insert(m.offset, id);
                     }
+                    self.stored_infos.insert(m.offset, info);
                     self.stored_bodies.insert(m.offset, m.body);
                 }
-                Change::PutDelivery { offset, state } => {
-                    self.stored_deliveries.insert(offset, state);
+                Change::PutDelivery { subscription, offset, state } => {
+                    self.stored_deliveries.insert((subscription, offset), state);
+                }
+                Change::DeleteDelivery { subscription, offset } => {
+                    assert!(self.stored_deliveries.remove(&(subscription, offset)).is_some(), "deleted twice");
                 }
                 Change::DeleteMessage(offset) => {
-                    self.stored_deliveries.remove(&offset);
+                    assert!(
+                        !self.stored_deliveries.keys().any(|(_, o)| *o == offset),
+                        "message {offset} deleted while a subscription holds it"
+                    );
+                    self.stored_infos.remove(&offset);
                     self.stored_bodies.remove(&offset);
                     self.stored_correlations.remove(&offset);
                 }
                 Change::DeleteAllMessages => {
                     self.stored_deliveries.clear();
+                    self.stored_infos.clear();
                     self.stored_bodies.clear();
                     self.stored_correlations.clear();
                 }
+                Change::ClearSubscription(id) => self.stored_deliveries.retain(|(sub, _), _| *sub != id),
+                Change::PutSubscriptions(list) => self.stored_subscriptions = Some(list),
                 Change::PutNextOffset(o) => self.stored_next = o,
                 Change::PutDedup { offset, id, expires_at } => {
                     self.stored_dedup.insert(offset, (id, expires_at));
@@ -122,14 +147,16 @@ impl Harness {
     }
 
     fn ack(&mut self, now: u64, receipts: &[Receipt]) -> (u32, Vec<ReceiptFailure>) {
-        self.settle(now, QueueCommand::Ack { receipts: receipts.to_vec() })
+        self.settle(now, QueueCommand::Ack { receipts: receipts.to_vec(), retention: Retention::default() })
     }
 
     /// A replica restarted from what was persisted.
     fn restored(&self) -> QueueState {
         QueueState::restore(
             self.stored_next,
-            self.stored_deliveries.clone(),
+            self.stored_subscriptions.clone(),
+            self.stored_infos.clone(),
+            self.stored_deliveries.iter().map(|((sub, offset), state)| (*sub, *offset, *state)),
             self.stored_dedup.iter().map(|(offset, (id, expires_at))| (*offset, id.clone(), *expires_at)),
             self.stored_correlations.iter().map(|(offset, id)| (*offset, id.clone())),
         )
@@ -180,7 +207,7 @@ fn leased_message_is_not_leased_again_before_its_deadline() {
     q.produce(10, &["a"]);
     q.lease(20, 1, 1000);
     assert!(q.lease(1019, 1, 1000).is_empty());
-    assert!(!q.state.has_available(TimestampMs(1019)));
+    assert!(!q.state.has_available(D, TimestampMs(1019)));
 }
 
 #[test]
@@ -188,7 +215,7 @@ fn expired_lease_makes_message_available_again_with_higher_attempt() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
     let first = q.lease(20, 1, 1000);
-    assert!(q.state.has_available(TimestampMs(1020)));
+    assert!(q.state.has_available(D, TimestampMs(1020)));
     let second = q.lease(1020, 1, 1000);
     assert_eq!(offsets(&second), vec![0]);
     assert_eq!(second[0].delivery_attempt, 2);
@@ -204,7 +231,7 @@ fn acked_message_never_comes_back() {
     q.produce(10, &["a", "b"]);
     let leased = q.lease(20, 1, 100);
     assert_eq!(q.ack(30, &[leased[0].receipt]), (1, vec![]));
-    assert!(q.state.delivery(Offset(0)).is_none());
+    assert!(q.state.delivery(D, Offset(0)).is_none());
     assert!(!q.stored_bodies.contains_key(&Offset(0)));
     // Long after the old deadline only message 1 is ever leased.
     for now in [200, 10_000, 1_000_000] {
@@ -224,7 +251,7 @@ fn double_ack_reports_message_gone() {
 #[test]
 fn ack_of_unknown_offset_reports_message_gone() {
     let mut q = Harness::new();
-    let r = Receipt { offset: Offset(42), lease_id: 1 };
+    let r = Receipt::new(Offset(42), 1);
     assert_eq!(q.ack(10, &[r]), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
 }
 
@@ -242,7 +269,7 @@ fn ack_after_lease_expiry_reports_lease_gone_and_keeps_message() {
 fn ack_of_never_leased_message_reports_lease_gone() {
     let mut q = Harness::new();
     q.produce(10, &["a"]);
-    let r = Receipt { offset: Offset(0), lease_id: 99 };
+    let r = Receipt::new(Offset(0), 99);
     assert_eq!(q.ack(20, &[r]), (0, vec![failure(r, ReceiptFailureReason::LeaseGone)]));
 }
 
@@ -255,8 +282,8 @@ fn nack_with_delay_hides_message_until_delay_passes() {
         q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(500), policy: DeliveryPolicy::default() }),
         (1, vec![])
     );
-    assert!(!q.state.has_available(TimestampMs(529)));
-    assert_eq!(q.state.next_wakeup(TimestampMs(100)), Some(TimestampMs(530)));
+    assert!(!q.state.has_available(D, TimestampMs(529)));
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(100)), Some(TimestampMs(530)));
     assert_eq!(q.state.stats(TimestampMs(100)).delayed, 1);
     assert!(q.lease(529, 1, 1000).is_empty());
     let again = q.lease(530, 1, 1000);
@@ -272,14 +299,14 @@ fn nack_without_delay_is_available_at_once() {
     q.produce(10, &["a"]);
     let r = q.lease(20, 1, 1000)[0].receipt;
     q.settle(30, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(0), policy: DeliveryPolicy::default() });
-    assert!(q.state.has_available(TimestampMs(30)));
+    assert!(q.state.has_available(D, TimestampMs(30)));
     assert_eq!(offsets(&q.lease(30, 1, 1000)), vec![0]);
 }
 
 #[test]
 fn nack_of_unknown_receipt_fails() {
     let mut q = Harness::new();
-    let r = Receipt { offset: Offset(3), lease_id: 3 };
+    let r = Receipt::new(Offset(3), 3);
     let (ok, failed) =
         q.settle(10, QueueCommand::Nack { receipts: vec![r], delay_ms: Some(0), policy: DeliveryPolicy::default() });
     assert_eq!((ok, failed), (0, vec![failure(r, ReceiptFailureReason::MessageGone)]));
@@ -343,11 +370,11 @@ fn stats_count_each_kind_of_message() {
 #[test]
 fn next_wakeup_is_the_earliest_future_event() {
     let mut q = Harness::new();
-    assert_eq!(q.state.next_wakeup(TimestampMs(0)), None);
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(0)), None);
     q.produce(0, &["a", "b"]);
     q.lease(10, 1, 500); // deadline 510
-    assert_eq!(q.state.next_wakeup(TimestampMs(10)), Some(TimestampMs(510)));
-    assert_eq!(q.state.next_wakeup(TimestampMs(600)), None);
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(10)), Some(TimestampMs(510)));
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(600)), None);
 }
 
 #[test]
@@ -393,7 +420,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
     let mut b = Harness::new();
     let mut now = 0u64;
     let mut receipts: Vec<Receipt> = Vec::new();
-    let mut acked: std::collections::BTreeSet<Offset> = Default::default();
+    let mut acked: std::collections::BTreeSet<(SubscriptionId, Offset)> = Default::default();
     // One queue config per run, with a fresh jitter seed per command.
     let max_deliveries = if rng.random_bool(0.5) { rng.random_range(1..4) } else { 0 };
     let backoff_min_ms = rng.random_range(0..300);
@@ -404,12 +431,20 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         jitter_seed: 0,
         dead_letter: rng.random_bool(0.5),
         dead_letter_expired: rng.random_bool(0.5),
+        retention: match rng.random_range(0..3) {
+            0 => Retention::default(),
+            1 => Retention { max_age_ms: rng.random_range(1..3000), max_bytes: 0 },
+            _ => Retention { max_age_ms: rng.random_range(0..3000), max_bytes: rng.random_range(1..20) },
+        },
     };
+    let retention = base_policy.retention;
+    let names = ["default", "s1", "s2"].map(|n| SubscriptionName::new(n).unwrap());
     println!("policy {base_policy:?}");
     for step in 0..3000 {
         let policy = DeliveryPolicy { jitter_seed: rng.random(), ..base_policy };
         now += rng.random_range(0..200);
-        let command = match rng.random_range(0..10) {
+        let name = names[rng.random_range(0..names.len())].clone();
+        let command = match rng.random_range(0..12) {
             0..=2 => QueueCommand::Produce {
                 messages: (0..rng.random_range(0..5))
                     .map(|i| NewMessage {
@@ -430,6 +465,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                 },
             },
             3..=4 => QueueCommand::Lease {
+                subscription: name.clone(),
                 max_messages: rng.random_range(1..8),
                 max_bytes: if rng.random_bool(0.3) { rng.random_range(1..4) } else { 0 },
                 visibility_timeout_ms: rng.random_range(1..1000),
@@ -439,7 +475,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             },
             5..=6 if !receipts.is_empty() => {
                 let n = rng.random_range(1..=receipts.len().min(4));
-                QueueCommand::Ack { receipts: receipts.split_off(receipts.len() - n) }
+                QueueCommand::Ack { receipts: receipts.split_off(receipts.len() - n), retention }
             }
             7 if !receipts.is_empty() => QueueCommand::Nack {
                 receipts: vec![receipts.swap_remove(rng.random_range(0..receipts.len()))],
@@ -454,16 +490,36 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             9 if rng.random_bool(0.5) => QueueCommand::Sweep { policy },
             // What the dead-letter mover does: remove some dead messages (and
             // sometimes offsets that are not dead, which must stay).
-            9 => QueueCommand::RemoveDead {
-                offsets: a
-                    .state
-                    .dead_messages(3)
-                    .into_iter()
-                    .map(|(offset, _)| offset)
-                    .chain(a.state.peek(Offset(0), Offset(u64::MAX), 1).into_iter().map(|(offset, _)| offset))
-                    .collect(),
+            9 => {
+                let dead = a.state.dead_messages(3);
+                let subscription = dead.first().map_or(D, |m| m.subscription);
+                QueueCommand::RemoveDead {
+                    subscription,
+                    retention,
+                    offsets: dead
+                        .into_iter()
+                        .filter(|m| m.subscription == subscription)
+                        .map(|m| m.offset)
+                        .chain(a.state.peek(subscription, Offset(0), Offset(u64::MAX), 1).into_iter().map(|m| m.offset))
+                        .collect(),
+                }
+            }
+            10 if rng.random_bool(0.3) => {
+                let start = if rng.random_bool(0.5) { SubscriptionStart::Earliest } else { SubscriptionStart::Latest };
+                QueueCommand::CreateSubscription { name: name.clone(), start }
+            }
+            10 if rng.random_bool(0.1) => QueueCommand::DeleteSubscription { name: name.clone(), retention },
+            10 => QueueCommand::Seek {
+                subscription: name.clone(),
+                target: if rng.random_bool(0.5) {
+                    SeekTarget::Offset(Offset(rng.random_range(0..=a.state.next_offset().0 + 1)))
+                } else {
+                    SeekTarget::Time(TimestampMs(now.saturating_sub(rng.random_range(0..3000))))
+                },
+                retention,
             },
             _ => QueueCommand::Lease {
+                subscription: name.clone(),
                 max_messages: 1,
                 max_bytes: 0,
                 visibility_timeout_ms: 100,
@@ -471,13 +527,15 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                 correlation_id: None,
             },
         };
+        let sought = a.state.subscription_id(&name);
         let ra = a.apply(now, command.clone());
         let rb = b.apply(now, command.clone());
         assert_eq!(ra, rb, "replicas diverged at step {step} (seed {seed})");
         match (&command, &ra) {
             (_, QueueResponse::Leased { messages }) => {
                 for m in messages {
-                    assert!(!acked.contains(&m.offset), "acked {} leased again (seed {seed})", m.offset);
+                    let key = (m.receipt.subscription, m.offset);
+                    assert!(!acked.contains(&key), "acked {key:?} leased again (seed {seed})");
                     assert!(
                         max_deliveries == 0 || m.delivery_attempt <= max_deliveries,
                         "{} delivered {} times (seed {seed})",
@@ -487,12 +545,16 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                     receipts.push(m.receipt);
                 }
             }
-            (QueueCommand::Ack { receipts: sent }, QueueResponse::Settled { failures, .. }) => {
+            (QueueCommand::Ack { receipts: sent, .. }, QueueResponse::Settled { failures, .. }) => {
                 for r in sent {
                     if !failures.iter().any(|f| f.receipt == *r) {
-                        acked.insert(r.offset);
+                        acked.insert((r.subscription, r.offset));
                     }
                 }
+            }
+            // A seek is a replay: acked messages may come again.
+            (QueueCommand::Seek { .. }, QueueResponse::Sought { .. }) => {
+                acked.retain(|(sub, _)| Some(*sub) != sought);
             }
             (QueueCommand::Purge, _) => {}
             _ => {}
@@ -501,6 +563,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             b.state = b.restored();
         }
         assert_eq!(a.state.stats(TimestampMs(now)), b.state.stats(TimestampMs(now)), "seed {seed}");
+        assert_eq!(a.state.subscriptions(TimestampMs(now)), b.state.subscriptions(TimestampMs(now)), "seed {seed}");
     }
 }
 
@@ -646,9 +709,9 @@ fn a_delayed_message_is_delivered_at_its_time_and_not_before() {
     assert_eq!(offsets(&q.lease(100, 10, 1000)), vec![1, 2], "the delayed one waits");
     let stats = q.state.stats(TimestampMs(499));
     assert_eq!((stats.delayed, stats.available), (1, 0));
-    assert_eq!(q.state.next_wakeup(TimestampMs(100)), Some(TimestampMs(500)));
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(100)), Some(TimestampMs(500)));
     assert!(q.lease(499, 10, 1000).is_empty());
-    assert!(!q.state.has_available(TimestampMs(499)));
+    assert!(!q.state.has_available(D, TimestampMs(499)));
     // Still delayed on a replica restarted from storage.
     assert_eq!(q.restored().stats(TimestampMs(499)).delayed, 1);
     assert_eq!(offsets(&q.lease(500, 10, 1000)), vec![0]);
@@ -672,11 +735,11 @@ fn peek_shows_a_range_and_changes_nothing() {
     let leased = q.lease(11, 1, 100);
     q.ack(12, &[leased[0].receipt]); // offset 0 is gone
     let before = q.state.stats(TimestampMs(12));
-    let peeked: Vec<u64> = q.state.peek(Offset(0), Offset(u64::MAX), 2).iter().map(|(o, _)| o.0).collect();
+    let peeked: Vec<u64> = q.state.peek(D, Offset(0), Offset(u64::MAX), 2).iter().map(|m| m.offset.0).collect();
     assert_eq!(peeked, vec![1, 2]);
-    let peeked: Vec<u64> = q.state.peek(Offset(2), Offset(3), 10).iter().map(|(o, _)| o.0).collect();
+    let peeked: Vec<u64> = q.state.peek(D, Offset(2), Offset(3), 10).iter().map(|m| m.offset.0).collect();
     assert_eq!(peeked, vec![2]);
-    assert!(q.state.peek(Offset(3), Offset(3), 10).is_empty());
+    assert!(q.state.peek(D, Offset(3), Offset(3), 10).is_empty());
     assert_eq!(q.state.stats(TimestampMs(12)), before);
 }
 
@@ -690,12 +753,14 @@ fn policy(max_deliveries: u32, backoff_min_ms: u64, backoff_max_ms: u64, dead_le
         jitter_seed: 7,
         dead_letter,
         dead_letter_expired: true,
+        retention: Retention::default(),
     }
 }
 
 impl Harness {
     fn lease_with(&mut self, now: u64, max: u32, timeout: u64, policy: DeliveryPolicy) -> Vec<DeliveredMessage> {
         let command = QueueCommand::Lease {
+            subscription: default_sub(),
             max_messages: max,
             max_bytes: 0,
             visibility_timeout_ms: timeout,
@@ -718,7 +783,7 @@ impl Harness {
     }
 
     fn dead(&self) -> Vec<(u64, Option<DeadReason>)> {
-        self.state.dead_messages(100).iter().map(|(o, d)| (o.0, d.dead)).collect()
+        self.state.dead_messages(100).iter().map(|m| (m.offset.0, m.state.dead)).collect()
     }
 }
 
@@ -768,7 +833,7 @@ fn an_expired_lease_comes_back_after_its_backoff() {
     let p = policy(0, 500, 60_000, false);
     q.produce(10, &["a"]);
     let first = q.lease_with(20, 1, 100, p);
-    let retry_at = q.state.delivery(Offset(0)).unwrap().lease.unwrap().retry_at;
+    let retry_at = q.state.delivery(D, Offset(0)).unwrap().lease.unwrap().retry_at;
     assert_eq!(retry_at.0, 120 + retry_backoff_ms(&p, 1, Offset(0)));
     assert!(retry_at.0 >= 620);
     // The lease has run out: the receipt fails, but the message waits for its backoff.
@@ -776,7 +841,7 @@ fn an_expired_lease_comes_back_after_its_backoff() {
     let stats = q.state.stats(TimestampMs(121));
     assert_eq!((stats.in_flight, stats.delayed, stats.available), (0, 1, 0));
     assert!(q.lease_with(retry_at.0 - 1, 1, 100, p).is_empty());
-    assert_eq!(q.state.next_wakeup(TimestampMs(121)), Some(retry_at));
+    assert_eq!(q.state.next_wakeup(D, TimestampMs(121)), Some(retry_at));
     assert_eq!(q.lease_with(retry_at.0, 1, 100, p)[0].delivery_attempt, 2);
 }
 
@@ -787,7 +852,7 @@ fn extending_a_lease_keeps_its_backoff() {
     q.produce(10, &["a"]);
     let r = q.lease_with(20, 1, 100, p)[0].receipt;
     q.settle(50, QueueCommand::ExtendLease { receipts: vec![r], visibility_timeout_ms: 1000 });
-    let lease = q.state.delivery(Offset(0)).unwrap().lease.unwrap();
+    let lease = q.state.delivery(D, Offset(0)).unwrap().lease.unwrap();
     assert_eq!((lease.deadline.0, lease.retry_at.0), (1050, 1550));
 }
 
@@ -807,7 +872,7 @@ fn the_last_allowed_nack_dead_letters_the_message() {
     assert_eq!((stats.depth, stats.dead, stats.available), (1, 1, 0));
     // Persisted: a restarted replica still holds it dead.
     assert_eq!(q.restored().dead_messages(10).len(), 1);
-    assert_eq!(q.stored_deliveries[&Offset(0)].dead, Some(DeadReason::MaxDeliveries));
+    assert_eq!(q.stored_deliveries[&(D, Offset(0))].dead, Some(DeadReason::MaxDeliveries));
 }
 
 #[test]
@@ -817,7 +882,7 @@ fn a_last_lease_that_runs_out_kills_the_message_at_its_deadline() {
     q.produce(10, &["a", "b"]);
     let leased = q.lease_with(20, 1, 100, p);
     // No backoff after the last delivery: it is due at the deadline.
-    assert_eq!(q.state.delivery(Offset(0)).unwrap().lease.unwrap().retry_at, TimestampMs(120));
+    assert_eq!(q.state.delivery(D, Offset(0)).unwrap().lease.unwrap().retry_at, TimestampMs(120));
     assert!(!q.state.needs_sweep(TimestampMs(119), &p));
     assert!(q.state.needs_sweep(TimestampMs(120), &p));
     assert_eq!(q.apply(120, QueueCommand::Sweep { policy: p }), QueueResponse::Swept { died: 1, dropped: 0 });
@@ -856,12 +921,19 @@ fn remove_dead_deletes_only_dead_messages() {
     q.produce(10, &["a", "b"]);
     let r = q.lease_with(20, 1, 100, p)[0].receipt;
     q.nack(21, r, None, p);
-    let remove = QueueCommand::RemoveDead { offsets: vec![Offset(0), Offset(1), Offset(9)] };
+    let remove = QueueCommand::RemoveDead {
+        subscription: D,
+        retention: Retention::default(),
+        offsets: vec![Offset(0), Offset(1), Offset(9)],
+    };
     assert_eq!(q.apply(30, remove.clone()), QueueResponse::RemovedDead { removed: 1 });
-    assert!(q.state.delivery(Offset(0)).is_none() && !q.stored_bodies.contains_key(&Offset(0)));
-    assert!(q.state.delivery(Offset(1)).is_some(), "a live message stays");
+    assert!(q.state.delivery(D, Offset(0)).is_none() && !q.stored_bodies.contains_key(&Offset(0)));
+    assert!(q.state.delivery(D, Offset(1)).is_some(), "a live message stays");
     assert_eq!(q.apply(31, remove), QueueResponse::RemovedDead { removed: 0 }, "a repeat is harmless");
-    assert_eq!(q.apply(32, QueueCommand::RemoveDead { offsets: vec![] }), QueueResponse::RemovedDead { removed: 0 });
+    assert_eq!(
+        q.apply(32, QueueCommand::RemoveDead { subscription: D, retention: Retention::default(), offsets: vec![] }),
+        QueueResponse::RemovedDead { removed: 0 }
+    );
 }
 
 #[test]
@@ -913,6 +985,7 @@ fn a_byte_limited_lease_stops_before_the_limit_but_always_takes_one() {
     q.produce(10, &["aaaa", "bbbb", "cccccccc", "d"]);
     let lease = |q: &mut Harness, max_bytes| {
         let command = QueueCommand::Lease {
+            subscription: default_sub(),
             max_messages: 10,
             max_bytes,
             visibility_timeout_ms: 100,
@@ -935,6 +1008,7 @@ fn reply(text: &str, correlation_id: &str) -> NewMessage {
 impl Harness {
     fn lease_correlated(&mut self, now: u64, id: &str) -> Vec<DeliveredMessage> {
         let command = QueueCommand::Lease {
+            subscription: default_sub(),
             max_messages: 10,
             max_bytes: 0,
             visibility_timeout_ms: 100,
@@ -949,18 +1023,297 @@ impl Harness {
 fn a_correlated_lease_takes_only_that_reply_and_only_when_available() {
     let mut q = Harness::new();
     q.produce_messages(10, vec![body("other"), reply("r1", "a"), reply("r2", "b"), reply("r1-again", "a")], 0);
-    assert!(q.state.has_available_correlated(TimestampMs(10), "a"));
-    assert!(!q.state.has_available_correlated(TimestampMs(10), "zzz"));
+    assert!(q.state.has_available_correlated(D, TimestampMs(10), "a"));
+    assert!(!q.state.has_available_correlated(D, TimestampMs(10), "zzz"));
     assert!(q.lease_correlated(11, "zzz").is_empty());
     let got = q.lease_correlated(11, "a");
     assert_eq!(offsets(&got), vec![1], "one message, the lowest offset with that id");
     assert_eq!(offsets(&q.lease_correlated(12, "a")), vec![3]);
     assert!(q.lease_correlated(13, "a").is_empty(), "both replies are leased");
-    assert!(!q.state.has_available_correlated(TimestampMs(13), "a"));
+    assert!(!q.state.has_available_correlated(D, TimestampMs(13), "a"));
     // An acked reply leaves the index; a restarted replica has the same index.
     q.ack(14, &[got[0].receipt]);
     assert_eq!(q.stored_correlations.len(), 2);
-    assert!(q.restored().has_available_correlated(TimestampMs(200), "a"), "offset 3's lease ran out");
+    assert!(q.restored().has_available_correlated(D, TimestampMs(200), "a"), "offset 3's lease ran out");
     assert_eq!(offsets(&q.lease_correlated(200, "a")), vec![3]);
     assert_eq!(offsets(&q.lease(201, 10, 100)), vec![0, 2], "plain leases take any message");
+}
+
+// Subscriptions, retention and seek.
+
+fn sub(name: &str) -> SubscriptionName {
+    SubscriptionName::new(name).unwrap()
+}
+
+impl Harness {
+    fn subscribe(&mut self, now: u64, name: &str, start: SubscriptionStart) -> SubscriptionId {
+        match self.apply(now, QueueCommand::CreateSubscription { name: sub(name), start }) {
+            QueueResponse::SubscriptionCreated { id } => id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn lease_from(&mut self, now: u64, name: &str, max: u32) -> Vec<DeliveredMessage> {
+        self.leased(
+            now,
+            QueueCommand::Lease {
+                subscription: sub(name),
+                max_messages: max,
+                max_bytes: 0,
+                visibility_timeout_ms: 100,
+                policy: DeliveryPolicy { retention: self.retention, ..DeliveryPolicy::default() },
+                correlation_id: None,
+            },
+        )
+    }
+
+    fn ack_all(&mut self, now: u64, messages: &[DeliveredMessage]) {
+        let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt).collect();
+        let ack = QueueCommand::Ack { receipts, retention: self.retention };
+        assert_eq!(self.settle(now, ack), (messages.len() as u32, vec![]));
+    }
+
+    fn seek(&mut self, now: u64, name: &str, target: SeekTarget) -> QueueResponse {
+        self.apply(now, QueueCommand::Seek { subscription: sub(name), target, retention: self.retention })
+    }
+
+    fn depth_of(&self, now: u64, name: &str) -> u64 {
+        self.state.subscriptions(TimestampMs(now)).into_iter().find(|s| s.name == sub(name)).unwrap().depth
+    }
+}
+
+#[test]
+fn every_subscription_receives_every_message_and_settles_its_own() {
+    let mut q = Harness::new();
+    q.produce(1, &["before"]);
+    let audit = q.subscribe(2, "audit", SubscriptionStart::Latest);
+    assert_ne!(audit, D);
+    q.produce(3, &["a", "b"]);
+    let default = q.lease_from(4, "default", 10);
+    let audited = q.lease_from(4, "audit", 10);
+    assert_eq!(offsets(&default), vec![0, 1, 2]);
+    assert_eq!(offsets(&audited), vec![1, 2], "a subscription created at the latest offset skips older messages");
+    assert!(audited.iter().all(|m| m.receipt.subscription == audit && m.delivery_attempt == 1));
+    // A receipt only settles in its own subscription.
+    let foreign = Receipt { subscription: audit, ..default[0].receipt };
+    let (ok, failed) = q.ack(5, &[foreign]);
+    assert_eq!((ok, failed), (0, vec![failure(foreign, ReceiptFailureReason::MessageGone)]));
+    q.ack_all(5, &default);
+    assert_eq!(q.depth_of(5, "default"), 0);
+    assert_eq!(q.depth_of(5, "audit"), 2);
+    assert!(!q.stored_bodies.contains_key(&Offset(0)), "nobody holds offset 0 any more");
+    assert!(q.stored_bodies.contains_key(&Offset(1)), "audit has not acked offset 1");
+    assert_eq!(q.state.stats(TimestampMs(5)).depth, 2);
+    q.ack_all(6, &audited);
+    assert!(q.stored_bodies.is_empty() && q.stored_deliveries.is_empty());
+    assert_eq!(q.state.stats(TimestampMs(6)).depth, 0);
+}
+
+#[test]
+fn a_subscription_created_at_the_earliest_offset_gets_every_stored_message() {
+    let mut q = Harness::new();
+    q.produce(1, &["a", "b", "c"]);
+    let leased = q.lease_from(2, "default", 1);
+    q.ack_all(3, &leased);
+    q.subscribe(4, "replay", SubscriptionStart::Earliest);
+    assert_eq!(offsets(&q.lease_from(5, "replay", 10)), vec![1, 2], "offset 0 was acked and not retained");
+    assert_eq!(q.state.stats(TimestampMs(5)).subscriptions, 2);
+}
+
+#[test]
+fn subscription_names_are_unique_default_stays_and_the_count_is_bounded() {
+    let mut q = Harness::new();
+    let id = q.subscribe(1, "a", SubscriptionStart::Latest);
+    let again = QueueCommand::CreateSubscription { name: sub("a"), start: SubscriptionStart::Earliest };
+    assert_eq!(q.apply(2, again), QueueResponse::SubscriptionExists { id });
+    let delete_default = QueueCommand::DeleteSubscription { name: default_sub(), retention: Retention::default() };
+    assert_eq!(q.apply(3, delete_default), QueueResponse::DefaultSubscription);
+    let missing = QueueCommand::DeleteSubscription { name: sub("nope"), retention: Retention::default() };
+    assert_eq!(q.apply(4, missing), QueueResponse::SubscriptionNotFound);
+    assert_eq!(q.seek(5, "nope", SeekTarget::Offset(Offset(0))), QueueResponse::SubscriptionNotFound);
+    let lease = QueueCommand::Lease {
+        subscription: sub("nope"),
+        max_messages: 1,
+        max_bytes: 0,
+        visibility_timeout_ms: 1,
+        policy: DeliveryPolicy::default(),
+        correlation_id: None,
+    };
+    assert_eq!(q.apply(6, lease), QueueResponse::SubscriptionNotFound);
+    for i in 2..raftmq_types::config::MAX_SUBSCRIPTIONS {
+        q.subscribe(7, &format!("s{i}"), SubscriptionStart::Latest);
+    }
+    let one_more = QueueCommand::CreateSubscription { name: sub("last"), start: SubscriptionStart::Latest };
+    assert_eq!(
+        q.apply(8, one_more),
+        QueueResponse::TooManySubscriptions { max: raftmq_types::config::MAX_SUBSCRIPTIONS }
+    );
+}
+
+#[test]
+fn deleting_a_subscription_lets_go_of_its_messages_and_its_receipts() {
+    let mut q = Harness::new();
+    q.subscribe(1, "slow", SubscriptionStart::Latest);
+    q.produce(2, &["a", "b"]);
+    let fast = q.lease_from(3, "default", 10);
+    q.ack_all(3, &fast);
+    let slow = q.lease_from(4, "slow", 1);
+    assert_eq!(q.stored_bodies.len(), 2, "slow still holds both");
+    let delete = QueueCommand::DeleteSubscription { name: sub("slow"), retention: Retention::default() };
+    assert!(matches!(q.apply(5, delete), QueueResponse::SubscriptionDeleted { .. }));
+    assert!(q.stored_bodies.is_empty() && q.stored_deliveries.is_empty());
+    let (ok, failed) = q.ack(6, &[slow[0].receipt]);
+    assert_eq!((ok, failed), (0, vec![failure(slow[0].receipt, ReceiptFailureReason::MessageGone)]));
+    // A new subscription of the same name is a new subscription: old receipts stay dead.
+    let again = q.subscribe(7, "slow", SubscriptionStart::Latest);
+    assert_ne!(again, slow[0].receipt.subscription);
+    assert_eq!(q.restored().subscriptions(TimestampMs(8)), q.state.subscriptions(TimestampMs(8)));
+}
+
+#[test]
+fn retention_keeps_acked_messages_for_replay_until_their_age_passes() {
+    let mut q = Harness { retention: Retention { max_age_ms: 1000, max_bytes: 0 }, ..Harness::new() };
+    q.produce(0, &["a", "b", "c"]);
+    let leased = q.lease_from(10, "default", 3);
+    q.ack_all(20, &leased);
+    let stats = q.state.stats(TimestampMs(20));
+    assert_eq!((stats.depth, stats.retained, stats.retained_bytes), (0, 3, 3));
+    assert_eq!(q.stored_bodies.len(), 3, "acked but retained");
+    // Replay from offset 1: both come again as first deliveries.
+    assert_eq!(q.seek(30, "default", SeekTarget::Offset(Offset(1))), QueueResponse::Sought { pending: 2 });
+    let replayed = q.lease_from(40, "default", 10);
+    assert_eq!(offsets(&replayed), vec![1, 2]);
+    assert!(replayed.iter().all(|m| m.delivery_attempt == 1));
+    q.ack_all(50, &replayed);
+    // A new subscription at the earliest offset sees the retained ones too.
+    q.subscribe(60, "late", SubscriptionStart::Earliest);
+    assert_eq!(q.depth_of(60, "late"), 3);
+    let late = q.lease_from(70, "late", 10);
+    q.ack_all(80, &late);
+    assert_eq!(q.restored().stats(TimestampMs(80)), q.state.stats(TimestampMs(80)));
+    // Past the age limit a sweep deletes them.
+    let policy = DeliveryPolicy { retention: q.retention, ..DeliveryPolicy::default() };
+    assert!(!q.state.needs_sweep(TimestampMs(999), &policy));
+    assert!(q.state.needs_sweep(TimestampMs(1000), &policy));
+    assert_eq!(q.apply(1000, QueueCommand::Sweep { policy }), QueueResponse::Swept { died: 0, dropped: 3 });
+    assert!(q.stored_bodies.is_empty() && q.stored_infos.is_empty());
+    assert_eq!(q.seek(1001, "default", SeekTarget::Offset(Offset(0))), QueueResponse::Sought { pending: 0 });
+}
+
+#[test]
+fn retention_by_bytes_deletes_the_oldest_first() {
+    let mut q = Harness { retention: Retention { max_age_ms: 0, max_bytes: 5 }, ..Harness::new() };
+    q.produce(0, &["aa", "bb", "cc", "dd"]);
+    let leased = q.lease_from(1, "default", 4);
+    q.ack_all(2, &leased);
+    let stats = q.state.stats(TimestampMs(2));
+    assert_eq!((stats.retained, stats.retained_bytes), (2, 4));
+    assert_eq!(q.stored_bodies.keys().map(|o| o.0).collect::<Vec<_>>(), vec![2, 3]);
+    // Turning retention off: the next sweep deletes what is left.
+    let policy = DeliveryPolicy::default();
+    assert!(q.state.needs_sweep(TimestampMs(3), &policy));
+    assert_eq!(q.apply(3, QueueCommand::Sweep { policy }), QueueResponse::Swept { died: 0, dropped: 2 });
+    assert!(q.stored_bodies.is_empty());
+}
+
+#[test]
+fn retained_messages_do_not_count_against_the_limits() {
+    let mut q = Harness { retention: Retention { max_age_ms: 60_000, max_bytes: 0 }, ..Harness::new() };
+    let limits = QueueLimits { max_messages: 2, max_bytes: 0 };
+    assert!(matches!(produce_limited(&mut q, 0, vec![body("a"), body("b")], limits), QueueResponse::Produced { .. }));
+    assert!(matches!(produce_limited(&mut q, 1, vec![body("c")], limits), QueueResponse::Full { .. }));
+    let leased = q.lease_from(2, "default", 2);
+    q.ack_all(3, &leased);
+    assert!(matches!(produce_limited(&mut q, 4, vec![body("c")], limits), QueueResponse::Produced { .. }));
+    assert_eq!(q.state.stats(TimestampMs(4)).retained, 2);
+}
+
+#[test]
+fn seek_by_time_replays_from_the_first_message_published_then_and_ends_leases() {
+    let mut q = Harness { retention: Retention { max_age_ms: 0, max_bytes: 1000 }, ..Harness::new() };
+    q.produce(100, &["a"]);
+    q.produce(200, &["b"]);
+    q.produce(300, &["c"]);
+    let first = q.lease_from(400, "default", 3);
+    q.ack_all(410, &first[..1]);
+    assert_eq!(q.seek(420, "default", SeekTarget::Time(TimestampMs(200))), QueueResponse::Sought { pending: 2 });
+    // Leases from before the seek are gone.
+    let (ok, failed) = q.ack(430, &[first[1].receipt]);
+    assert_eq!((ok, failed.len()), (0, 1));
+    assert_eq!(offsets(&q.lease_from(440, "default", 10)), vec![1, 2]);
+    // Seeking forward lets go of everything before the target.
+    assert_eq!(q.seek(450, "default", SeekTarget::Offset(Offset(2))), QueueResponse::Sought { pending: 1 });
+    assert_eq!(q.state.stats(TimestampMs(450)).retained, 2);
+    // Past the end: nothing until the next produce.
+    assert_eq!(q.seek(460, "default", SeekTarget::Time(TimestampMs(10_000))), QueueResponse::Sought { pending: 0 });
+    assert!(q.lease_from(470, "default", 10).is_empty());
+    q.produce(480, &["d"]);
+    assert_eq!(offsets(&q.lease_from(490, "default", 10)), vec![3]);
+    let restored = q.restored();
+    assert_eq!(restored.stats(TimestampMs(490)), q.state.stats(TimestampMs(490)));
+    assert_eq!(restored.subscriptions(TimestampMs(490)), q.state.subscriptions(TimestampMs(490)));
+}
+
+#[test]
+fn a_seek_keeps_delivery_times_and_skips_expired_messages() {
+    let mut q = Harness { retention: Retention { max_age_ms: 0, max_bytes: 1000 }, ..Harness::new() };
+    let delayed = NewMessage { body: b"later".to_vec(), deliver_at: Some(TimestampMs(5000)), ..Default::default() };
+    let short = NewMessage { body: b"short".to_vec(), expires_at: Some(TimestampMs(50)), ..Default::default() };
+    q.produce_messages(0, vec![delayed, short, body("now")], 0);
+    assert_eq!(q.seek(100, "default", SeekTarget::Offset(Offset(0))), QueueResponse::Sought { pending: 2 });
+    let now = q.lease_from(110, "default", 10);
+    assert_eq!(offsets(&now), vec![2], "the delayed one still waits");
+    q.ack_all(120, &now);
+    assert_eq!(offsets(&q.lease_from(5000, "default", 10)), vec![0]);
+}
+
+#[test]
+fn dead_letters_are_per_subscription() {
+    let mut q = Harness::new();
+    let other = q.subscribe(0, "other", SubscriptionStart::Latest);
+    q.produce(1, &["a"]);
+    let p = policy(1, 0, 0, true);
+    let leased = q.lease_with(2, 1, 10, p);
+    q.nack(3, leased[0].receipt, None, p);
+    let dead = q.state.dead_messages(10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].subscription, dead[0].offset, dead[0].state.dead),
+        (D, Offset(0), Some(DeadReason::MaxDeliveries))
+    );
+    assert_eq!(q.depth_of(3, "other"), 1, "the other subscription still has it, alive");
+    let remove =
+        QueueCommand::RemoveDead { subscription: other, offsets: vec![Offset(0)], retention: Retention::default() };
+    assert_eq!(q.apply(4, remove), QueueResponse::RemovedDead { removed: 0 }, "not dead there");
+    let remove =
+        QueueCommand::RemoveDead { subscription: D, offsets: vec![Offset(0)], retention: Retention::default() };
+    assert_eq!(q.apply(5, remove), QueueResponse::RemovedDead { removed: 1 });
+    assert!(q.stored_bodies.contains_key(&Offset(0)), "other still holds it");
+    assert_eq!(offsets(&q.lease_from(6, "other", 1)), vec![0]);
+}
+
+#[test]
+fn a_message_for_one_subscription_reaches_only_it() {
+    let mut q = Harness::new();
+    q.subscribe(0, "a", SubscriptionStart::Latest);
+    let only_a = NewMessage { body: b"x".to_vec(), subscription: Some(sub("a")), ..Default::default() };
+    let gone = NewMessage { body: b"y".to_vec(), subscription: Some(sub("deleted")), ..Default::default() };
+    q.produce_messages(1, vec![only_a, gone], 0);
+    assert_eq!(offsets(&q.lease_from(2, "a", 10)), vec![0, 1]);
+    assert_eq!(offsets(&q.lease_from(2, "default", 10)), vec![1], "a missing subscription means every one");
+}
+
+#[test]
+fn expiry_reaches_every_subscription() {
+    let mut q = Harness::new();
+    q.subscribe(0, "b", SubscriptionStart::Latest);
+    let short = NewMessage { body: b"x".to_vec(), expires_at: Some(TimestampMs(100)), ..Default::default() };
+    q.produce_messages(1, vec![short], 0);
+    let leased = q.lease_from(2, "b", 1);
+    assert_eq!(leased.len(), 1);
+    let p = policy(0, 0, 0, true);
+    assert_eq!(q.apply(100, QueueCommand::Sweep { policy: p }), QueueResponse::Swept { died: 2, dropped: 0 });
+    assert_eq!(q.state.dead_messages(10).len(), 2, "dead in both subscriptions, for the dead-letter queue");
+    let (ok, _) = q.ack(101, &[leased[0].receipt]);
+    assert_eq!(ok, 0, "a dead message cannot be acked");
 }

@@ -1,11 +1,11 @@
 //! Conversions between prost types and domain types.
 
 use raftmq_proto::v1 as pb;
-use raftmq_queue::DeliveryState;
+use raftmq_queue::{PeekedMessage, SubscriptionStats};
 use raftmq_storage::CatalogQueue;
 use raftmq_types::{
-    DeliveredMessage, ExpiryAction, NewMessage, Offset, QueueConfig, QueueConfigUpdate, QueueName, ReceiptFailure,
-    ReceiptFailureReason, StoredMessage, TimestampMs,
+    DeliveredMessage, ExpiryAction, NewMessage, QueueConfig, QueueConfigUpdate, QueueName, ReceiptFailure,
+    ReceiptFailureReason, StoredMessage, SubscriptionName, TimestampMs,
 };
 
 use crate::error::ApiError;
@@ -20,6 +20,10 @@ pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
         // Stamped by the leader from the message's and the queue's TTL.
         expires_at: None,
         correlation_id: (!message.correlation_id.is_empty()).then(|| message.correlation_id.clone()),
+        // Checked by the produce handler.
+        subscription: (!message.subscription.is_empty())
+            .then(|| SubscriptionName::new(&message.subscription).ok())
+            .flatten(),
     }
 }
 
@@ -61,40 +65,52 @@ pub fn settle_response(succeeded: u32, failures: &[ReceiptFailure]) -> pb::Settl
     }
 }
 
-/// Joins peeked delivery records with their bodies, by offset; a record whose
-/// body is gone (acked meanwhile) is skipped.
-pub fn peeked(
-    records: &[(Offset, DeliveryState)],
-    bodies: Vec<StoredMessage>,
-    now: TimestampMs,
-) -> Vec<pb::PeekedMessage> {
+/// Joins peeked messages with their bodies, by offset; a message whose body
+/// is gone (deleted meanwhile) is skipped.
+pub fn peeked(records: &[PeekedMessage], bodies: Vec<StoredMessage>, now: TimestampMs) -> Vec<pb::PeekedMessage> {
     use pb::peeked_message::State;
     let mut bodies: std::collections::HashMap<u64, StoredMessage> =
         bodies.into_iter().map(|m| (m.offset.0, m)).collect();
     records
         .iter()
-        .filter_map(|(offset, delivery)| {
-            let stored = bodies.remove(&offset.0)?;
-            let (state, until) = match (delivery.dead, delivery.lease) {
-                (Some(_), _) => (State::Dead, 0),
-                (None, Some(lease)) if lease.deadline > now => (State::Leased, lease.deadline.0),
-                (None, Some(lease)) if lease.retry_at > now => (State::Delayed, lease.retry_at.0),
-                (None, Some(_)) => (State::Available, 0),
-                (None, None) if delivery.visible_at > now => (State::Delayed, delivery.visible_at.0),
-                (None, None) => (State::Available, 0),
+        .filter_map(|record| {
+            let stored = bodies.remove(&record.offset.0)?;
+            let (state, until) = match record.state.map(|d| (d.dead, d.lease, d.visible_at)) {
+                None => (State::Settled, 0),
+                Some((Some(_), _, _)) => (State::Dead, 0),
+                Some((None, Some(lease), _)) if lease.deadline > now => (State::Leased, lease.deadline.0),
+                Some((None, Some(lease), _)) if lease.retry_at > now => (State::Delayed, lease.retry_at.0),
+                Some((None, Some(_), _)) => (State::Available, 0),
+                Some((None, None, visible_at)) if visible_at > now => (State::Delayed, visible_at.0),
+                Some((None, None, _)) => (State::Available, 0),
             };
             Some(pb::PeekedMessage {
-                offset: offset.0,
+                offset: record.offset.0,
                 body: stored.body,
                 headers: stored.headers.into_iter().collect(),
                 publish_time_ms: stored.publish_time.0,
-                delivery_attempts: delivery.attempts,
+                delivery_attempts: record.state.map_or(0, |d| d.attempts),
                 state: state as i32,
                 until_ms: until,
-                dead_reason: delivery.dead.map(|reason| reason.as_str().to_string()).unwrap_or_default(),
+                dead_reason: record
+                    .state
+                    .and_then(|d| d.dead)
+                    .map(|reason| reason.as_str().to_string())
+                    .unwrap_or_default(),
             })
         })
         .collect()
+}
+
+pub fn subscription_pb(stats: &SubscriptionStats) -> pb::Subscription {
+    pb::Subscription {
+        name: stats.name.to_string(),
+        depth: stats.depth,
+        in_flight: stats.in_flight,
+        delayed: stats.delayed,
+        available: stats.available,
+        dead: stats.dead,
+    }
 }
 
 pub fn queue_config_update(update: &pb::QueueConfigUpdate) -> Result<QueueConfigUpdate, ApiError> {
@@ -110,6 +126,8 @@ pub fn queue_config_update(update: &pb::QueueConfigUpdate) -> Result<QueueConfig
         dead_letter_queue: update.dead_letter_queue.as_deref().map(dead_letter_queue).transpose()?,
         message_ttl_ms: update.message_ttl_ms,
         expiry_action: update.expiry_action.map(expiry_action).transpose()?,
+        retention_ms: update.retention_ms,
+        retention_bytes: update.retention_bytes,
     })
 }
 
@@ -160,6 +178,8 @@ pub fn queue_config(config: Option<&pb::QueueConfig>) -> Result<QueueConfig, Api
         result.dead_letter_queue = dead_letter_queue(&c.dead_letter_queue)?;
         result.message_ttl_ms = c.message_ttl_ms;
         result.expiry_action = expiry_action(c.expiry_action)?;
+        result.retention_ms = c.retention_ms;
+        result.retention_bytes = c.retention_bytes;
     }
     Ok(result)
 }
@@ -181,6 +201,8 @@ pub fn queue_config_pb(config: &QueueConfig) -> pb::QueueConfig {
             ExpiryAction::Drop => pb::ExpiryAction::Drop,
             ExpiryAction::DeadLetter => pb::ExpiryAction::DeadLetter,
         } as i32,
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
     }
 }
 

@@ -21,7 +21,7 @@ use raftmq_proto::v1::message_service_server::MessageService;
 use raftmq_proto::v1::{AckRequest, ConsumeRequest, NackRequest, ProduceMessage, ProduceRequest, RedriveResponse};
 use raftmq_raft::QueueGroup;
 use raftmq_storage::CatalogQueue;
-use raftmq_types::{Offset, QueueCommand, QueueName, QueueRequest, QueueResponse};
+use raftmq_types::{Offset, QueueCommand, QueueName, QueueRequest, QueueResponse, SubscriptionId};
 use tokio::time::Instant;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
@@ -36,8 +36,17 @@ pub const SOURCE_OFFSET_HEADER: &str = "raftmq-dlq-source-offset";
 pub const DELIVERIES_HEADER: &str = "raftmq-dlq-delivery-count";
 pub const REASON_HEADER: &str = "raftmq-dlq-reason";
 pub const PUBLISH_TIME_HEADER: &str = "raftmq-dlq-source-publish-time-ms";
-const DLQ_HEADERS: [&str; 5] =
-    [SOURCE_QUEUE_HEADER, SOURCE_OFFSET_HEADER, DELIVERIES_HEADER, REASON_HEADER, PUBLISH_TIME_HEADER];
+/// The subscription the message died in; a redrive gives it back to that
+/// subscription only.
+pub const SOURCE_SUBSCRIPTION_HEADER: &str = "raftmq-dlq-source-subscription";
+const DLQ_HEADERS: [&str; 6] = [
+    SOURCE_QUEUE_HEADER,
+    SOURCE_OFFSET_HEADER,
+    DELIVERIES_HEADER,
+    REASON_HEADER,
+    PUBLISH_TIME_HEADER,
+    SOURCE_SUBSCRIPTION_HEADER,
+];
 
 const TICK: Duration = Duration::from_millis(250);
 /// Per produce or ack the tender or a redrive sends.
@@ -93,17 +102,21 @@ impl Tender {
             }
         }
         match &entry.config.dead_letter_queue {
-            Some(dlq) if dead => self.move_dead(group, dlq).await,
+            Some(dlq) if dead => self.move_dead(group, entry, dlq).await,
             _ => Ok(()),
         }
     }
 
-    /// Commits a batch of dead messages in `dlq`, then removes them here.
-    async fn move_dead(&self, group: &QueueGroup, dlq: &QueueName) -> Result<(), String> {
-        let dead = group.reader.state().dead_messages(MAX_BATCH);
-        let offsets: Vec<Offset> = dead.iter().map(|(offset, _)| *offset).collect();
+    /// Commits a batch of dead messages of one subscription in `dlq`, then
+    /// removes them from that subscription.
+    async fn move_dead(&self, group: &QueueGroup, entry: &CatalogQueue, dlq: &QueueName) -> Result<(), String> {
+        let mut dead = group.reader.state().dead_messages(MAX_BATCH);
+        let Some(first) = dead.first() else { return Ok(()) };
+        let (subscription, subscription_name) = (first.subscription, first.subscription_name.clone());
+        dead.retain(|m| m.subscription == subscription);
+        let offsets: Vec<Offset> = dead.iter().map(|m| m.offset).collect();
         let bodies = group.reader.read_messages(&offsets).map_err(|e| format!("read dead messages: {e}"))?;
-        let records: BTreeMap<Offset, _> = dead.into_iter().collect();
+        let records: BTreeMap<Offset, _> = dead.into_iter().map(|m| (m.offset, m.state)).collect();
         let mut moved = Vec::with_capacity(bodies.len());
         let mut messages = Vec::with_capacity(bodies.len());
         for stored in bodies {
@@ -114,10 +127,17 @@ impl Tender {
             headers.insert(DELIVERIES_HEADER.into(), record.attempts.to_string());
             headers.insert(REASON_HEADER.into(), record.dead.map(|r| r.as_str()).unwrap_or("unknown").into());
             headers.insert(PUBLISH_TIME_HEADER.into(), stored.publish_time.0.to_string());
+            headers.insert(SOURCE_SUBSCRIPTION_HEADER.into(), subscription_name.to_string());
+            // The default subscription keeps the id it had before subscriptions existed.
+            let dedup_id = if subscription == SubscriptionId::DEFAULT {
+                format!("raftmq-dlq-{}-{}", group.group_id.0, stored.offset.0)
+            } else {
+                format!("raftmq-dlq-{}-s{}-{}", group.group_id.0, subscription.0, stored.offset.0)
+            };
             messages.push(ProduceMessage {
                 body: stored.body,
                 headers,
-                dedup_id: format!("raftmq-dlq-{}-{}", group.group_id.0, stored.offset.0),
+                dedup_id,
                 correlation_id: stored.correlation_id.unwrap_or_default(),
                 ..Default::default()
             });
@@ -132,10 +152,10 @@ impl Tender {
             .await
             .map_err(|s| format!("produce to dead-letter queue {dlq}: {}", s.message()))?;
         let count = moved.len();
-        let command = QueueCommand::RemoveDead { offsets: moved };
+        let command = QueueCommand::RemoveDead { subscription, offsets: moved, retention: entry.config.retention() };
         match propose(group, QueueRequest { now: clock::now(), command }).await {
             Ok(_) => {
-                info!(queue = %group.queue, %dlq, count, "dead-lettered");
+                info!(queue = %group.queue, subscription = %subscription_name, %dlq, count, "dead-lettered");
                 Ok(())
             }
             // Another leader will move them again; the dedup ids keep the copies to one.
@@ -210,6 +230,9 @@ pub async fn redrive(
                                 .collect(),
                             dedup_id: format!("raftmq-redrive-{}-{}", group_id.0, m.offset),
                             correlation_id: m.correlation_id.clone(),
+                            // Back to the subscription it died in; without the
+                            // header (an older dead letter), to every one.
+                            subscription: m.headers.get(SOURCE_SUBSCRIPTION_HEADER).cloned().unwrap_or_default(),
                             ..Default::default()
                         })
                         .collect(),

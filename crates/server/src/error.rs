@@ -1,6 +1,6 @@
 //! Request errors of the server and their one mapping to gRPC status codes.
 
-use raftmq_types::{ConfigError, QueueNameError, ReceiptParseError};
+use raftmq_types::{ConfigError, QueueNameError, ReceiptParseError, SubscriptionName};
 use tonic::{Code, Status};
 
 /// A request error: something the caller can act on. Fatal errors (storage
@@ -14,9 +14,17 @@ pub enum ApiError {
     QueueNotFound(String),
     #[error("queue {0:?} already exists")]
     QueueAlreadyExists(String),
+    #[error(
+        "queue {queue:?} has no subscription {subscription:?}; list them with ListSubscriptions \
+         (`raftmq subscription list {queue}`) or create it"
+    )]
+    SubscriptionNotFound { queue: String, subscription: SubscriptionName },
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("{0}; retry later")]
     Unavailable(String),
-    /// A produce that would take a queue past `max_messages` or `max_bytes`.
+    /// A produce that would take a queue past `max_messages` or `max_bytes`,
+    /// or a subscription past the most a queue may have.
     #[error("{0}")]
     QueueFull(String),
     /// The call conflicts with the cluster's state, e.g. deleting a queue
@@ -50,7 +58,8 @@ impl From<ApiError> for Status {
         let code = match &e {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::QueueNotFound(_) => Code::NotFound,
-            ApiError::QueueAlreadyExists(_) => Code::AlreadyExists,
+            ApiError::QueueAlreadyExists(_) | ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::SubscriptionNotFound { .. } => Code::NotFound,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::QueueFull(_) => Code::ResourceExhausted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,

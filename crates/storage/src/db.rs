@@ -15,7 +15,10 @@ use crate::{StorageError, WalSyncer};
 /// 3: retry backoff, max deliveries, dead-letter queue and TTL in queue
 /// configs; lease retry times, expiry and death in delivery records;
 /// correlation ids (`QueueKind::Correlation`).
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: subscriptions: delivery records keyed by subscription, message infos
+/// (`QueueKind::MessageInfo`), the subscription list, retention in queue
+/// configs.
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The node's database and its WAL syncer; cheap to clone.

@@ -3,9 +3,11 @@
 //!
 //! - `raft_log`:  group ‖ log index
 //! - `raft_meta`: group ‖ tag (vote, last purged, last applied, membership, snapshot)
-//! - `queue`:     group ‖ kind ‖ offset (kinds: header, delivery record, body)
+//! - `queue`:     group ‖ kind ‖ offset (kinds: header, body, dedup id,
+//!   correlation id, message info); delivery records are group ‖ 2 ‖
+//!   subscription ‖ offset, and the subscription list is group ‖ 7.
 
-use raftmq_types::{GroupId, Offset};
+use raftmq_types::{GroupId, Offset, SubscriptionId};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
 pub const CF_RAFT_META: &str = "raft_meta";
@@ -28,12 +30,17 @@ pub enum MetaTag {
 pub enum QueueKind {
     /// Per-queue header: the next offset.
     Header = 1,
+    /// A subscription's delivery record of a message (see `delivery_key`).
     Delivery = 2,
     Body = 3,
     /// A producer dedup id, keyed by the offset of the message that carried it.
     Dedup = 4,
     /// The correlation id of a stored message (a reply), keyed by its offset.
     Correlation = 5,
+    /// What the state machine keeps of a message: publish time, size, expiry.
+    MessageInfo = 6,
+    /// The queue's subscription list (one record, offset 0).
+    Subscriptions = 7,
 }
 
 pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
@@ -66,6 +73,33 @@ pub fn queue_key(group: GroupId, kind: QueueKind, offset: Offset) -> [u8; 17] {
 /// The offset of a `queue` key, if it is one.
 pub fn queue_offset(key: &[u8]) -> Option<Offset> {
     Some(Offset(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?)))
+}
+
+/// group ‖ 2 ‖ subscription ‖ offset: one subscription's records are contiguous.
+pub fn delivery_key(group: GroupId, subscription: SubscriptionId, offset: Offset) -> [u8; 21] {
+    let mut key = [0u8; 21];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8] = QueueKind::Delivery as u8;
+    key[9..13].copy_from_slice(&subscription.0.to_be_bytes());
+    key[13..].copy_from_slice(&offset.0.to_be_bytes());
+    key
+}
+
+/// The subscription and offset of a delivery key, if it is one.
+pub fn delivery_key_parts(key: &[u8]) -> Option<(SubscriptionId, Offset)> {
+    let subscription = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?);
+    let offset = u64::from_be_bytes(key.get(13..21)?.try_into().ok()?);
+    Some((SubscriptionId(subscription), Offset(offset)))
+}
+
+/// `[start, end)` covering the delivery records of one subscription.
+pub fn subscription_range(group: GroupId, subscription: SubscriptionId) -> ([u8; 21], Vec<u8>) {
+    let start = delivery_key(group, subscription, Offset(0));
+    let end = match subscription.0.checked_add(1) {
+        Some(next) => delivery_key(group, SubscriptionId(next), Offset(0)).to_vec(),
+        None => queue_key(group, QueueKind::Body, Offset(0)).to_vec(),
+    };
+    (start, end)
 }
 
 /// `[start, end)` covering every key of `group` in any column family.
@@ -129,5 +163,24 @@ mod tests {
         assert!(!(b >= start && b < end));
         assert!(!(h >= start && h < end));
         assert_eq!(queue_offset(&d), Some(Offset(u64::MAX)));
+        let record = delivery_key(GroupId(3), SubscriptionId(u32::MAX), Offset(u64::MAX));
+        assert!(record.as_slice() >= start.as_slice() && record.as_slice() < end.as_slice());
+    }
+
+    #[test]
+    fn subscription_range_holds_one_subscription() {
+        let (start, end) = subscription_range(GroupId(3), SubscriptionId(1));
+        let inside = delivery_key(GroupId(3), SubscriptionId(1), Offset(u64::MAX));
+        assert!(inside.as_slice() >= start.as_slice() && inside.as_slice() < end.as_slice());
+        assert_eq!(delivery_key_parts(&inside), Some((SubscriptionId(1), Offset(u64::MAX))));
+        for outside in [
+            delivery_key(GroupId(3), SubscriptionId(0), Offset(u64::MAX)),
+            delivery_key(GroupId(3), SubscriptionId(2), Offset(0)),
+        ] {
+            assert!(!(outside.as_slice() >= start.as_slice() && outside.as_slice() < end.as_slice()));
+        }
+        let (start, end) = subscription_range(GroupId(3), SubscriptionId(u32::MAX));
+        let last = delivery_key(GroupId(3), SubscriptionId(u32::MAX), Offset(u64::MAX));
+        assert!(last.as_slice() >= start.as_slice() && last.as_slice() < end.as_slice());
     }
 }

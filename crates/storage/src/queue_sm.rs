@@ -11,15 +11,18 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use futures::Stream;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use raftmq_queue::{Change, DeliveryState, QueueState};
-use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, TimestampMs};
+use raftmq_queue::{Change, DeliveryState, MessageInfo, QueueState, SubscriptionList};
+use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, SubscriptionId, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::error::{decode, encode};
-use crate::keys::{CF_QUEUE, QueueKind, group_range, queue_key, queue_kind_range, queue_offset};
+use crate::keys::{
+    CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, queue_key, queue_kind_range, queue_offset,
+    subscription_range,
+};
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
     read_snapshot, write_synced,
@@ -78,31 +81,48 @@ impl QueueStateMachine {
         let cf = self.storage.cf(CF_QUEUE);
         for change in changes {
             match change {
-                Change::PutMessage(message) => {
+                Change::PutMessage { message, info } => {
                     batch.put_cf(
                         cf,
                         queue_key(self.group, QueueKind::Body, message.offset),
                         encode("message", message)?,
+                    );
+                    batch.put_cf(
+                        cf,
+                        queue_key(self.group, QueueKind::MessageInfo, message.offset),
+                        encode("message info", info)?,
                     );
                     if let Some(id) = &message.correlation_id {
                         let key = queue_key(self.group, QueueKind::Correlation, message.offset);
                         batch.put_cf(cf, key, encode("correlation id", id)?);
                     }
                 }
-                Change::PutDelivery { offset, state } => {
-                    batch.put_cf(cf, queue_key(self.group, QueueKind::Delivery, *offset), encode("delivery", state)?)
+                Change::PutDelivery { subscription, offset, state } => {
+                    batch.put_cf(cf, delivery_key(self.group, *subscription, *offset), encode("delivery", state)?)
+                }
+                Change::DeleteDelivery { subscription, offset } => {
+                    batch.delete_cf(cf, delivery_key(self.group, *subscription, *offset))
                 }
                 Change::DeleteMessage(offset) => {
-                    for kind in [QueueKind::Body, QueueKind::Delivery, QueueKind::Correlation] {
+                    for kind in [QueueKind::Body, QueueKind::MessageInfo, QueueKind::Correlation] {
                         batch.delete_cf(cf, queue_key(self.group, kind, *offset));
                     }
                 }
                 Change::DeleteAllMessages => {
-                    for kind in [QueueKind::Delivery, QueueKind::Body, QueueKind::Correlation] {
+                    for kind in [QueueKind::Delivery, QueueKind::Body, QueueKind::Correlation, QueueKind::MessageInfo] {
                         let (start, end) = queue_kind_range(self.group, kind);
                         batch.delete_range_cf(cf, start, end);
                     }
                 }
+                Change::ClearSubscription(subscription) => {
+                    let (start, end) = subscription_range(self.group, *subscription);
+                    batch.delete_range_cf(cf, start.as_slice(), end.as_slice());
+                }
+                Change::PutSubscriptions(list) => batch.put_cf(
+                    cf,
+                    queue_key(self.group, QueueKind::Subscriptions, Offset(0)),
+                    encode("subscriptions", list)?,
+                ),
                 Change::PutNextOffset(offset) => batch.put_cf(
                     cf,
                     queue_key(self.group, QueueKind::Header, Offset(0)),
@@ -149,27 +169,42 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
         Some(bytes) => decode("next offset", &bytes)?,
         None => Offset(0),
     };
-    let deliveries = read_kind(storage, group, QueueKind::Delivery, |offset, value| {
-        let state: DeliveryState = decode("delivery", value)?;
-        Ok((offset, state))
+    let subscriptions: Option<SubscriptionList> =
+        match db.get_cf(cf, queue_key(group, QueueKind::Subscriptions, Offset(0)))? {
+            Some(bytes) => Some(decode("subscriptions", &bytes)?),
+            None => None,
+        };
+    let infos = read_kind(storage, group, QueueKind::MessageInfo, |key, value| {
+        let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+        let info: MessageInfo = decode("message info", value)?;
+        Ok((offset, info))
     })?;
-    let dedup = read_kind(storage, group, QueueKind::Dedup, |offset, value| {
+    let deliveries = read_kind(storage, group, QueueKind::Delivery, |key, value| {
+        let (subscription, offset): (SubscriptionId, Offset) =
+            delivery_key_parts(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+        let state: DeliveryState = decode("delivery", value)?;
+        Ok((subscription, offset, state))
+    })?;
+    let dedup = read_kind(storage, group, QueueKind::Dedup, |key, value| {
+        let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
         let (id, expires_at): (String, TimestampMs) = decode("dedup id", value)?;
         Ok((offset, id, expires_at))
     })?;
-    let correlations = read_kind(storage, group, QueueKind::Correlation, |offset, value| {
+    let correlations = read_kind(storage, group, QueueKind::Correlation, |key, value| {
+        let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
         let id: String = decode("correlation id", value)?;
         Ok((offset, id))
     })?;
-    Ok(QueueState::restore(next_offset, deliveries, dedup, correlations))
+    Ok(QueueState::restore(next_offset, subscriptions, infos, deliveries, dedup, correlations))
 }
 
-/// Every record of one kind of the group, in offset order, decoded by `decode_one`.
+/// Every record of one kind of the group, in key order, decoded by `decode_one`
+/// from its key and value.
 fn read_kind<T>(
     storage: &Storage,
     group: GroupId,
     kind: QueueKind,
-    decode_one: impl Fn(Offset, &[u8]) -> Result<T, StorageError>,
+    decode_one: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
 ) -> Result<Vec<T>, StorageError> {
     let (start, end) = queue_kind_range(group, kind);
     let mut options = ReadOptions::default();
@@ -181,8 +216,7 @@ fn read_kind<T>(
         IteratorMode::From(&start, rocksdb::Direction::Forward),
     ) {
         let (key, value) = item?;
-        let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-        records.push(decode_one(offset, &value)?);
+        records.push(decode_one(&key, &value)?);
     }
     Ok(records)
 }

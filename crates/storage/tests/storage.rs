@@ -11,7 +11,7 @@ use openraft::{EntryPayload, StorageError as RaftStorageError};
 use raftmq_storage::{LogStore, MetaStateMachine, QueueStateMachine, Storage, TypeConfig};
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
-    RaftRequest, TimestampMs,
+    RaftRequest, Retention, SeekTarget, SubscriptionName, SubscriptionStart, TimestampMs,
 };
 use tempfile::TempDir;
 
@@ -116,6 +116,7 @@ async fn log_vote_and_queue_state_survive_reopen() {
             2,
             200,
             QueueCommand::Lease {
+                subscription: SubscriptionName::default_subscription(),
                 max_messages: 1,
                 max_bytes: 0,
                 visibility_timeout_ms: 10_000,
@@ -131,7 +132,8 @@ async fn log_vote_and_queue_state_survive_reopen() {
         append(&mut log, entries.clone()).await;
         let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
         apply(&mut sm, entries.clone()).await;
-        let ack = QueueCommand::Ack { receipts: vec![raftmq_types::Receipt { offset: Offset(0), lease_id: 2 }] };
+        let receipts = vec![raftmq_types::Receipt::new(Offset(0), 2)];
+        let ack = QueueCommand::Ack { receipts, retention: Default::default() };
         let third = queue_entry(1, 3, 300, ack);
         append(&mut log, vec![third.clone()]).await;
         apply(&mut sm, vec![third]).await;
@@ -218,6 +220,7 @@ async fn snapshot_installs_on_a_fresh_replica() {
                 2,
                 200,
                 QueueCommand::Lease {
+                    subscription: SubscriptionName::default_subscription(),
                     max_messages: 2,
                     max_bytes: 0,
                     visibility_timeout_ms: 1000,
@@ -244,6 +247,83 @@ async fn snapshot_installs_on_a_fresh_replica() {
     drop(replica);
     let reopened = QueueStateMachine::open(target, GROUP).await.unwrap();
     assert_eq!(reopened.reader().state().stats(TimestampMs(500)), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_survive_reopen_and_snapshot_install() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let audit = SubscriptionName::new("audit").unwrap();
+    let lease = |subscription: &SubscriptionName| QueueCommand::Lease {
+        subscription: subscription.clone(),
+        max_messages: 10,
+        max_bytes: 0,
+        visibility_timeout_ms: 10_000,
+        policy: Default::default(),
+        correlation_id: None,
+    };
+    let retention = Retention { max_age_ms: 0, max_bytes: 1_000_000 };
+    {
+        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        apply(
+            &mut sm,
+            vec![
+                queue_entry(1, 1, 100, produce(2)),
+                queue_entry(
+                    1,
+                    2,
+                    110,
+                    QueueCommand::CreateSubscription { name: audit.clone(), start: SubscriptionStart::Latest },
+                ),
+                queue_entry(1, 3, 120, produce(3)),
+                queue_entry(1, 4, 130, lease(&SubscriptionName::default_subscription())),
+                queue_entry(
+                    1,
+                    5,
+                    140,
+                    QueueCommand::Ack {
+                        receipts: (0..5).map(|o| raftmq_types::Receipt::new(Offset(o), 4)).collect(),
+                        retention,
+                    },
+                ),
+                queue_entry(1, 6, 150, lease(&audit)),
+            ],
+        )
+        .await;
+    }
+    let sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let state = sm.reader().state().clone();
+    let stats = state.stats(TimestampMs(200));
+    // Offsets 0 and 1 were acked by default before audit existed: retained.
+    assert_eq!((stats.depth, stats.retained, stats.subscriptions), (3, 2, 2));
+    let subs = state.subscriptions(TimestampMs(200));
+    assert_eq!(
+        subs.iter().map(|s| (s.name.as_str(), s.depth, s.in_flight)).collect::<Vec<_>>(),
+        vec![("default", 0, 0), ("audit", 3, 3)]
+    );
+    let mut sm = sm;
+    apply(
+        &mut sm,
+        vec![queue_entry(
+            1,
+            7,
+            300,
+            QueueCommand::Seek { subscription: audit.clone(), target: SeekTarget::Offset(Offset(1)), retention },
+        )],
+    )
+    .await;
+    let after_seek = sm.reader().state().subscriptions(TimestampMs(300));
+    assert_eq!((after_seek[1].depth, after_seek[1].in_flight, after_seek[1].available), (4, 0, 4));
+
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let target_dir = TempDir::new().unwrap();
+    let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
+    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    assert_eq!(replica.reader().state().subscriptions(TimestampMs(300)), after_seek);
+    assert_eq!(replica.reader().state().stats(TimestampMs(300)), sm.reader().state().stats(TimestampMs(300)));
+    drop(sm);
+    let reopened = QueueStateMachine::open(storage, GROUP).await.unwrap();
+    assert_eq!(reopened.reader().state().subscriptions(TimestampMs(300)), after_seek);
 }
 
 #[tokio::test(flavor = "multi_thread")]

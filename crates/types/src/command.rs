@@ -8,7 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupId, NewMessage, NodeId, Offset, QueueConfig, QueueConfigUpdate, QueueName, Receipt, TimestampMs};
+use crate::{
+    GroupId, NewMessage, NodeId, Offset, QueueConfig, QueueConfigUpdate, QueueName, Receipt, SubscriptionId,
+    SubscriptionName, TimestampMs,
+};
 
 /// The application data of a Raft entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,28 +97,79 @@ pub enum QueueCommand {
     /// With `correlation_id`, only an available message carrying that id is
     /// leased (at most one): how a requester takes its reply.
     Lease {
+        subscription: SubscriptionName,
         max_messages: u32,
         max_bytes: u64,
         visibility_timeout_ms: u64,
         policy: DeliveryPolicy,
         correlation_id: Option<String>,
     },
-    /// Settle receipts: the messages are gone for good.
-    Ack { receipts: Vec<Receipt> },
+    /// Settle receipts: their subscriptions are done with the messages. A
+    /// message no subscription holds any more is kept as `retention` says,
+    /// then deleted.
+    Ack { receipts: Vec<Receipt>, retention: Retention },
     /// Give messages back, visible again after `delay_ms`, or after the
     /// policy's backoff when `None`. A message out of deliveries dies instead.
     Nack { receipts: Vec<Receipt>, delay_ms: Option<u64>, policy: DeliveryPolicy },
     /// Push lease deadlines to `now + visibility_timeout_ms`.
     ExtendLease { receipts: Vec<Receipt>, visibility_timeout_ms: u64 },
-    /// Drop every message, leased or not.
+    /// Drop every message of every subscription, leased or not, and every
+    /// retained message. The subscriptions stay.
     Purge,
     /// Proposed by the leader when `QueueState::needs_sweep` says so: expires
-    /// messages whose time to live ran out and kills those whose last lease
-    /// ran out with no deliveries left.
+    /// messages whose time to live ran out, kills those whose last lease
+    /// ran out with no deliveries left, and deletes retained messages that
+    /// retention no longer keeps.
     Sweep { policy: DeliveryPolicy },
-    /// The given dead messages are committed in the dead-letter queue: delete
-    /// them here. Offsets that are not dead (any more) are left alone.
-    RemoveDead { offsets: Vec<Offset> },
+    /// The given dead messages of `subscription` are committed in the
+    /// dead-letter queue: the subscription is done with them. Offsets that
+    /// are not dead (any more) are left alone.
+    RemoveDead { subscription: SubscriptionId, offsets: Vec<Offset>, retention: Retention },
+    /// A new subscription that receives every message from `start` on.
+    CreateSubscription { name: SubscriptionName, start: SubscriptionStart },
+    /// The subscription and its delivery state go; messages only it held are
+    /// kept as `retention` says. `default` cannot be deleted.
+    DeleteSubscription { name: SubscriptionName, retention: Retention },
+    /// Replay: the subscription holds, as never delivered, every stored
+    /// message at or after `target`, and is done with every earlier one.
+    /// Outstanding leases of the subscription end.
+    Seek { subscription: SubscriptionName, target: SeekTarget, retention: Retention },
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubscriptionStart {
+    /// With every message the queue still stores (retained ones included).
+    Earliest,
+    /// With the next message produced.
+    Latest,
+}
+
+/// Where a seek moves a subscription to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeekTarget {
+    /// The message at this offset and every later one.
+    Offset(Offset),
+    /// Every message published at or after this time.
+    Time(TimestampMs),
+}
+
+/// How long a queue keeps messages that every subscription is done with (for
+/// seeking back and for subscriptions created at `Earliest`), stamped by the
+/// leader into every command that can release a message. Off when both are 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Retention {
+    /// Kept until this long after their publish time; 0 is no age limit.
+    pub max_age_ms: u64,
+    /// The oldest are deleted while the retained bytes exceed this; 0 is no
+    /// byte limit.
+    pub max_bytes: u64,
+}
+
+impl Retention {
+    pub fn is_off(&self) -> bool {
+        self.max_age_ms == 0 && self.max_bytes == 0
+    }
 }
 
 /// The redelivery rules of a queue, stamped into commands by the leader so
@@ -133,6 +187,7 @@ pub struct DeliveryPolicy {
     pub dead_letter: bool,
     /// Expired messages die (and are dead-lettered) rather than being dropped.
     pub dead_letter_expired: bool,
+    pub retention: Retention,
 }
 
 /// Why a message died.
@@ -181,6 +236,28 @@ pub enum QueueResponse {
     RemovedDead {
         removed: u64,
     },
+    SubscriptionCreated {
+        id: SubscriptionId,
+    },
+    /// A subscription of that name exists already; nothing changed.
+    SubscriptionExists {
+        id: SubscriptionId,
+    },
+    SubscriptionDeleted {
+        id: SubscriptionId,
+    },
+    /// Lease, seek or delete named a subscription the queue does not have.
+    SubscriptionNotFound,
+    /// The queue has `max` subscriptions already.
+    TooManySubscriptions {
+        max: usize,
+    },
+    /// `default` cannot be deleted.
+    DefaultSubscription,
+    /// Result of Seek: how many messages the subscription now holds.
+    Sought {
+        pending: u64,
+    },
     /// The produce stored nothing: its new messages would take the queue past
     /// `limit`. `depth` and `bytes` are what the queue held.
     Full {
@@ -221,7 +298,8 @@ pub struct ReceiptFailure {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReceiptFailureReason {
-    /// No such message: it was acked, purged, or never existed.
+    /// No such message in the receipt's subscription: it was acked, purged,
+    /// sought past, the subscription was deleted, or it never existed.
     MessageGone,
     /// The lease this receipt names has ended (expired, nacked, or the
     /// message was delivered again under a newer lease).
@@ -241,10 +319,10 @@ impl std::fmt::Display for RaftRequest {
             }
             RaftRequest::Queue(QueueRequest { now, command }) => match command {
                 QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
-                QueueCommand::Lease { max_messages, visibility_timeout_ms, .. } => {
-                    write!(f, "lease up to {max_messages} for {visibility_timeout_ms} ms at {now}")
+                QueueCommand::Lease { subscription, max_messages, visibility_timeout_ms, .. } => {
+                    write!(f, "lease up to {max_messages} of {subscription} for {visibility_timeout_ms} ms at {now}")
                 }
-                QueueCommand::Ack { receipts } => write!(f, "ack {} receipts at {now}", receipts.len()),
+                QueueCommand::Ack { receipts, .. } => write!(f, "ack {} receipts at {now}", receipts.len()),
                 QueueCommand::Nack { receipts, delay_ms, .. } => {
                     write!(f, "nack {} receipts, delay {delay_ms:?} ms, at {now}", receipts.len())
                 }
@@ -253,7 +331,16 @@ impl std::fmt::Display for RaftRequest {
                 }
                 QueueCommand::Purge => write!(f, "purge at {now}"),
                 QueueCommand::Sweep { .. } => write!(f, "sweep at {now}"),
-                QueueCommand::RemoveDead { offsets } => write!(f, "remove {} dead-lettered at {now}", offsets.len()),
+                QueueCommand::RemoveDead { subscription, offsets, .. } => {
+                    write!(f, "remove {} dead-lettered of {subscription} at {now}", offsets.len())
+                }
+                QueueCommand::CreateSubscription { name, start } => {
+                    write!(f, "create subscription {name} at {start:?}, at {now}")
+                }
+                QueueCommand::DeleteSubscription { name, .. } => write!(f, "delete subscription {name} at {now}"),
+                QueueCommand::Seek { subscription, target, .. } => {
+                    write!(f, "seek {subscription} to {target:?} at {now}")
+                }
             },
         }
     }

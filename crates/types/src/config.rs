@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeliveryPolicy, QueueName};
+use crate::{DeliveryPolicy, QueueName, Retention};
 
 pub const DEFAULT_VISIBILITY_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_VISIBILITY_TIMEOUT_MS: u64 = 12 * 60 * 60 * 1000;
@@ -20,6 +20,10 @@ pub const MAX_RETRY_BACKOFF_MS: u64 = MAX_VISIBILITY_TIMEOUT_MS;
 pub const MAX_MAX_DELIVERIES: u32 = 10_000;
 /// The ceiling for a message's time to live: one year.
 pub const MAX_MESSAGE_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// The ceiling for `retention_ms`: one year.
+pub const MAX_RETENTION_MS: u64 = MAX_MESSAGE_TTL_MS;
+/// Most subscriptions per queue, `default` included.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
 
 /// What happens to a message whose time to live runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -59,6 +63,12 @@ pub struct QueueConfig {
     /// message's own TTL can only shorten it.
     pub message_ttl_ms: u64,
     pub expiry_action: ExpiryAction,
+    /// How long messages that every subscription is done with stay stored,
+    /// for seeking back and for new subscriptions; 0 is no age limit.
+    /// Retention is off when both this and `retention_bytes` are 0.
+    pub retention_ms: u64,
+    /// Most bytes of such messages kept, oldest deleted first; 0 is no limit.
+    pub retention_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -76,6 +86,8 @@ impl Default for QueueConfig {
             dead_letter_queue: None,
             message_ttl_ms: 0,
             expiry_action: ExpiryAction::Drop,
+            retention_ms: 0,
+            retention_bytes: 0,
         }
     }
 }
@@ -98,6 +110,10 @@ pub enum ConfigError {
     MaxDeliveries(u32),
     #[error("message_ttl_ms must be at most {MAX_MESSAGE_TTL_MS} (one year; 0 is forever), got {0}")]
     MessageTtl(u64),
+    #[error(
+        "retention_ms must be at most {MAX_RETENTION_MS} (one year; 0 with retention_bytes 0 keeps nothing), got {0}"
+    )]
+    Retention(u64),
     #[error("dead_letter_queue {0:?} does not exist; create it first")]
     DeadLetterQueueMissing(String),
     #[error("dead_letter_queue {0:?} is the queue itself; name another queue")]
@@ -134,6 +150,9 @@ impl QueueConfig {
         if self.message_ttl_ms > MAX_MESSAGE_TTL_MS {
             return Err(ConfigError::MessageTtl(self.message_ttl_ms));
         }
+        if self.retention_ms > MAX_RETENTION_MS {
+            return Err(ConfigError::Retention(self.retention_ms));
+        }
         Ok(())
     }
 
@@ -147,7 +166,13 @@ impl QueueConfig {
             jitter_seed,
             dead_letter: self.dead_letter_queue.is_some(),
             dead_letter_expired: self.expiry_action == ExpiryAction::DeadLetter,
+            retention: self.retention(),
         }
+    }
+
+    /// What the leader stamps into commands that can release a message.
+    pub fn retention(&self) -> Retention {
+        Retention { max_age_ms: self.retention_ms, max_bytes: self.retention_bytes }
     }
 }
 
@@ -167,6 +192,8 @@ pub struct QueueConfigUpdate {
     pub dead_letter_queue: Option<Option<QueueName>>,
     pub message_ttl_ms: Option<u64>,
     pub expiry_action: Option<ExpiryAction>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
 }
 
 impl QueueConfigUpdate {
@@ -189,6 +216,8 @@ impl QueueConfigUpdate {
             dead_letter_queue: self.dead_letter_queue.clone().unwrap_or_else(|| config.dead_letter_queue.clone()),
             message_ttl_ms: self.message_ttl_ms.unwrap_or(config.message_ttl_ms),
             expiry_action: self.expiry_action.unwrap_or(config.expiry_action),
+            retention_ms: self.retention_ms.unwrap_or(config.retention_ms),
+            retention_bytes: self.retention_bytes.unwrap_or(config.retention_bytes),
         }
     }
 }

@@ -39,6 +39,22 @@ impl fmt::Display for Offset {
     }
 }
 
+/// A subscription of one queue, numbered in creation order by the queue's
+/// state machine; `default` is 0. Never reused within a queue, so a receipt
+/// from a deleted subscription never settles a message of a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct SubscriptionId(pub u32);
+
+impl SubscriptionId {
+    pub const DEFAULT: SubscriptionId = SubscriptionId(0);
+}
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
 /// Milliseconds since the Unix epoch, as read by the leader that proposed a
 /// command. Apply never reads a clock; it only sees these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]

@@ -14,10 +14,11 @@ pub mod receipt;
 
 pub use command::{
     DeadReason, DeliveredMessage, DeliveryPolicy, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits,
-    QueueRequest, QueueResponse, RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason,
+    QueueRequest, QueueResponse, RaftRequest, RaftResponse, ReceiptFailure, ReceiptFailureReason, Retention,
+    SeekTarget, SubscriptionStart,
 };
 pub use config::{ConfigError, ExpiryAction, QueueConfig, QueueConfigUpdate};
-pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, TimestampMs};
+pub use ids::{GroupId, META_GROUP_ID, NodeId, Offset, SubscriptionId, TimestampMs};
 pub use message::{MAX_CORRELATION_ID_BYTES, MAX_DEDUP_ID_BYTES, NewMessage, StoredMessage};
-pub use name::{QueueName, QueueNameError};
+pub use name::{DEFAULT_SUBSCRIPTION, NameError, QueueName, QueueNameError, SubscriptionName};
 pub use receipt::{Receipt, ReceiptParseError};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Offset, TimestampMs};
+use crate::{Offset, SubscriptionName, TimestampMs};
 
 /// A message as a producer hands it over, before it has an offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -21,6 +21,9 @@ pub struct NewMessage {
     pub expires_at: Option<TimestampMs>,
     /// Makes the message findable by a lease for this id (replies).
     pub correlation_id: Option<String>,
+    /// Only this subscription receives the message (a redriven dead letter
+    /// goes back to the subscription it died in); `None` is every one.
+    pub subscription: Option<SubscriptionName>,
 }
 
 /// Longest accepted `dedup_id`, in bytes.

@@ -34,6 +34,9 @@ pub struct ProduceArgs {
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
     queue: String,
+    /// The subscription to consume from.
+    #[arg(long, default_value = "default")]
+    subscription: String,
     /// Messages per call, 1 to 1000.
     #[arg(long, default_value_t = 10)]
     pub max: u32,
@@ -140,12 +143,14 @@ pub async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             None => args.max,
         };
         let messages = client
-            .consume(
-                &args.queue,
-                wanted,
-                Duration::from_millis(args.wait_ms),
-                args.visibility_timeout_ms.map(Duration::from_millis),
-            )
+            .consume_with(pb::ConsumeRequest {
+                queue: args.queue.clone(),
+                subscription: args.subscription.clone(),
+                max_messages: wanted,
+                wait_time_ms: args.wait_ms,
+                visibility_timeout_ms: args.visibility_timeout_ms.unwrap_or(0),
+                ..Default::default()
+            })
             .await?;
         for m in &messages {
             if args.json {
@@ -175,6 +180,9 @@ pub async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub struct PeekArgs {
     queue: String,
+    /// Whose delivery state to show.
+    #[arg(long, default_value = "default")]
+    subscription: String,
     /// The first offset to show.
     #[arg(long, default_value_t = 0)]
     from: u64,
@@ -190,7 +198,7 @@ pub struct PeekArgs {
 }
 
 pub async fn peek(client: &Client, args: PeekArgs) -> anyhow::Result<()> {
-    let page = client.peek(&args.queue, args.from, args.to, args.max).await?;
+    let page = client.peek(&args.queue, &args.subscription, args.from, args.to, args.max).await?;
     for m in &page.messages {
         if args.json {
             println!("{}", output::peeked_json(m));

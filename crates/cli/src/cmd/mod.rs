@@ -9,6 +9,7 @@ mod message;
 mod output;
 mod queue;
 mod server;
+mod subscription;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Create, inspect, delete and purge queues.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Create, list, delete and seek a queue's subscriptions.
+    #[command(subcommand)]
+    Subscription(subscription::SubscriptionCommand),
     /// Produce messages: the BODY arguments, or one message per stdin line.
     Produce(message::ProduceArgs),
     /// Consume messages (and acknowledge them, unless --no-ack).
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 let client = Client::connect(&cli.endpoints)?;
                 match command {
                     Command::Queue(c) => queue::run(&client, c).await,
+                    Command::Subscription(c) => subscription::run(&client, c).await,
                     Command::Produce(a) => message::produce(&client, a).await,
                     Command::Consume(a) => message::consume(&client, a).await,
                     Command::Peek(a) => message::peek(&client, a).await,

@@ -10,6 +10,7 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
             "depth": s.depth, "in_flight": s.in_flight, "delayed": s.delayed, "available": s.available,
             "next_offset": s.next_offset, "leader_id": s.leader_id, "applied_index": s.applied_index,
             "reported_by": s.reported_by, "bytes": s.bytes, "dedup_ids": s.dedup_ids, "dead": s.dead,
+            "retained": s.retained, "retained_bytes": s.retained_bytes, "subscriptions": s.subscriptions,
         })
     });
     json!({
@@ -27,6 +28,8 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
             "dead_letter_queue": config.dead_letter_queue,
             "message_ttl_ms": config.message_ttl_ms,
             "expiry_action": expiry_action(config.expiry_action),
+            "retention_ms": config.retention_ms,
+            "retention_bytes": config.retention_bytes,
         },
         "stats": stats,
     })
@@ -46,7 +49,8 @@ pub fn queue_text(q: &pb::QueueInfo) -> String {
     let mut out = format!(
         "queue {}\n  replicas {:?}  group {}\n  visibility_timeout_ms {}  max_message_bytes {}  replication_factor {}\n  \
          dedup_window_ms {}  max_messages {}  max_bytes {}\n  \
-         retry_backoff_ms {}..{}  max_deliveries {}  dead_letter_queue {dlq}  message_ttl_ms {}  expiry_action {}\n",
+         retry_backoff_ms {}..{}  max_deliveries {}  dead_letter_queue {dlq}  message_ttl_ms {}  expiry_action {}\n  \
+         retention_ms {}  retention_bytes {}\n",
         q.name,
         q.replicas,
         q.group_id,
@@ -61,11 +65,13 @@ pub fn queue_text(q: &pb::QueueInfo) -> String {
         limit(u64::from(config.max_deliveries)),
         limit(config.message_ttl_ms),
         expiry_action(config.expiry_action),
+        limit(config.retention_ms),
+        limit(config.retention_bytes),
     );
     match &q.stats {
         Some(s) => out.push_str(&format!(
             "  depth {}  bytes {}  in_flight {}  delayed {}  available {}  dead {}  next_offset {}  dedup_ids {}\n  \
-             leader {}  (reported by node {} at applied index {})\n",
+             subscriptions {}  retained {} ({} bytes)\n  leader {}  (reported by node {} at applied index {})\n",
             s.depth,
             s.bytes,
             s.in_flight,
@@ -74,6 +80,9 @@ pub fn queue_text(q: &pb::QueueInfo) -> String {
             s.dead,
             s.next_offset,
             s.dedup_ids,
+            s.subscriptions,
+            s.retained,
+            s.retained_bytes,
             s.leader_id,
             s.reported_by,
             s.applied_index
@@ -114,6 +123,7 @@ fn peeked_state(m: &pb::PeekedMessage) -> &'static str {
         pb::peeked_message::State::Leased => "leased",
         pb::peeked_message::State::Delayed => "delayed",
         pb::peeked_message::State::Dead => "dead",
+        pb::peeked_message::State::Settled => "settled",
         pb::peeked_message::State::Unspecified => "unknown",
     }
 }

@@ -41,6 +41,14 @@ pub struct Settings {
     /// What happens to expired messages (default: drop).
     #[arg(long, value_enum)]
     expiry_action: Option<ExpiryAction>,
+    /// Keep messages every subscription is done with this long, for seek and
+    /// new subscriptions (default 0; retention is off while this and
+    /// --retention-bytes are 0).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Most bytes of such messages kept, oldest deleted first (default and 0: no limit).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -73,6 +81,8 @@ impl Settings {
             dead_letter_queue: self.dead_letter_queue.unwrap_or_default(),
             message_ttl_ms: self.message_ttl_ms.unwrap_or(0),
             expiry_action: pb::ExpiryAction::from(self.expiry_action.unwrap_or(ExpiryAction::Drop)) as i32,
+            retention_ms: self.retention_ms.unwrap_or(0),
+            retention_bytes: self.retention_bytes.unwrap_or(0),
         }
     }
 
@@ -89,6 +99,8 @@ impl Settings {
             dead_letter_queue: self.dead_letter_queue,
             message_ttl_ms: self.message_ttl_ms,
             expiry_action: self.expiry_action.map(|a| pb::ExpiryAction::from(a) as i32),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
         }
     }
 }

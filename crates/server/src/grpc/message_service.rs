@@ -20,7 +20,7 @@ use raftmq_proto::v1::{
 use raftmq_types::config::{MAX_MESSAGE_TTL_MS, MAX_VISIBILITY_TIMEOUT_MS};
 use raftmq_types::{
     MAX_CORRELATION_ID_BYTES, MAX_DEDUP_ID_BYTES, NewMessage, Offset, QueueCommand, QueueConfig, QueueLimit, QueueName,
-    QueueRequest, QueueResponse, Receipt,
+    QueueRequest, QueueResponse, Receipt, SubscriptionName,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
@@ -48,6 +48,14 @@ impl MessageServiceImpl {
 
 fn queue_name(name: &str) -> Result<QueueName, Status> {
     QueueName::new(name).map_err(|e| ApiError::from(e).into())
+}
+
+/// A request's subscription field: empty is `default`.
+pub(crate) fn subscription_name(name: &str) -> Result<SubscriptionName, Status> {
+    if name.is_empty() {
+        return Ok(SubscriptionName::default_subscription());
+    }
+    SubscriptionName::new(name).map_err(|e| ApiError::InvalidArgument(format!("subscription: {e}")).into())
 }
 
 fn check_batch(field: &str, n: usize) -> Result<(), Status> {
@@ -124,6 +132,7 @@ impl MessageServiceImpl {
 async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
+    subscription: SubscriptionName,
     (max_messages, max_bytes): (u32, u64),
     correlation_id: Option<String>,
     visibility_timeout_ms: u64,
@@ -135,15 +144,19 @@ async fn lease_on_leader(
         let now = clock::now();
         let (available, wakeup) = {
             let state = group.reader.state();
-            let available = match &correlation_id {
-                Some(id) => state.has_available_correlated(now, id),
-                None => state.has_available(now),
+            let Some(id) = state.subscription_id(&subscription) else {
+                return Err(ApiError::SubscriptionNotFound { queue: group.queue.to_string(), subscription }.into());
             };
-            (available, state.next_wakeup(now))
+            let available = match &correlation_id {
+                Some(correlation_id) => state.has_available_correlated(id, now, correlation_id),
+                None => state.has_available(id, now),
+            };
+            (available, state.next_wakeup(id, now))
         };
         if available {
             let policy = config.delivery_policy(rand::random());
             let command = QueueCommand::Lease {
+                subscription: subscription.clone(),
                 max_messages,
                 max_bytes,
                 visibility_timeout_ms,
@@ -160,6 +173,10 @@ async fn lease_on_leader(
                     return Ok(convert::delivered(&messages, bodies));
                 }
                 QueueResponse::Leased { .. } => {}
+                QueueResponse::SubscriptionNotFound => {
+                    let queue = group.queue.to_string();
+                    return Err(ApiError::SubscriptionNotFound { queue, subscription }.into());
+                }
                 other => return Err(unexpected(other)),
             }
         }
@@ -248,6 +265,12 @@ impl MessageService for MessageServiceImpl {
             ))
             .into());
         }
+        for (i, message) in request.messages.iter().enumerate() {
+            if !message.subscription.is_empty() {
+                subscription_name(&message.subscription)
+                    .map_err(|status| Status::invalid_argument(format!("messages[{i}].{}", status.message())))?;
+            }
+        }
         let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
         // Relative delays and lifetimes count from the leader's clock when it proposes.
         let delays: Vec<(u64, u64)> = request.messages.iter().map(|m| (m.delay_ms, m.ttl_ms)).collect();
@@ -277,6 +300,14 @@ impl MessageService for MessageServiceImpl {
                                 m.size_bytes()
                             ))
                             .into());
+                        }
+                        {
+                            let state = group.reader.state();
+                            let missing = messages.iter().filter_map(|m| m.subscription.as_ref()).find(|name| state.subscription_id(name).is_none());
+                            if let Some(name) = missing {
+                                let queue = queue.to_string();
+                                return Err(ApiError::SubscriptionNotFound { queue, subscription: name.clone() }.into());
+                            }
                         }
                         let batch = messages.len();
                         let command = QueueCommand::Produce {
@@ -320,6 +351,7 @@ impl MessageService for MessageServiceImpl {
         if request.visibility_timeout_ms != 0 {
             check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
         }
+        let subscription = subscription_name(&request.subscription)?;
         // The long poll must fit in the caller's deadline, with room for the answer.
         let wait_until = (Instant::now() + Duration::from_millis(request.wait_time_ms))
             .min(ctx.deadline.checked_sub(Duration::from_millis(200)).unwrap_or(ctx.deadline));
@@ -335,7 +367,15 @@ impl MessageService for MessageServiceImpl {
                     };
                     let limits = (request.max_messages, request.max_bytes);
                     let correlation_id = (!request.correlation_id.is_empty()).then(|| request.correlation_id.clone());
-                    lease_on_leader(group, entry.config, limits, correlation_id, visibility_timeout_ms, wait_until)
+                    lease_on_leader(
+                        group,
+                        entry.config,
+                        subscription.clone(),
+                        limits,
+                        correlation_id,
+                        visibility_timeout_ms,
+                        wait_until,
+                    )
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();
@@ -358,7 +398,7 @@ impl MessageService for MessageServiceImpl {
             .settle(
                 ctx,
                 &queue,
-                |_: &QueueConfig| QueueCommand::Ack { receipts: receipts.clone() },
+                |config: &QueueConfig| QueueCommand::Ack { receipts: receipts.clone(), retention: config.retention() },
                 |mut client, ctx| {
                     let request = ctx.forward(request.clone());
                     async move { Ok(client.ack(request).await?.into_inner()) }
@@ -396,6 +436,7 @@ impl MessageService for MessageServiceImpl {
         let request = request.into_inner();
         let queue = queue_name(&request.queue)?;
         check_batch("max_messages", request.max_messages as usize)?;
+        let subscription = subscription_name(&request.subscription)?;
         let from = Offset(request.from_offset);
         let to = if request.to_offset == 0 { Offset(u64::MAX) } else { Offset(request.to_offset) };
         let max = request.max_messages as usize;
@@ -404,24 +445,34 @@ impl MessageService for MessageServiceImpl {
             .on_queue_leader(
                 ctx,
                 &queue,
-                |group, _entry| async move {
-                    let now = clock::now();
-                    let (records, next_offset) = {
-                        let state = group.reader.state();
-                        let records = state.peek(from, to, max);
-                        let next_offset = match records.last() {
-                            Some((last, _)) if records.len() == max => Offset(last.0 + 1),
-                            // The range is exhausted: the next page starts at its end.
-                            _ => to.min(state.next_offset()).max(from),
+                |group, _entry| {
+                    let subscription = subscription.clone();
+                    async move {
+                        let now = clock::now();
+                        let (records, next_offset) = {
+                            let state = group.reader.state();
+                            let Some(id) = state.subscription_id(&subscription) else {
+                                let queue = group.queue.to_string();
+                                return Err(ApiError::SubscriptionNotFound { queue, subscription }.into());
+                            };
+                            let records = state.peek(id, from, to, max);
+                            let next_offset = match records.last() {
+                                Some(last) if records.len() == max => Offset(last.offset.0 + 1),
+                                // The range is exhausted: the next page starts at its end.
+                                _ => to.min(state.next_offset()).max(from),
+                            };
+                            (records, next_offset)
                         };
-                        (records, next_offset)
-                    };
-                    let offsets: Vec<Offset> = records.iter().map(|(offset, _)| *offset).collect();
-                    let bodies = group
-                        .reader
-                        .read_messages(&offsets)
-                        .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
-                    Ok(PeekResponse { messages: convert::peeked(&records, bodies, now), next_offset: next_offset.0 })
+                        let offsets: Vec<Offset> = records.iter().map(|m| m.offset).collect();
+                        let bodies = group
+                            .reader
+                            .read_messages(&offsets)
+                            .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
+                        Ok(PeekResponse {
+                            messages: convert::peeked(&records, bodies, now),
+                            next_offset: next_offset.0,
+                        })
+                    }
                 },
                 |channel, ctx| {
                     let request = ctx.forward(request.clone());

@@ -11,19 +11,24 @@ use std::time::Duration;
 use raftmq_proto::v1::queue_service_client::QueueServiceClient;
 use raftmq_proto::v1::queue_service_server::QueueService;
 use raftmq_proto::v1::{
-    CreateQueueRequest, CreateQueueResponse, DeleteQueueRequest, DeleteQueueResponse, GetQueueRequest,
-    GetQueueResponse, ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse, QueueStats,
-    RedriveRequest, RedriveResponse, UpdateQueueRequest, UpdateQueueResponse,
+    CreateQueueRequest, CreateQueueResponse, CreateSubscriptionRequest, CreateSubscriptionResponse, DeleteQueueRequest,
+    DeleteQueueResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse, GetQueueRequest, GetQueueResponse,
+    ListQueuesRequest, ListQueuesResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, PurgeQueueRequest,
+    PurgeQueueResponse, QueueStats, RedriveRequest, RedriveResponse, SeekRequest, SeekResponse,
+    SubscriptionStart as PbSubscriptionStart, UpdateQueueRequest, UpdateQueueResponse, seek_request,
 };
 use raftmq_raft::QueueGroup;
-use raftmq_types::{MetaCommand, MetaResponse, NodeId, QueueCommand, QueueName, QueueRequest, QueueResponse};
+use raftmq_types::{
+    MetaCommand, MetaResponse, NodeId, Offset, QueueCommand, QueueName, QueueRequest, QueueResponse, SeekTarget,
+    SubscriptionName, SubscriptionStart, TimestampMs,
+};
 use tonic::{Request, Response, Status};
 
 use crate::clock;
 use crate::convert;
 use crate::dead_letters;
 use crate::error::ApiError;
-use crate::grpc::message_service::MessageServiceImpl;
+use crate::grpc::message_service::{MessageServiceImpl, subscription_name};
 use crate::routing::{CallContext, Router, propose};
 
 pub struct QueueServiceImpl {
@@ -53,6 +58,9 @@ impl QueueServiceImpl {
             dedup_ids: stats.dedup_ids,
             bytes: stats.bytes,
             dead: stats.dead,
+            retained: stats.retained,
+            retained_bytes: stats.retained_bytes,
+            subscriptions: stats.subscriptions,
         }
     }
 
@@ -282,5 +290,183 @@ impl QueueService for QueueServiceImpl {
         let response =
             dead_letters::redrive(&self.router, &self.messages, &name, request.max_messages, deadline).await?;
         Ok(Response::new(response))
+    }
+
+    async fn create_subscription(
+        &self,
+        request: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let name = SubscriptionName::new(&request.name)
+            .map_err(|e| Status::from(ApiError::InvalidArgument(format!("name: {e}"))))?;
+        let start = match PbSubscriptionStart::try_from(request.start) {
+            Ok(PbSubscriptionStart::Latest) => SubscriptionStart::Latest,
+            Ok(PbSubscriptionStart::Earliest) => SubscriptionStart::Earliest,
+            Err(_) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "start: unknown value {}; use SUBSCRIPTION_START_LATEST (0) or SUBSCRIPTION_START_EARLIEST (1)",
+                    request.start
+                ))
+                .into());
+            }
+        };
+        let subscription = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                |group, _entry| {
+                    let (queue, name) = (&queue, &name);
+                    async move {
+                        let command = QueueCommand::CreateSubscription { name: name.clone(), start };
+                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                            QueueResponse::SubscriptionCreated { .. } => {
+                                let subscriptions = group.reader.state().subscriptions(clock::now());
+                                let created = subscriptions.iter().find(|s| s.name == *name).ok_or_else(|| {
+                                    ApiError::Internal(format!("subscription {name} missing after its creation"))
+                                })?;
+                                Ok(convert::subscription_pb(created))
+                            }
+                            QueueResponse::SubscriptionExists { .. } => Err(ApiError::AlreadyExists(format!(
+                                "queue {queue:?} already has a subscription {name:?}"
+                            ))
+                            .into()),
+                            QueueResponse::TooManySubscriptions { max } => Err(ApiError::QueueFull(format!(
+                                "queue {queue:?} has {max} subscriptions, the most a queue may have; delete one first"
+                            ))
+                            .into()),
+                            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                        }
+                    }
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move {
+                        let response = QueueServiceClient::new(channel).create_subscription(request).await?;
+                        Ok(response.into_inner().subscription.unwrap_or_default())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(CreateSubscriptionResponse { subscription: Some(subscription) }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let response = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                |group, _entry| async move {
+                    let subscriptions = group.reader.state().subscriptions(clock::now());
+                    Ok(ListSubscriptionsResponse {
+                        subscriptions: subscriptions.iter().map(convert::subscription_pb).collect(),
+                    })
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(QueueServiceClient::new(channel).list_subscriptions(request).await?.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<DeleteSubscriptionRequest>,
+    ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let name = SubscriptionName::new(&request.name)
+            .map_err(|e| Status::from(ApiError::InvalidArgument(format!("name: {e}"))))?;
+        self.router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                |group, entry| {
+                    let (queue, name) = (&queue, &name);
+                    async move {
+                        let command = QueueCommand::DeleteSubscription {
+                            name: name.clone(),
+                            retention: entry.config.retention(),
+                        };
+                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                            QueueResponse::SubscriptionDeleted { .. } => Ok(()),
+                            QueueResponse::SubscriptionNotFound => Err(ApiError::SubscriptionNotFound {
+                                queue: queue.to_string(),
+                                subscription: name.clone(),
+                            }
+                            .into()),
+                            QueueResponse::DefaultSubscription => Err(ApiError::FailedPrecondition(format!(
+                                "{name:?} is the subscription every queue has and cannot be deleted; \
+                                 delete the queue, or purge it"
+                            ))
+                            .into()),
+                            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                        }
+                    }
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move {
+                        QueueServiceClient::new(channel).delete_subscription(request).await?;
+                        Ok(())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(DeleteSubscriptionResponse {}))
+    }
+
+    async fn seek(&self, request: Request<SeekRequest>) -> Result<Response<SeekResponse>, Status> {
+        let ctx = CallContext::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue)?;
+        let subscription = subscription_name(&request.subscription)?;
+        let target = match request.target {
+            Some(seek_request::Target::Offset(offset)) => SeekTarget::Offset(Offset(offset)),
+            Some(seek_request::Target::TimeMs(time)) => SeekTarget::Time(TimestampMs(time)),
+            None => {
+                return Err(ApiError::InvalidArgument("target: set offset or time_ms".to_string()).into());
+            }
+        };
+        let pending = self
+            .router
+            .on_queue_leader(
+                ctx,
+                &queue,
+                |group, entry| {
+                    let (queue, subscription) = (&queue, &subscription);
+                    async move {
+                        let retention = entry.config.retention();
+                        let command = QueueCommand::Seek { subscription: subscription.clone(), target, retention };
+                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
+                            QueueResponse::Sought { pending } => Ok(pending),
+                            QueueResponse::SubscriptionNotFound => Err(ApiError::SubscriptionNotFound {
+                                queue: queue.to_string(),
+                                subscription: subscription.clone(),
+                            }
+                            .into()),
+                            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+                        }
+                    }
+                },
+                |channel, ctx| {
+                    let request = ctx.forward(request.clone());
+                    async move { Ok(QueueServiceClient::new(channel).seek(request).await?.into_inner().pending) }
+                },
+            )
+            .await?;
+        Ok(Response::new(SeekResponse { pending }))
     }
 }

@@ -109,6 +109,7 @@ pub async fn serve(
         None => return Err(invalid("the stream ended before `open`".into())),
     };
     raftmq_types::QueueName::new(&open.queue).map_err(ApiError::from)?;
+    crate::grpc::message_service::subscription_name(&open.subscription)?;
     let credit = open.credit.unwrap_or_default();
     check_credit(&credit)?;
     let (tx, rx) = mpsc::channel(16);
@@ -117,6 +118,7 @@ pub async fn serve(
     let pusher = tokio::spawn(push(
         messages.clone(),
         open.queue.clone(),
+        open.subscription.clone(),
         open.visibility_timeout_ms,
         window.clone(),
         changed.clone(),
@@ -136,6 +138,7 @@ pub async fn serve(
 async fn push(
     messages: Arc<MessageServiceImpl>,
     queue: String,
+    subscription: String,
     visibility_timeout_ms: u64,
     window: Arc<Mutex<Window>>,
     changed: Arc<Notify>,
@@ -158,6 +161,7 @@ async fn push(
         };
         let consume = ConsumeRequest {
             queue: queue.clone(),
+            subscription: subscription.clone(),
             max_messages,
             wait_time_ms: LONG_POLL_MS,
             visibility_timeout_ms,
