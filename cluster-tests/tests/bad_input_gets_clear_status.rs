@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use raftmq_cluster_tests::pb::failed_receipt::Reason;
 use raftmq_cluster_tests::pb::{
-    AckRequest, ConsumeRequest, CreateQueueRequest, DeleteQueueRequest, GetQueueRequest, NackRequest, ProduceMessage,
-    ProduceRequest, QueueConfig,
+    AckRequest, ConsumeRequest, CreateQueueRequest, CreateSubscriptionRequest, DeleteQueueRequest, GetQueueRequest,
+    NackRequest, ProduceMessage, ProduceRequest, QueueConfig, SeekRequest,
 };
 use raftmq_cluster_tests::{CALL_TIMEOUT, READY_TIMEOUT, TestCluster, poll_until, request_with_timeout};
 use tonic::{Code, Status};
@@ -279,6 +279,25 @@ async fn bad_input_gets_clear_status() {
     let nack = NackRequest { queue: QUEUE.to_string(), receipts: vec![receipt.clone()], delay_ms: Some(0) };
     let stale_nack = messages.nack(req(nack)).await.expect("nack with a stale receipt is answered").into_inner();
     assert_eq!((stale_nack.succeeded, stale_nack.failed.len()), (0, 1), "{stale_nack:?}");
+
+    // Subscriptions: a seek without a target, an unknown start, a message
+    // for a subscription the queue does not have, a receipt naming another
+    // subscription.
+    let seek = SeekRequest { queue: QUEUE.into(), subscription: String::new(), target: None };
+    assert_rejected("seek without a target", queues.seek(req(seek)).await, Code::InvalidArgument, &["target"]);
+    let start = CreateSubscriptionRequest { queue: QUEUE.into(), name: "s".into(), start: 7 };
+    assert_rejected("unknown start", queues.create_subscription(req(start)).await, Code::InvalidArgument, &["start"]);
+    let targeted = ProduceMessage { subscription: "ghost".into(), ..message("x") };
+    assert_rejected(
+        "produce to an unknown subscription",
+        messages.produce(req(produce(QUEUE, vec![targeted]))).await,
+        Code::NotFound,
+        &["ghost"],
+    );
+    let foreign = format!("r2-5-0-{}", 1);
+    let other = client.ack(QUEUE, vec![foreign]).await.expect("a receipt of an unknown subscription is answered");
+    assert_eq!((other.succeeded, other.failed.len()), (0, 1), "{other:?}");
+    assert_eq!(other.failed[0].reason(), Reason::MessageGone, "{other:?}");
 
     // The server is still up and serving, on every node.
     cluster.assert_running();

@@ -118,3 +118,79 @@ async fn cli_dead_letters_and_settings() {
     run(&["queue", "delete", "jobs.dlq"]).await.assert_success();
     cluster.assert_running();
 }
+
+/// `raftmq subscription create|list|seek|delete`, `consume` and `peek` with
+/// `--subscription`, queue retention settings, and `nack --delay-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_subscriptions_and_seek() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let endpoints = cluster.endpoints();
+    let run = async |args: &[&str]| raftmq_cli(&endpoints, args, None).await;
+
+    let created =
+        run(&["queue", "create", "news", "--retention-ms", "600000", "--retention-bytes", "1000000", "--json"]).await;
+    let info: serde_json::Value = serde_json::from_str(created.assert_success().stdout.trim()).expect("queue JSON");
+    assert_eq!(
+        (info["config"]["retention_ms"].as_u64(), info["config"]["retention_bytes"].as_u64()),
+        (Some(600_000), Some(1_000_000)),
+        "{info}"
+    );
+    let sub = run(&["subscription", "create", "news", "audit"]).await;
+    assert!(sub.assert_success().stdout.contains("created subscription audit of news"), "{sub}");
+    run(&["produce", "news", "a", "b", "c"]).await.assert_success();
+    for subscription in ["audit", "default"] {
+        let consumed = run(&["consume", "news", "--subscription", subscription, "--count", "3", "--json"]).await;
+        let bodies: Vec<String> = json_lines(&consumed.assert_success().stdout)
+            .iter()
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(bodies, vec!["a", "b", "c"], "{subscription}: {consumed}");
+    }
+    let listed = run(&["subscription", "list", "news", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(listed.assert_success().stdout.trim()).expect("JSON");
+    let depths: Vec<(String, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(depths, vec![("default".to_string(), 0), ("audit".to_string(), 0)]);
+    let got = run(&["queue", "get", "news", "--json"]).await;
+    let info: serde_json::Value = serde_json::from_str(got.assert_success().stdout.trim()).expect("queue JSON");
+    assert_eq!(info["stats"]["retained"].as_u64(), Some(3), "acked everywhere, kept by retention: {info}");
+    let peeked = run(&["peek", "news", "--subscription", "audit", "--json"]).await;
+    let states: Vec<String> =
+        json_lines(&peeked.assert_success().stdout).iter().map(|m| m["state"].as_str().unwrap().to_string()).collect();
+    assert_eq!(states, vec!["settled"; 3], "{peeked}");
+
+    // Replay from offset 1, and hold the replayed messages.
+    let sought = run(&["subscription", "seek", "news", "--subscription", "audit", "--offset", "1"]).await;
+    assert!(sought.assert_success().stdout.contains("now holds 2 messages"), "{sought}");
+    let replay = run(&["consume", "news", "--subscription", "audit", "--no-ack", "--json"]).await;
+    let replay = json_lines(&replay.assert_success().stdout);
+    let offsets: Vec<u64> = replay.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![1, 2]);
+    let receipt = replay[0]["receipt"].as_str().unwrap().to_string();
+    assert!(receipt.starts_with("r2-"), "a named subscription's receipt: {receipt}");
+    // An explicit nack delay keeps it back.
+    run(&["nack", "news", &receipt, "--delay-ms", "60000"]).await.assert_success();
+    let peeked = run(&["peek", "news", "--subscription", "audit", "--from", "1", "--max", "1", "--json"]).await;
+    let peeked = json_lines(&peeked.assert_success().stdout);
+    assert_eq!(peeked[0]["state"], "delayed", "{peeked:?}");
+    let soon = run(&["consume", "news", "--subscription", "audit", "--wait-ms", "0", "--json"]).await;
+    assert!(json_lines(&soon.assert_success().stdout).is_empty(), "the nacked message came back early: {soon}");
+
+    // Seek by a relative time: everything from the last hour.
+    let sought = run(&["subscription", "seek", "news", "--subscription", "audit", "--since", "1h"]).await;
+    assert!(sought.assert_success().stdout.contains("now holds 3 messages"), "{sought}");
+
+    run(&["subscription", "delete", "news", "audit"]).await.assert_success();
+    let listed = run(&["subscription", "list", "news"]).await;
+    assert!(!listed.assert_success().stdout.contains("audit"), "{listed}");
+    let refused = run(&["subscription", "delete", "news", "default"]).await;
+    assert!(!refused.status.success(), "{refused}");
+    assert!(refused.stderr.contains("cannot be deleted"), "{refused}");
+    let missing = run(&["consume", "news", "--subscription", "audit"]).await;
+    assert!(!missing.status.success() && missing.stderr.contains("no subscription \"audit\""), "{missing}");
+}

@@ -15,7 +15,7 @@ pub enum ApiError {
     #[error("queue {0:?} already exists")]
     QueueAlreadyExists(String),
     #[error(
-        "queue {queue:?} has no subscription {subscription:?}; list them with ListSubscriptions \
+        "queue {queue:?} has no subscription \"{subscription}\"; list them with ListSubscriptions \
          (`raftmq subscription list {queue}`) or create it"
     )]
     SubscriptionNotFound { queue: String, subscription: SubscriptionName },

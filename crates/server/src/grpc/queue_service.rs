@@ -330,7 +330,7 @@ impl QueueService for QueueServiceImpl {
                                 Ok(convert::subscription_pb(created))
                             }
                             QueueResponse::SubscriptionExists { .. } => Err(ApiError::AlreadyExists(format!(
-                                "queue {queue:?} already has a subscription {name:?}"
+                                "queue {queue:?} already has a subscription \"{name}\""
                             ))
                             .into()),
                             QueueResponse::TooManySubscriptions { max } => Err(ApiError::QueueFull(format!(
@@ -408,7 +408,7 @@ impl QueueService for QueueServiceImpl {
                             }
                             .into()),
                             QueueResponse::DefaultSubscription => Err(ApiError::FailedPrecondition(format!(
-                                "{name:?} is the subscription every queue has and cannot be deleted; \
+                                "\"{name}\" is the subscription every queue has and cannot be deleted; \
                                  delete the queue, or purge it"
                             ))
                             .into()),
