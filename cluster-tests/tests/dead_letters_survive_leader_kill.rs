@@ -7,7 +7,9 @@
 //!   headers naming their source, delivery count and reason, each exactly
 //!   once, and nothing acked among them;
 //! - `Redrive` moves them back (part, then the rest), where they are consumed
-//!   again; a redrive of the emptied dead-letter queue moves nothing.
+//!   again; a redrive of the emptied dead-letter queue moves nothing, and
+//!   messages it cannot place (no source header, a source queue that does
+//!   not exist) stay where they are, reported as skipped with the reason.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -151,6 +153,26 @@ async fn dead_letters_survive_leader_kill() {
     let empty = redrive(&redriver, 0).await;
     assert_eq!((empty.moved, empty.skipped), (0, 0), "redrive of an empty dead-letter queue");
     assert!(peek_all(&observer, DLQ).await.is_empty());
+
+    // Messages redrive cannot move stay in the dead-letter queue, with a reason:
+    // one without a source header, one whose source queue does not exist.
+    let stray = vec![
+        ProduceMessage { body: b"no source".to_vec(), ..Default::default() },
+        ProduceMessage {
+            body: b"gone source".to_vec(),
+            headers: [("raftmq-dlq-source-queue".to_string(), "deleted-queue".to_string())].into(),
+            ..Default::default()
+        },
+    ];
+    redriver.produce_messages(DLQ, stray).await.expect("produce strays");
+    let stuck = redrive(&redriver, 0).await;
+    assert_eq!((stuck.moved, stuck.skipped), (0, 2), "{stuck:?}");
+    let reasons = stuck.skipped_reasons.join("; ");
+    assert!(reasons.contains("no raftmq-dlq-source-queue header"), "{reasons}");
+    assert!(reasons.contains("deleted-queue"), "{reasons}");
+    let left = peek_all(&observer, DLQ).await;
+    assert_eq!(left.len(), 2, "skipped messages stay in the dead-letter queue: {left:?}");
+    assert!(left.iter().all(|m| m.delivery_attempts == 1), "{left:?}");
 
     let back = consume_n(&redriver, QUEUE, abandoned.len()).await;
     let back_bodies: BTreeSet<String> = back.iter().map(body_text).collect();
