@@ -41,5 +41,12 @@ async fn bench_runs_against_cluster() {
     assert_eq!(summary["consumed"].as_u64(), Some(produced), "every produced message consumed: {summary}");
     assert!(summary["produce_call_ms"]["p99"].as_f64().is_some_and(|p| p > 0.0), "{summary}");
     assert!(summary["end_to_end_ms"]["p50"].as_f64().is_some(), "{summary}");
+    // Every node's WAL counters were read before and after; a durable queue
+    // fsyncs at least once per committed entry batch, and group commit keeps
+    // it well below one fsync per message.
+    assert_eq!(summary["wal_nodes"].as_u64(), Some(3), "{summary}");
+    let fsyncs = summary["wal_fsyncs"].as_u64().expect("fsync count");
+    assert!(fsyncs > 0 && fsyncs <= summary["wal_fsync_requests"].as_u64().unwrap(), "{summary}");
+    assert!(fsyncs < produced, "one fsync or more per produced message: {summary}");
     println!("{line}");
 }

@@ -118,6 +118,11 @@ impl GroupManager {
         self.node_id
     }
 
+    /// This node's database, for its write-ahead log counters.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     pub fn meta(&self) -> &MetaRaft {
         &self.meta
     }

@@ -55,7 +55,33 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
+/// Each reachable node's (node id, WAL fsyncs, WAL fsync requests), asked
+/// of every endpoint itself (not forwarded), so the counters are its own.
+async fn wal_counters(endpoints: &[String]) -> Vec<(u64, u64, u64)> {
+    let mut counters = Vec::new();
+    for endpoint in endpoints {
+        let Ok(client) = Client::connect(std::slice::from_ref(endpoint)) else { continue };
+        if let Ok(status) = client.with_deadline(Duration::from_secs(3)).cluster_status().await {
+            counters.push((status.node_id, status.wal_syncs, status.wal_sync_requests));
+        }
+    }
+    counters
+}
+
+/// fsyncs and fsync requests between two readings, over the nodes in both.
+fn wal_delta(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> (u64, u64, usize) {
+    let mut delta = (0, 0, 0);
+    for (node, syncs, requests) in after {
+        if let Some((_, syncs_before, requests_before)) = before.iter().find(|(n, _, _)| n == node) {
+            delta.0 += syncs.saturating_sub(*syncs_before);
+            delta.1 += requests.saturating_sub(*requests_before);
+            delta.2 += 1;
+        }
+    }
+    delta
+}
+
+pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.batch > 1000 || args.message_size == 0 {
         anyhow::bail!("--batch must be 1 to 1000 and --message-size at least 1");
     }
@@ -64,6 +90,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
         Err(e) => return Err(e.into()),
     }
+    let wal_before = wal_counters(endpoints).await;
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let producing = Arc::new(AtomicBool::new(true));
@@ -149,6 +176,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         consumer.await??;
     }
     let total_secs = started.elapsed().as_secs_f64();
+    let (fsyncs, fsync_requests, nodes) = wal_delta(&wal_before, &wal_counters(endpoints).await);
 
     let mut samples = samples.lock().await;
     samples.produce_call.sort();
@@ -162,6 +190,8 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         "consume_msgs_per_sec": c as f64 / total_secs,
         "produce_call_ms": {"p50": percentile(&samples.produce_call, 50.0), "p99": percentile(&samples.produce_call, 99.0), "p999": percentile(&samples.produce_call, 99.9)},
         "end_to_end_ms": {"p50": percentile(&samples.end_to_end, 50.0), "p99": percentile(&samples.end_to_end, 99.0), "p999": percentile(&samples.end_to_end, 99.9)},
+        "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes,
+        "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
     });
     println!(
         "produced {p} in {produce_secs:.1}s ({:.0} msg/s), consumed {c} in {total_secs:.1}s ({:.0} msg/s)",
@@ -181,6 +211,11 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         percentile(&samples.end_to_end, 99.0),
         percentile(&samples.end_to_end, 99.9)
     );
+    println!(
+        "fsyncs on {nodes} nodes: {fsyncs} for {fsync_requests} appends and votes, {:.1} per 1000 produced messages \
+         (consume and ack entries included)",
+        fsyncs as f64 * 1000.0 / p.max(1) as f64
+    );
     println!("BENCH {summary}");
     if c < p {
         anyhow::bail!("only {c} of {p} produced messages were consumed within --drain-secs");
@@ -199,5 +234,12 @@ mod tests {
         assert_eq!(percentile(&samples, 99.0), 99.0);
         assert_eq!(percentile(&samples, 100.0), 100.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn wal_delta_counts_only_nodes_read_twice() {
+        let before = [(1, 10, 20), (2, 5, 5)];
+        let after = [(1, 15, 40), (2, 6, 9), (3, 100, 100)];
+        assert_eq!(wal_delta(&before, &after), (6, 24, 2));
     }
 }

@@ -67,6 +67,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("start the tokio runtime");
+            let endpoints = cli.endpoints.clone();
             let result = runtime.block_on(async move {
                 let client = Client::connect(&cli.endpoints)?;
                 match command {
@@ -78,7 +79,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     Command::Ack(a) => message::ack(&client, a).await,
                     Command::Nack(a) => message::nack(&client, a).await,
                     Command::Cluster(c) => cluster::run(&client, c).await,
-                    Command::Bench(a) => bench::run(&client, a).await,
+                    Command::Bench(a) => bench::run(&client, &endpoints, a).await,
                     Command::Server(_) | Command::Dev(_) => unreachable!("handled above"),
                 }
             });

@@ -84,7 +84,13 @@ impl ClusterService for ClusterServiceImpl {
             && ctx.can_forward()
             && let Some(nodes) = self.nodes_from(leader, ctx).await
         {
-            return Ok(Response::new(GetClusterStatusResponse { node_id: groups.node_id(), nodes, groups: statuses }));
+            return Ok(Response::new(GetClusterStatusResponse {
+                node_id: groups.node_id(),
+                nodes,
+                groups: statuses,
+                wal_syncs: groups.storage().syncer().sync_count(),
+                wal_sync_requests: groups.storage().syncer().request_count(),
+            }));
         }
         // A peer is reachable if the meta leader heard from it recently.
         let heartbeat = meta_metrics.heartbeat.clone();
@@ -99,6 +105,12 @@ impl ClusterService for ClusterServiceImpl {
                     .unwrap_or(false);
             nodes.push(NodeInfo { id, addr: node.addr, reachable });
         }
-        Ok(Response::new(GetClusterStatusResponse { node_id: groups.node_id(), nodes, groups: statuses }))
+        Ok(Response::new(GetClusterStatusResponse {
+            node_id: groups.node_id(),
+            nodes,
+            groups: statuses,
+            wal_syncs: groups.storage().syncer().sync_count(),
+            wal_sync_requests: groups.storage().syncer().request_count(),
+        }))
     }
 }
