@@ -62,6 +62,8 @@ pub fn is_retryable(status: &Status) -> bool {
 #[derive(Clone)]
 pub struct Client {
     channels: Arc<Vec<Channel>>,
+    /// The endpoints as given, normalised by `endpoint_url`, in channel order.
+    urls: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
     /// How long a call, retries included, may take.
     deadline: Duration,
@@ -92,6 +94,7 @@ impl Client {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
             channels: Arc::new(channels),
+            urls: Arc::new(endpoints.iter().map(|e| endpoint_url(e)).collect()),
             next: Arc::new(AtomicUsize::new(0)),
             deadline: Duration::from_secs(15),
         })
@@ -109,6 +112,26 @@ impl Client {
 
     fn rotate(&self) {
         self.next.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends later calls to the node that leads `queue`, if it is one of the
+    /// endpoints: any node serves any call, but a call to the leader skips
+    /// the forwarding hop. Returns whether it found the leader among them.
+    /// Errors and failovers still move calls on to the next endpoint.
+    pub async fn prefer_leader_of(&self, queue: &str) -> Result<bool, ClientError> {
+        let leader = self.get_queue(queue).await?.stats.map(|s| s.leader_id).unwrap_or(0);
+        if leader == 0 {
+            return Ok(false);
+        }
+        let status = self.cluster_status().await?;
+        let Some(node) = status.nodes.iter().find(|n| n.id == leader) else { return Ok(false) };
+        match self.urls.iter().position(|url| *url == endpoint_url(&node.addr)) {
+            Some(index) => {
+                self.next.store(index, Ordering::Relaxed);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Runs `call` until it succeeds, fails with a non-retryable status, or the deadline passes.

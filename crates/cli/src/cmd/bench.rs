@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// After the producers stop, how long consumers may take to drain.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
+    /// Send every call to the first endpoint, whichever node leads the queue,
+    /// instead of to the leader: measures the forwarding hop.
+    #[arg(long)]
+    any_node: bool,
 }
 
 #[derive(Default)]
@@ -89,6 +93,22 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         Ok(_) => {}
         Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
         Err(e) => return Err(e.into()),
+    }
+    if !args.any_node {
+        // A new queue elects its leader first.
+        let elected_by = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < elected_by {
+            let leader = client.get_queue(&args.queue).await.ok().and_then(|q| q.stats).map_or(0, |s| s.leader_id);
+            if leader != 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match client.prefer_leader_of(&args.queue).await {
+            Ok(true) => eprintln!("sending calls to the leader of {}", args.queue),
+            Ok(false) => eprintln!("the leader of {} is not among the endpoints; calls are forwarded", args.queue),
+            Err(e) => eprintln!("could not find the leader of {} ({e}); calls may be forwarded", args.queue),
+        }
     }
     let wal_before = wal_counters(endpoints).await;
     let produced = Arc::new(AtomicU64::new(0));
