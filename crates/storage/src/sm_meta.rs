@@ -18,6 +18,7 @@ pub(crate) type Snapshot = SnapshotOf<TypeConfig, SnapshotData>;
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
