@@ -12,5 +12,5 @@ pub mod peers;
 pub mod transport;
 
 pub use groups::{GroupError, GroupManager, MetaRaft, QueueGroup, QueueRaft, RaftTiming};
-pub use peers::PeerChannels;
+pub use peers::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, PeerChannels};
 pub use transport::TransportService;

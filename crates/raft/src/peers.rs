@@ -36,6 +36,10 @@ impl PeerChannels {
             .map_err(|source| BadPeerAddress { addr: addr.to_string(), source })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            // AppendEntries carry whole batches of messages: HTTP/2's
+            // default 64 KiB windows would make each wait for window updates.
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
@@ -44,3 +48,9 @@ impl PeerChannels {
         Ok(channel)
     }
 }
+
+/// HTTP/2 flow-control windows of every raftmq connection, client or peer.
+/// The protocol's default of 64 KiB is less than one produce of 64 × 1 KiB
+/// messages, so concurrent calls would take turns waiting for window updates.
+pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

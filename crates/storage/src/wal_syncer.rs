@@ -22,6 +22,8 @@ pub struct WalSyncer {
     thread: Option<std::thread::JoinHandle<()>>,
     syncs: Arc<AtomicU64>,
     requests_total: Arc<AtomicU64>,
+    /// Time spent inside `flush_wal(true)`, in microseconds.
+    sync_micros: Arc<AtomicU64>,
 }
 
 impl WalSyncer {
@@ -29,6 +31,8 @@ impl WalSyncer {
         let (requests, receiver) = mpsc::channel::<Done>();
         let syncs = Arc::new(AtomicU64::new(0));
         let thread_syncs = syncs.clone();
+        let sync_micros = Arc::new(AtomicU64::new(0));
+        let thread_micros = sync_micros.clone();
         let thread = std::thread::Builder::new()
             .name("raftmq-wal-sync".into())
             .spawn(move || {
@@ -36,7 +40,9 @@ impl WalSyncer {
                 while let Ok(first) = receiver.recv() {
                     let mut batch = vec![first];
                     batch.extend(receiver.try_iter());
+                    let started = std::time::Instant::now();
                     let result = db.flush_wal(true).map_err(|e| e.to_string());
+                    thread_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     thread_syncs.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = &result {
                         error!(error = %e, "fsync of the write-ahead log failed");
@@ -47,7 +53,13 @@ impl WalSyncer {
                 }
             })
             .expect("spawn the WAL sync thread");
-        WalSyncer { requests: Some(requests), thread: Some(thread), syncs, requests_total: Arc::new(AtomicU64::new(0)) }
+        WalSyncer {
+            requests: Some(requests),
+            thread: Some(thread),
+            syncs,
+            requests_total: Arc::new(AtomicU64::new(0)),
+            sync_micros,
+        }
     }
 
     /// Calls `done` once everything written to the WAL before this call is on disk.
@@ -73,6 +85,11 @@ impl WalSyncer {
     /// fsyncs performed so far.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Microseconds spent in fsyncs so far.
+    pub fn sync_micros(&self) -> u64 {
+        self.sync_micros.load(Ordering::Relaxed)
     }
 
     /// Sync requests received so far (each append or vote is one).

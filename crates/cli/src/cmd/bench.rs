@@ -59,27 +59,43 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Each reachable node's (node id, WAL fsyncs, WAL fsync requests), asked
-/// of every endpoint itself (not forwarded), so the counters are its own.
-async fn wal_counters(endpoints: &[String]) -> Vec<(u64, u64, u64)> {
+/// One node's write-ahead log counters.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Wal {
+    node: u64,
+    syncs: u64,
+    requests: u64,
+    micros: u64,
+}
+
+/// Each reachable node's WAL counters, asked of every endpoint itself (not
+/// forwarded), so the counters are its own.
+async fn wal_counters(endpoints: &[String]) -> Vec<Wal> {
     let mut counters = Vec::new();
     for endpoint in endpoints {
         let Ok(client) = Client::connect(std::slice::from_ref(endpoint)) else { continue };
         if let Ok(status) = client.with_deadline(Duration::from_secs(3)).cluster_status().await {
-            counters.push((status.node_id, status.wal_syncs, status.wal_sync_requests));
+            counters.push(Wal {
+                node: status.node_id,
+                syncs: status.wal_syncs,
+                requests: status.wal_sync_requests,
+                micros: status.wal_sync_micros,
+            });
         }
     }
     counters
 }
 
-/// fsyncs and fsync requests between two readings, over the nodes in both.
-fn wal_delta(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> (u64, u64, usize) {
-    let mut delta = (0, 0, 0);
-    for (node, syncs, requests) in after {
-        if let Some((_, syncs_before, requests_before)) = before.iter().find(|(n, _, _)| n == node) {
-            delta.0 += syncs.saturating_sub(*syncs_before);
-            delta.1 += requests.saturating_sub(*requests_before);
-            delta.2 += 1;
+/// The counters' growth between two readings, summed over the nodes in both
+/// (`node` holds how many).
+fn wal_delta(before: &[Wal], after: &[Wal]) -> Wal {
+    let mut delta = Wal::default();
+    for now in after {
+        if let Some(then) = before.iter().find(|w| w.node == now.node) {
+            delta.syncs += now.syncs.saturating_sub(then.syncs);
+            delta.requests += now.requests.saturating_sub(then.requests);
+            delta.micros += now.micros.saturating_sub(then.micros);
+            delta.node += 1;
         }
     }
     delta
@@ -196,7 +212,9 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         consumer.await??;
     }
     let total_secs = started.elapsed().as_secs_f64();
-    let (fsyncs, fsync_requests, nodes) = wal_delta(&wal_before, &wal_counters(endpoints).await);
+    let wal = wal_delta(&wal_before, &wal_counters(endpoints).await);
+    let (fsyncs, fsync_requests, nodes) = (wal.syncs, wal.requests, wal.node);
+    let fsync_mean_ms = wal.micros as f64 / 1000.0 / fsyncs.max(1) as f64;
 
     let mut samples = samples.lock().await;
     samples.produce_call.sort();
@@ -210,7 +228,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "consume_msgs_per_sec": c as f64 / total_secs,
         "produce_call_ms": {"p50": percentile(&samples.produce_call, 50.0), "p99": percentile(&samples.produce_call, 99.0), "p999": percentile(&samples.produce_call, 99.9)},
         "end_to_end_ms": {"p50": percentile(&samples.end_to_end, 50.0), "p99": percentile(&samples.end_to_end, 99.0), "p999": percentile(&samples.end_to_end, 99.9)},
-        "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes,
+        "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes, "fsync_mean_ms": fsync_mean_ms,
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
     });
     println!(
@@ -233,7 +251,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     );
     println!(
         "fsyncs on {nodes} nodes: {fsyncs} for {fsync_requests} appends and votes, {:.1} per 1000 produced messages \
-         (consume and ack entries included)",
+         (consume and ack entries included), {fsync_mean_ms:.1} ms each on average",
         fsyncs as f64 * 1000.0 / p.max(1) as f64
     );
     println!("BENCH {summary}");
@@ -258,8 +276,9 @@ mod tests {
 
     #[test]
     fn wal_delta_counts_only_nodes_read_twice() {
-        let before = [(1, 10, 20), (2, 5, 5)];
-        let after = [(1, 15, 40), (2, 6, 9), (3, 100, 100)];
-        assert_eq!(wal_delta(&before, &after), (6, 24, 2));
+        let wal = |node, syncs, requests, micros| Wal { node, syncs, requests, micros };
+        let before = [wal(1, 10, 20, 1000), wal(2, 5, 5, 0)];
+        let after = [wal(1, 15, 40, 4000), wal(2, 6, 9, 500), wal(3, 100, 100, 9)];
+        assert_eq!(wal_delta(&before, &after), wal(2, 6, 24, 3500));
     }
 }

@@ -90,6 +90,7 @@ impl ClusterService for ClusterServiceImpl {
                 groups: statuses,
                 wal_syncs: groups.storage().syncer().sync_count(),
                 wal_sync_requests: groups.storage().syncer().request_count(),
+                wal_sync_micros: groups.storage().syncer().sync_micros(),
             }));
         }
         // A peer is reachable if the meta leader heard from it recently.
@@ -111,6 +112,7 @@ impl ClusterService for ClusterServiceImpl {
             groups: statuses,
             wal_syncs: groups.storage().syncer().sync_count(),
             wal_sync_requests: groups.storage().syncer().request_count(),
+            wal_sync_micros: groups.storage().syncer().sync_micros(),
         }))
     }
 }
