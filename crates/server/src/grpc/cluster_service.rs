@@ -7,6 +7,7 @@ use std::time::Duration;
 use raftmq_proto::v1::cluster_service_client::ClusterServiceClient;
 use raftmq_proto::v1::cluster_service_server::ClusterService;
 use raftmq_proto::v1::{GetClusterStatusRequest, GetClusterStatusResponse, GroupStatus, NodeInfo};
+use raftmq_raft::GroupManager;
 use raftmq_storage::TypeConfig;
 use raftmq_types::{GroupId, META_GROUP_ID};
 use tonic::{Request, Response, Status};
@@ -32,6 +33,19 @@ impl ClusterServiceImpl {
         request.set_timeout(Duration::from_secs(1));
         let response = ClusterServiceClient::new(channel).get_cluster_status(request).await.ok()?;
         Some(response.into_inner().nodes)
+    }
+}
+
+/// The answer: this node's id and write-ahead-log counters with `nodes` and `groups`.
+fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>) -> GetClusterStatusResponse {
+    let syncer = manager.storage().syncer();
+    GetClusterStatusResponse {
+        node_id: manager.node_id(),
+        nodes,
+        groups,
+        wal_syncs: syncer.sync_count(),
+        wal_sync_requests: syncer.request_count(),
+        wal_sync_micros: syncer.sync_micros(),
     }
 }
 
@@ -84,14 +98,7 @@ impl ClusterService for ClusterServiceImpl {
             && ctx.can_forward()
             && let Some(nodes) = self.nodes_from(leader, ctx).await
         {
-            return Ok(Response::new(GetClusterStatusResponse {
-                node_id: groups.node_id(),
-                nodes,
-                groups: statuses,
-                wal_syncs: groups.storage().syncer().sync_count(),
-                wal_sync_requests: groups.storage().syncer().request_count(),
-                wal_sync_micros: groups.storage().syncer().sync_micros(),
-            }));
+            return Ok(Response::new(status(groups, nodes, statuses)));
         }
         // A peer is reachable if the meta leader heard from it recently.
         let heartbeat = meta_metrics.heartbeat.clone();
@@ -106,13 +113,6 @@ impl ClusterService for ClusterServiceImpl {
                     .unwrap_or(false);
             nodes.push(NodeInfo { id, addr: node.addr, reachable });
         }
-        Ok(Response::new(GetClusterStatusResponse {
-            node_id: groups.node_id(),
-            nodes,
-            groups: statuses,
-            wal_syncs: groups.storage().syncer().sync_count(),
-            wal_sync_requests: groups.storage().syncer().request_count(),
-            wal_sync_micros: groups.storage().syncer().sync_micros(),
-        }))
+        Ok(Response::new(status(groups, nodes, statuses)))
     }
 }
