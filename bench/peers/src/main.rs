@@ -138,6 +138,20 @@ struct Shared {
     samples: Mutex<Samples>,
 }
 
+impl Shared {
+    /// Counters at zero, producers running.
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            produced: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            producing: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            samples: Mutex::new(Samples::default()),
+        })
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -341,14 +355,7 @@ mod rabbit {
                 connect(&urls[0]).await
             }
         };
-        let shared = Arc::new(Shared {
-            produced: AtomicU64::new(0),
-            consumed: AtomicU64::new(0),
-            producing: AtomicBool::new(true),
-            errors: AtomicU64::new(0),
-            redelivered: AtomicU64::new(0),
-            samples: Mutex::new(Samples::default()),
-        });
+        let shared = Shared::new();
         // Set everything up before the clock starts.
         let (mut producer_channels, mut consumer_streams) = (Vec::new(), Vec::new());
         let mut connections = vec![admin.clone()];
@@ -507,14 +514,7 @@ mod nats {
                 connect(&urls[(next - 1) % urls.len()]).await
             }
         };
-        let shared = Arc::new(Shared {
-            produced: AtomicU64::new(0),
-            consumed: AtomicU64::new(0),
-            producing: AtomicBool::new(true),
-            errors: AtomicU64::new(0),
-            redelivered: AtomicU64::new(0),
-            samples: Mutex::new(Samples::default()),
-        });
+        let shared = Shared::new();
         let mut producer_contexts = Vec::new();
         for _ in 0..args.producers {
             producer_contexts.push(jetstream::new(connection(&producer_url).await?));

@@ -284,10 +284,6 @@ impl QueueState {
         self.subscriptions.get(&subscription)?.get(offset)
     }
 
-    pub fn message_info(&self, offset: Offset) -> Option<&MessageInfo> {
-        self.table.info(offset)
-    }
-
     /// Up to `max` stored messages from `from` (inclusive) to `to`
     /// (exclusive), in offset order, with the subscription's delivery
     /// records. Changes nothing.
