@@ -7,17 +7,20 @@
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::BasicNode;
-use openraft::errors::{InitializeError, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, InitializeError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use raftmq_storage::{Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, Storage, TypeConfig};
-use raftmq_types::{GroupId, META_GROUP_ID, NodeId, QueueName};
+use raftmq_types::{GroupId, META_GROUP_ID, NodeId, QueueName, RaftRequest};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::network::GroupNetworkFactory;
 use crate::peers::PeerChannels;
+use crate::quiesce::{self, Quiescence};
 
 pub type MetaRaft = openraft::Raft<TypeConfig, MetaStateMachine>;
 pub type QueueRaft = openraft::Raft<TypeConfig, QueueStateMachine>;
@@ -28,6 +31,8 @@ pub struct RaftTiming {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Whether idle queue groups may stop their timers ([`crate::quiesce`]).
+    pub quiet_idle_groups: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,44 @@ pub struct QueueGroup {
     pub raft: QueueRaft,
     /// Read access to the applied queue state and message bodies.
     pub reader: QueueReader,
+    /// Set while the group is quiet, its timers stopped ([`crate::quiesce`]).
+    quiet: Arc<AtomicBool>,
+}
+
+impl QueueGroup {
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed)
+    }
+
+    /// Marks the group quiet or not; returns whether it was.
+    pub(crate) fn set_quiet(&self, quiet: bool) -> bool {
+        self.quiet.swap(quiet, Ordering::Relaxed)
+    }
+
+    /// Appends `request` to the group's log and waits until it is applied;
+    /// this node must lead the group.
+    ///
+    /// openraft refuses writes from a leader without a quorum acknowledgement
+    /// within the maximum election timeout (its lease). A quiet leader sends
+    /// no heartbeats, so its lease has run out: one heartbeat round renews it
+    /// first. A group woken a moment ago may still answer `LeaseExpired`; then
+    /// a heartbeat round is started for the caller's retry.
+    pub async fn write(
+        &self,
+        request: RaftRequest,
+    ) -> Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+        if self.is_quiet() {
+            // An error means this node no longer leads; the write reports it.
+            let _ = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await;
+        }
+        let result = self.raft.client_write(request).await;
+        if let Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) = &result
+            && matches!(forward.reason, ForwardReason::LeaseExpired)
+        {
+            let _ = self.raft.trigger().heartbeat().await;
+        }
+        result
+    }
 }
 
 pub struct GroupManager {
@@ -58,6 +101,9 @@ pub struct GroupManager {
     meta: MetaRaft,
     catalog: watch::Receiver<Arc<Catalog>>,
     queues: RwLock<HashMap<GroupId, QueueGroup>>,
+    /// Which idle queue groups have stopped their timers, and what the peers
+    /// last said of theirs.
+    quiescence: Quiescence,
     /// Serialises reconciliation so that two catalog changes never start the
     /// same group twice.
     reconcile_lock: tokio::sync::Mutex<()>,
@@ -107,10 +153,14 @@ impl GroupManager {
             meta,
             catalog,
             queues: RwLock::new(HashMap::new()),
+            quiescence: Quiescence::new(node_id, timing),
             reconcile_lock: tokio::sync::Mutex::new(()),
         });
         manager.reconcile().await;
         tokio::spawn(follow_catalog(Arc::downgrade(&manager), manager.catalog.clone()));
+        if timing.quiet_idle_groups {
+            tokio::spawn(quiesce::run(Arc::downgrade(&manager)));
+        }
         Ok(manager)
     }
 
@@ -145,6 +195,16 @@ impl GroupManager {
             self.queues.read().expect("queue map lock poisoned").values().cloned().collect();
         groups.sort_by_key(|g| g.group_id);
         groups
+    }
+
+    /// Whether the queue group's Raft timers are stopped because it is idle
+    /// (see [`crate::quiesce`]).
+    pub fn is_quiet(&self, group_id: GroupId) -> bool {
+        self.queue_group(group_id).is_some_and(|g| g.is_quiet())
+    }
+
+    pub(crate) fn quiescence(&self) -> &Quiescence {
+        &self.quiescence
     }
 
     /// Cluster members and their addresses, from the meta group's membership.
@@ -226,7 +286,7 @@ impl GroupManager {
             nodes.insert(*id, node);
         }
         initialize_once(group_id, &raft, nodes).await?;
-        Ok(QueueGroup { group_id, queue, raft, reader })
+        Ok(QueueGroup { group_id, queue, raft, reader, quiet: Arc::default() })
     }
 
     pub async fn shutdown(&self) {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_server::RaftTransport;
+use raftmq_proto::internal::{HeartbeatReply, NodeHeartbeat, RaftMessage};
 use raftmq_storage::{SnapshotData, TypeConfig};
 use raftmq_types::{GroupId, META_GROUP_ID};
 use serde::Serialize;
@@ -123,5 +123,10 @@ impl RaftTransport for TransportService {
             }
             None => reply_error(group_id, NOT_HOSTED),
         }
+    }
+
+    async fn heartbeat(&self, request: Request<NodeHeartbeat>) -> Result<Response<HeartbeatReply>, Status> {
+        self.groups.quiescence().record(request.into_inner());
+        Ok(Response::new(HeartbeatReply {}))
     }
 }

@@ -25,11 +25,19 @@ pub struct RaftTuning {
     /// A follower that hears nothing for a random time in [min, max] starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Idle queue groups stop their Raft timers while node heartbeats show a
+    /// live leader; off, every group ticks and heartbeats all the time.
+    pub quiet_idle_groups: bool,
 }
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        RaftTuning { heartbeat_interval_ms: 250, election_timeout_min_ms: 1000, election_timeout_max_ms: 2000 }
+        RaftTuning {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            quiet_idle_groups: true,
+        }
     }
 }
 
@@ -104,6 +112,7 @@ const ENV_SETTINGS: &[&str] = &[
     "raft__heartbeat_interval_ms",
     "raft__election_timeout_min_ms",
     "raft__election_timeout_max_ms",
+    "raft__quiet_idle_groups",
 ];
 
 /// The defaults, expressed as a partial document so that required settings
@@ -305,8 +314,12 @@ mod tests {
             jail.set_env("RAFTMQ_RAFT__HEARTBEAT_INTERVAL_MS", "100");
             jail.set_env("RAFTMQ_ENDPOINTS", "not-a-setting-of-the-server");
             let config = load_str(GOOD).unwrap();
+            assert!(config.raft.quiet_idle_groups, "on by default");
+            jail.set_env("RAFTMQ_RAFT__QUIET_IDLE_GROUPS", "false");
+            let config = load_str(GOOD).unwrap();
             assert_eq!(config.listen_addr.to_string(), "127.0.0.1:9002");
             assert_eq!(config.raft.heartbeat_interval_ms, 100);
+            assert!(!config.raft.quiet_idle_groups);
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("node.toml");
             std::fs::write(&path, GOOD).unwrap();

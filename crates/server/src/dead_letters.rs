@@ -77,8 +77,11 @@ impl Tender {
             tick.tick().await;
             for group in self.router.groups().queue_groups() {
                 let leads = group.raft.metrics().borrow_watched().current_leader == Some(self.router.node_id());
+                if !leads {
+                    continue;
+                }
                 let Some(entry) = self.router.catalog_entry(&group.queue) else { continue };
-                if leads && let Err(e) = self.tend(&group, &entry).await {
+                if let Err(e) = self.tend(&group, &entry).await {
                     warn!(queue = %group.queue, error = %e, "sweeping or dead-lettering failed; will retry");
                 }
             }

@@ -62,6 +62,7 @@ pub async fn run_with_listener(
         heartbeat_interval_ms: config.raft.heartbeat_interval_ms,
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
+        quiet_idle_groups: config.raft.quiet_idle_groups,
     };
     let groups = GroupManager::start(config.node_id, storage.clone(), initial_members, timing, PeerChannels::default())
         .await

@@ -302,7 +302,7 @@ fn not_leader(error: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Op
 
 /// Proposes a queue command on the local group, which must be its leader.
 pub async fn propose(group: &QueueGroup, request: QueueRequest) -> Result<QueueResponse, LocalError> {
-    match group.raft.client_write(RaftRequest::Queue(request)).await {
+    match group.write(RaftRequest::Queue(request)).await {
         Ok(response) => match response.data {
             RaftResponse::Queue(queue_response) => Ok(queue_response),
             other => Err(ApiError::Internal(format!("unexpected queue response {other:?}")).into()),

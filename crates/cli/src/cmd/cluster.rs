@@ -5,7 +5,8 @@ use raftmq_client::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Nodes, and per Raft group the leader, term, commit and applied index.
+    /// Nodes, and per Raft group the leader, term, commit and applied index,
+    /// and whether the group is quiet (idle, its timers stopped).
     Status,
 }
 
@@ -13,21 +14,34 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
     match command {
         ClusterCommand::Status => {
             let status = client.cluster_status().await?;
-            println!("answered by node {}", status.node_id);
+            println!(
+                "answered by node {} (cpu {:.1} s since start, {} MiB resident)",
+                status.node_id,
+                status.process_cpu_micros as f64 / 1e6,
+                status.process_rss_bytes / (1024 * 1024)
+            );
             println!("{:<6} {:<24} reachable", "node", "address");
             for node in &status.nodes {
                 println!("{:<6} {:<24} {}", node.id, node.addr, if node.reachable { "yes" } else { "no" });
             }
             println!();
             println!(
-                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10}  voters",
-                "group", "queue", "leader", "term", "commit", "applied", "last_log"
+                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5}  voters",
+                "group", "queue", "leader", "term", "commit", "applied", "last_log", "quiet"
             );
             for g in &status.groups {
                 let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
                 println!(
-                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10}  {:?}",
-                    g.group_id, queue, g.leader_id, g.term, g.commit_index, g.applied_index, g.last_log_index, g.voters
+                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5}  {:?}",
+                    g.group_id,
+                    queue,
+                    g.leader_id,
+                    g.term,
+                    g.commit_index,
+                    g.applied_index,
+                    g.last_log_index,
+                    if g.quiet { "yes" } else { "no" },
+                    g.voters
                 );
             }
         }

@@ -3,6 +3,7 @@
 //! `server` and `dev` run nodes; the others are clients of a running cluster.
 
 mod bench;
+mod bench_idle;
 mod cluster;
 mod dev;
 mod message;
@@ -55,6 +56,9 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Measure throughput and latency against a running cluster.
     Bench(bench::BenchArgs),
+    /// Measure what idle queues cost: create them, wait until their groups
+    /// are quiet, and report each node's CPU and memory.
+    BenchIdle(bench_idle::IdleArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     Command::Nack(a) => message::nack(&client, a).await,
                     Command::Cluster(c) => cluster::run(&client, c).await,
                     Command::Bench(a) => bench::run(&client, &endpoints, a).await,
+                    Command::BenchIdle(a) => bench_idle::run(&client, &endpoints, a).await,
                     Command::Server(_) | Command::Dev(_) => unreachable!("handled above"),
                 }
             });

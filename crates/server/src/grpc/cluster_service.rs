@@ -39,6 +39,7 @@ impl ClusterServiceImpl {
 /// The answer: this node's id and write-ahead-log counters with `nodes` and `groups`.
 fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>) -> GetClusterStatusResponse {
     let syncer = manager.storage().syncer();
+    let usage = process_usage();
     GetClusterStatusResponse {
         node_id: manager.node_id(),
         nodes,
@@ -46,10 +47,43 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         wal_syncs: syncer.sync_count(),
         wal_sync_requests: syncer.request_count(),
         wal_sync_micros: syncer.sync_micros(),
+        process_cpu_micros: usage.cpu_micros,
+        process_rss_bytes: usage.rss_bytes,
     }
 }
 
-fn group_status(group_id: GroupId, queue: String, metrics: &openraft::RaftMetrics<TypeConfig>) -> GroupStatus {
+/// This process's CPU time and resident memory.
+#[derive(Default)]
+struct ProcessUsage {
+    cpu_micros: u64,
+    rss_bytes: u64,
+}
+
+#[cfg(target_os = "linux")]
+fn process_usage() -> ProcessUsage {
+    match procfs::process::Process::myself().and_then(|me| me.stat()) {
+        Ok(stat) => ProcessUsage {
+            cpu_micros: (stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second().max(1),
+            rss_bytes: stat.rss * procfs::page_size(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read this process's cpu time and memory");
+            ProcessUsage::default()
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_usage() -> ProcessUsage {
+    ProcessUsage::default()
+}
+
+fn group_status(
+    group_id: GroupId,
+    queue: String,
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    quiet: bool,
+) -> GroupStatus {
     let last_log_index = metrics.last_log_index.unwrap_or(0);
     let replication_lag = metrics
         .replication
@@ -75,6 +109,7 @@ fn group_status(group_id: GroupId, queue: String, metrics: &openraft::RaftMetric
         last_log_index,
         voters: metrics.membership_config.membership().voter_ids().collect(),
         replication_lag,
+        quiet,
     }
 }
 
@@ -87,10 +122,15 @@ impl ClusterService for ClusterServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let groups = self.router.groups();
         let meta_metrics = groups.meta().metrics().borrow_watched().clone();
-        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics)];
+        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false)];
         for group in groups.queue_groups() {
             let metrics = group.raft.metrics().borrow_watched().clone();
-            statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics));
+            statuses.push(group_status(
+                group.group_id,
+                group.queue.to_string(),
+                &metrics,
+                groups.is_quiet(group.group_id),
+            ));
         }
         // Only the meta leader hears from every node; a follower asks it for
         // the node list and falls back to what it knows itself.
