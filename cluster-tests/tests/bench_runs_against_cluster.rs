@@ -1,10 +1,25 @@
 //! Proves `raftmq bench` drives a real cluster end to end: it produces and
 //! consumes for its duration, drains, and prints a machine-readable summary
-//! whose counts agree. (A smoke test: figures come from real runs, not tests.)
+//! whose counts agree; and that `--count`, `--rate` and `--queues` shape the
+//! load as they say. (Smoke tests: figures come from real runs, not tests.)
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, raftmq_command, run_with_timeout};
+use raftmq_cluster_tests::{
+    CommandOutput, READY_TIMEOUT, TestCluster, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
+};
+use tonic::Code;
+
+/// The `BENCH {json}` line of a successful run.
+fn bench_summary(output: &CommandOutput) -> serde_json::Value {
+    let line = output
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .unwrap_or_else(|| panic!("no BENCH summary line: {output}"));
+    println!("{line}");
+    serde_json::from_str(line).expect("BENCH line is JSON")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_against_cluster() {
@@ -30,12 +45,7 @@ async fn bench_runs_against_cluster() {
     ];
     let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
     output.assert_success();
-    let line = output
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .unwrap_or_else(|| panic!("no BENCH summary line: {output}"));
-    let summary: serde_json::Value = serde_json::from_str(line).expect("BENCH line is JSON");
+    let summary = bench_summary(&output);
     let produced = summary["produced"].as_u64().expect("produced count");
     assert!(produced > 0, "nothing produced: {summary}");
     assert_eq!(summary["consumed"].as_u64(), Some(produced), "every produced message consumed: {summary}");
@@ -48,5 +58,76 @@ async fn bench_runs_against_cluster() {
     let fsyncs = summary["wal_fsyncs"].as_u64().expect("fsync count");
     assert!(fsyncs > 0 && fsyncs <= summary["wal_fsync_requests"].as_u64().unwrap(), "{summary}");
     assert!(fsyncs < produced, "one fsync or more per produced message: {summary}");
-    println!("{line}");
+    // Without the new options: one queue under its own name, closed loop.
+    assert_eq!(
+        (summary["queues"].as_u64(), summary["rate"].is_null(), summary["count"].is_null()),
+        (Some(1), true, true),
+        "{summary}"
+    );
+    assert!(output.stdout.contains("offered rate unlimited over 1 queue(s)"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_paces_a_counted_run_over_two_queues() {
+    const RATE: f64 = 2000.0;
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let endpoints = cluster.endpoints();
+    // 3000 messages at 2000 msg/s take 1.5 s, well before --duration-secs.
+    // Unpaced, two producers of 50 messages per call go several times faster.
+    let args = [
+        "bench",
+        "--endpoints",
+        &endpoints,
+        "--queues",
+        "2",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--batch",
+        "50",
+        "--message-size",
+        "256",
+        "--rate",
+        "2000",
+        "--count",
+        "3000",
+        "--duration-secs",
+        "10",
+        "--drain-secs",
+        "20",
+    ];
+    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
+    output.assert_success();
+    let summary = bench_summary(&output);
+    assert_eq!(
+        (summary["queues"].as_u64(), summary["rate"].as_u64(), summary["count"].as_u64()),
+        (Some(2), Some(2000), Some(3000)),
+        "{summary}"
+    );
+    assert!(output.stdout.contains("offered rate 2000 msg/s over 2 queue(s)"), "{output}");
+    assert_eq!(summary["produced"].as_u64(), Some(3000), "--count ends producing: {summary}");
+    assert_eq!(summary["consumed"].as_u64(), Some(3000), "every produced message consumed: {summary}");
+    let produce_rate = summary["produce_msgs_per_sec"].as_f64().expect("produce rate");
+    assert!(produce_rate <= RATE * 1.2, "producers outran --rate: {summary}");
+    // Far below the rate would mean the pacing holds producers back (this
+    // cluster takes 2000 msg/s with ease).
+    assert!(produce_rate >= RATE * 0.5, "producers were held far below --rate: {summary}");
+
+    // Both queues got messages, all of them between the two; the base name
+    // was not used.
+    let client = cluster.client(cluster.node_ids()[0]);
+    let next_offsets = poll_until(Duration::from_secs(10), "bench-0 and bench-1 hold 3000 messages", async || {
+        let mut next_offsets = Vec::new();
+        for queue in ["bench-0", "bench-1"] {
+            let info = retry_unavailable(Duration::from_secs(10), async || client.get_queue(queue).await).await;
+            next_offsets.push(info.expect("the bench created the queue").stats?.next_offset);
+        }
+        (next_offsets.iter().sum::<u64>() == 3000).then_some(next_offsets)
+    })
+    .await;
+    assert!(next_offsets.iter().all(|&n| n > 0), "a queue got no messages: {next_offsets:?}");
+    let base = client.get_queue("bench").await.expect_err("no queue under the base name");
+    assert_eq!(base.code(), Code::NotFound, "{base:?}");
 }

@@ -5,6 +5,12 @@
 //! the committed answer. End-to-end latency is from a message's publish time
 //! (the leader's clock) to its receipt by a consumer; on one machine both
 //! clocks are the same.
+//!
+//! By default every producer keeps one Produce call in flight (a closed loop:
+//! the offered load is whatever the cluster takes). `--rate` paces the calls
+//! instead (an open loop at a fixed offered load), `--count` stops after a
+//! number of messages, and `--queues` spreads producers and consumers over
+//! several queues.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,12 +19,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use raftmq_client::{Client, v1 as pb};
 use serde_json::json;
 use tokio::sync::Mutex;
+use tokio::time::MissedTickBehavior;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Queue to use; created if missing.
+    /// Queue to use; created if missing. With `--queues` above 1, the name
+    /// of the queues `<queue>-0` .. `<queue>-{n-1}` instead.
     #[arg(long, default_value = "bench")]
     queue: String,
+    /// How many queues to spread the load over: producer i produces to queue
+    /// i mod n, consumer j consumes from queue j mod n. Needs at least n
+    /// producers and n consumers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    queues: u32,
     #[arg(long, default_value_t = 4)]
     producers: u32,
     #[arg(long, default_value_t = 4)]
@@ -32,6 +45,16 @@ pub struct BenchArgs {
     /// How long producers run.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
+    /// Target produce rate in messages per second, over all producers: each
+    /// producer sends one call of `--batch` messages per slot of
+    /// producers × batch / rate. Without it, each producer keeps one call in
+    /// flight.
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// Stop producing after this many messages in total (or when
+    /// `--duration-secs` ends, whichever comes first).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
     /// After the producers stop, how long consumers may take to drain.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
@@ -57,6 +80,48 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The queues a run uses: `base` itself when there is one, else `base-0` ..
+/// `base-{n-1}`.
+fn queue_names(base: &str, n: u32) -> Vec<String> {
+    if n == 1 { vec![base.to_string()] } else { (0..n).map(|i| format!("{base}-{i}")).collect() }
+}
+
+/// How often each of `producers` sends a call of `batch` messages so that
+/// together they offer `rate` messages per second.
+fn call_period(rate: u64, producers: u32, batch: usize) -> Duration {
+    debug_assert!(rate > 0 && producers > 0, "checked by the argument parser and run");
+    let period = Duration::from_secs_f64(f64::from(producers) * batch as f64 / rate as f64);
+    // tokio's interval refuses a zero period; a rate that high is unlimited anyway.
+    period.max(Duration::from_nanos(1))
+}
+
+/// Takes up to `batch` messages from what `budget` has left and returns how
+/// many it took: fewer at the end, 0 once it is spent.
+fn take_from_budget(budget: &AtomicU64, batch: u64) -> u64 {
+    let left = budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left - left.min(batch)))
+        .expect("the update always returns Some");
+    left.min(batch)
+}
+
+/// Waits (up to 10 s) for a new queue to elect its leader, then makes
+/// `client` send its calls there.
+async fn prefer_leader(client: &Client, queue: &str) {
+    let elected_by = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < elected_by {
+        let leader = client.get_queue(queue).await.ok().and_then(|q| q.stats).map_or(0, |s| s.leader_id);
+        if leader != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match client.prefer_leader_of(queue).await {
+        Ok(true) => eprintln!("sending calls to the leader of {queue}"),
+        Ok(false) => eprintln!("the leader of {queue} is not among the endpoints; calls are forwarded"),
+        Err(e) => eprintln!("could not find the leader of {queue} ({e}); calls may be forwarded"),
+    }
 }
 
 /// One node's write-ahead log counters.
@@ -105,72 +170,113 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     if args.batch == 0 || args.batch > 1000 || args.message_size == 0 {
         anyhow::bail!("--batch must be 1 to 1000 and --message-size at least 1");
     }
-    match client.create_queue(&args.queue, None).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
-        Err(e) => return Err(e.into()),
+    if args.producers < args.queues || args.consumers < args.queues {
+        anyhow::bail!(
+            "--queues {} needs at least as many producers and consumers, so that every queue has both \
+             (given {} producers and {} consumers)",
+            args.queues,
+            args.producers,
+            args.consumers
+        );
+    }
+    let queues = queue_names(&args.queue, args.queues);
+    // One client per queue, so that each queue's calls can go to its own
+    // leader: a client's preferred endpoint is shared by all its clones.
+    // `Client::connect` gives a client its own connections. The first queue
+    // keeps the command's client, so one queue runs as it always did.
+    let mut clients = vec![client.clone()];
+    for _ in 1..queues.len() {
+        clients.push(Client::connect(endpoints)?);
+    }
+    for queue in &queues {
+        match client.create_queue(queue, None).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     if !args.any_node {
-        // A new queue elects its leader first.
-        let elected_by = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < elected_by {
-            let leader = client.get_queue(&args.queue).await.ok().and_then(|q| q.stats).map_or(0, |s| s.leader_id);
-            if leader != 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        match client.prefer_leader_of(&args.queue).await {
-            Ok(true) => eprintln!("sending calls to the leader of {}", args.queue),
-            Ok(false) => eprintln!("the leader of {} is not among the endpoints; calls are forwarded", args.queue),
-            Err(e) => eprintln!("could not find the leader of {} ({e}); calls may be forwarded", args.queue),
+        for (queue, client) in queues.iter().zip(&clients) {
+            prefer_leader(client, queue).await;
         }
     }
     let wal_before = wal_counters(endpoints).await;
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let producing = Arc::new(AtomicBool::new(true));
+    // The messages producers may still send, all of them together.
+    let budget = Arc::new(AtomicU64::new(args.count.unwrap_or(u64::MAX)));
     let samples = Arc::new(Mutex::new(Samples::default()));
+    let period = args.rate.map(|rate| call_period(rate, args.producers, args.batch));
     let started = Instant::now();
     let produce_until = started + Duration::from_secs(args.duration_secs);
 
     let mut producers = Vec::new();
-    for _ in 0..args.producers {
-        let (client, queue, produced, samples) =
-            (client.clone(), args.queue.clone(), produced.clone(), samples.clone());
+    for i in 0..args.producers {
+        let q = (i % args.queues) as usize;
+        let (client, queue, produced, budget, samples) =
+            (clients[q].clone(), queues[q].clone(), produced.clone(), budget.clone(), samples.clone());
         let batch: Vec<pb::ProduceMessage> = (0..args.batch)
             .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size], ..Default::default() })
             .collect();
+        let mut pace = period.map(|period| {
+            // Producer i starts i / producers of a period in, so the calls of
+            // all producers are spread over the period rather than sent together.
+            let first_call = period.mul_f64(f64::from(i) / f64::from(args.producers));
+            let mut pace = tokio::time::interval_at(tokio::time::Instant::from_std(started + first_call), period);
+            // A call that overruns its slot is followed by the next one at
+            // once, and the schedule moves on from there: no burst to catch up.
+            pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            pace
+        });
         producers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while Instant::now() < produce_until {
+            loop {
+                if let Some(pace) = pace.as_mut()
+                    && tokio::time::timeout_at(produce_until.into(), pace.tick()).await.is_err()
+                {
+                    break;
+                }
+                if Instant::now() >= produce_until {
+                    break;
+                }
+                let n = take_from_budget(&budget, batch.len() as u64) as usize;
+                if n == 0 {
+                    break;
+                }
                 let sent = Instant::now();
-                client.produce(&queue, batch.clone()).await?;
+                client.produce(&queue, batch[..n].to_vec()).await?;
                 latencies.push(sent.elapsed());
-                produced.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                produced.fetch_add(n as u64, Ordering::Relaxed);
             }
             samples.lock().await.produce_call.extend(latencies);
             anyhow::Ok(())
         }));
     }
     let mut consumers = Vec::new();
-    for _ in 0..args.consumers {
+    for j in 0..args.consumers {
+        let q = (j % args.queues) as usize;
         let (client, queue, produced, consumed, producing, samples) = (
-            client.clone(),
-            args.queue.clone(),
+            clients[q].clone(),
+            queues[q].clone(),
             produced.clone(),
             consumed.clone(),
             producing.clone(),
             samples.clone(),
         );
-        let drain_until = produce_until + Duration::from_secs(args.drain_secs);
+        let drain = Duration::from_secs(args.drain_secs);
         consumers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            // Set when this consumer first sees that the producers stopped.
+            let mut drain_until = None;
             loop {
-                let done = !producing.load(Ordering::Relaxed)
-                    && consumed.load(Ordering::Relaxed) >= produced.load(Ordering::Relaxed);
-                if done || Instant::now() > drain_until {
-                    break;
+                if !producing.load(Ordering::Relaxed) {
+                    let drain_until = *drain_until.get_or_insert_with(|| Instant::now() + drain);
+                    if consumed.load(Ordering::Relaxed) >= produced.load(Ordering::Relaxed)
+                        || Instant::now() > drain_until
+                    {
+                        break;
+                    }
                 }
                 let messages = client.consume(&queue, 256, Duration::from_millis(200), None).await?;
                 if messages.is_empty() {
@@ -188,23 +294,38 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         }));
     }
 
-    // Progress once a second while producing.
+    // Progress once a second until the producers are done: at the end of
+    // --duration-secs, or earlier when --count is reached.
+    let producers_done = async move {
+        for producer in producers {
+            producer.await??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::pin!(producers_done);
+    let second = Duration::from_secs(1);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::from_std(started + second), second);
+    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_p, mut last_c) = (0, 0);
-    while Instant::now() < produce_until {
-        tokio::time::sleep(Duration::from_secs(1).min(produce_until.saturating_duration_since(Instant::now()))).await;
-        let (p, c) = (produced.load(Ordering::Relaxed), consumed.load(Ordering::Relaxed));
-        eprintln!(
-            "{:>5.1}s  produced {:>9} (+{:>7})  consumed {:>9} (+{:>7})",
-            started.elapsed().as_secs_f64(),
-            p,
-            p - last_p,
-            c,
-            c - last_c
-        );
-        (last_p, last_c) = (p, c);
-    }
-    for producer in producers {
-        producer.await??;
+    loop {
+        tokio::select! {
+            result = &mut producers_done => {
+                result?;
+                break;
+            }
+            _ = progress.tick() => {
+                let (p, c) = (produced.load(Ordering::Relaxed), consumed.load(Ordering::Relaxed));
+                eprintln!(
+                    "{:>5.1}s  produced {:>9} (+{:>7})  consumed {:>9} (+{:>7})",
+                    started.elapsed().as_secs_f64(),
+                    p,
+                    p - last_p,
+                    c,
+                    c - last_c
+                );
+                (last_p, last_c) = (p, c);
+            }
+        }
     }
     let produce_secs = started.elapsed().as_secs_f64();
     producing.store(false, Ordering::Relaxed);
@@ -223,6 +344,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     let summary = json!({
         "queue": args.queue, "producers": args.producers, "consumers": args.consumers,
         "message_size": args.message_size, "batch": args.batch,
+        "queues": args.queues, "rate": args.rate, "count": args.count,
         "produced": p, "consumed": c,
         "produce_msgs_per_sec": p as f64 / produce_secs,
         "consume_msgs_per_sec": c as f64 / total_secs,
@@ -231,6 +353,21 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes, "fsync_mean_ms": fsync_mean_ms,
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
     });
+    let offered = args.rate.map_or_else(|| "unlimited".to_string(), |rate| format!("{rate} msg/s"));
+    println!("offered rate {offered} over {} queue(s)", queues.len());
+    if let Some(period) = period {
+        // With one call in flight per producer, a call that takes longer than
+        // its slot delays that producer's schedule: the offered load was not met.
+        let overran = samples.produce_call.iter().filter(|&&latency| latency > period).count();
+        if overran > 0 {
+            println!(
+                "{overran} of {} produce calls took longer than their slot of {:.1} ms and delayed the next: \
+                 the offered rate was not fully met",
+                samples.produce_call.len(),
+                period.as_secs_f64() * 1000.0
+            );
+        }
+    }
     println!(
         "produced {p} in {produce_secs:.1}s ({:.0} msg/s), consumed {c} in {total_secs:.1}s ({:.0} msg/s)",
         p as f64 / produce_secs,
@@ -272,6 +409,86 @@ mod tests {
         assert_eq!(percentile(&samples, 99.0), 99.0);
         assert_eq!(percentile(&samples, 100.0), 100.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn one_queue_keeps_its_name_and_more_are_numbered() {
+        assert_eq!(queue_names("bench", 1), ["bench"]);
+        assert_eq!(queue_names("bench", 3), ["bench-0", "bench-1", "bench-2"]);
+    }
+
+    #[test]
+    fn call_period_splits_the_rate_over_producers_and_batches() {
+        // 2 producers × 50 messages per call at 2000 msg/s: each calls 20 times a second.
+        assert_eq!(call_period(2000, 2, 50), Duration::from_millis(50));
+        assert_eq!(call_period(1000, 1, 1), Duration::from_millis(1));
+        assert_eq!(call_period(3, 4, 64), Duration::from_secs_f64(4.0 * 64.0 / 3.0));
+        // Never zero, which tokio's interval would refuse.
+        assert_eq!(call_period(u64::MAX, 1, 1), Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn budget_hands_out_batches_then_the_rest_then_nothing() {
+        let budget = AtomicU64::new(100);
+        assert_eq!(take_from_budget(&budget, 64), 64);
+        assert_eq!(take_from_budget(&budget, 64), 36);
+        assert_eq!(take_from_budget(&budget, 64), 0);
+        assert_eq!(take_from_budget(&budget, 64), 0);
+        let unlimited = AtomicU64::new(u64::MAX);
+        assert_eq!(take_from_budget(&unlimited, 1000), 1000);
+    }
+
+    #[test]
+    fn budget_split_between_threads_adds_up_to_the_count() {
+        let budget = AtomicU64::new(1000);
+        let taken: u64 = std::thread::scope(|scope| {
+            let takers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        std::iter::from_fn(|| Some(take_from_budget(&budget, 7)).filter(|&n| n > 0)).sum::<u64>()
+                    })
+                })
+                .collect();
+            takers.into_iter().map(|t| t.join().expect("taker thread")).sum()
+        });
+        assert_eq!(taken, 1000);
+    }
+
+    #[derive(clap::Parser)]
+    struct BenchCommand {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        use clap::Parser;
+        BenchCommand::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn new_options_default_to_one_queue_no_rate_no_count() {
+        let args = parse(&[]).expect("defaults parse");
+        assert_eq!((args.queues, args.rate, args.count), (1, None, None));
+        let args = parse(&["--queues", "2", "--rate", "2000", "--count", "3000"]).expect("options parse");
+        assert_eq!((args.queues, args.rate, args.count), (2, Some(2000), Some(3000)));
+        for zero in ["--queues", "--rate", "--count"] {
+            assert!(parse(&[zero, "0"]).is_err(), "{zero} 0 accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn more_queues_than_producers_or_consumers_is_refused_before_any_call() {
+        // Nothing listens on this endpoint: the check must come first.
+        let endpoints = ["127.0.0.1:1".to_string()];
+        let client = Client::connect(&endpoints).expect("lazy client");
+        for too_few in [["--producers", "2"], ["--consumers", "2"]] {
+            let args = parse(&["--queues", "3", too_few[0], too_few[1]]).expect("options parse");
+            let error = run(&client, &endpoints, args).await.expect_err("2 of one side for 3 queues");
+            assert!(
+                error.to_string().starts_with("--queues 3 needs at least as many producers and consumers"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
