@@ -85,10 +85,12 @@ async fn idle_queues_go_quiet_and_still_fail_over() {
         assert!(node["rss_bytes"].as_u64().is_some_and(|rss| rss > 0), "{summary}");
     }
     // Quiet groups wake nothing: what is left is the meta group and the node
-    // heartbeats. (With every group ticking this run measures several times
-    // more; the figures themselves come from full-size bench-idle runs.)
+    // heartbeats, 1.0-1.6% of a core per node here. With quiet groups turned
+    // off the same 40 queues cost 11-15% (raft.quiet_idle_groups = false,
+    // measured with bench-idle); the figures come from full-size bench-idle
+    // runs, this only guards against losing the effect.
     let max_cpu = summary["max_cpu_percent"].as_f64().expect("cpu");
-    assert!(max_cpu > 0.0 && max_cpu < 10.0, "idle nodes used {max_cpu:.2}% of a core: {summary}");
+    assert!(max_cpu > 0.0 && max_cpu < 5.0, "idle nodes used {max_cpu:.2}% of a core: {summary}");
 
     // A write to a quiet group commits without waiting for any timer.
     let queue = format!("{PREFIX}-0");

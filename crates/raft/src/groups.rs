@@ -190,6 +190,19 @@ impl GroupManager {
         self.queues.read().expect("queue map lock poisoned").get(&group_id).cloned()
     }
 
+    /// Calls `visit` on every hosted queue group under the group map's read
+    /// lock, so `visit` must not block.
+    pub(crate) fn for_each_queue_group(&self, visit: impl FnMut(&QueueGroup)) {
+        self.queues.read().expect("queue map lock poisoned").values().for_each(visit);
+    }
+
+    /// The hosted queue groups for which `wanted` holds, cloned. `wanted` runs
+    /// under the group map's read lock, so it must not block; per-round scans
+    /// of every group use this to clone only the few they act on.
+    pub fn queue_groups_where(&self, mut wanted: impl FnMut(&QueueGroup) -> bool) -> Vec<QueueGroup> {
+        self.queues.read().expect("queue map lock poisoned").values().filter(|g| wanted(g)).cloned().collect()
+    }
+
     pub fn queue_groups(&self) -> Vec<QueueGroup> {
         let mut groups: Vec<QueueGroup> =
             self.queues.read().expect("queue map lock poisoned").values().cloned().collect();

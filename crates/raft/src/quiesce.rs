@@ -49,7 +49,6 @@ pub(crate) struct View {
 /// What this node observes of one of its queue groups.
 #[derive(Debug, Clone)]
 pub(crate) struct Observed {
-    pub group_id: GroupId,
     pub state: ServerState,
     pub view: View,
     /// Voters other than this node.
@@ -79,6 +78,8 @@ struct Track {
     last_log_index: Option<u64>,
     appended_at: Instant,
     stale_after: Duration,
+    /// The round that last saw the group.
+    seen: Instant,
 }
 
 impl Quiescence {
@@ -169,29 +170,31 @@ fn observe(me: NodeId, group: &QueueGroup) -> (Observed, Option<u64>) {
     let metrics = group.raft.metrics();
     let metrics = metrics.borrow_watched();
     let last_log_index = metrics.last_log_index;
-    let caught_up = metrics
-        .replication
-        .as_ref()
-        .map(|progress| {
+    // Only a leader's rule looks at its followers.
+    let (followers, caught_up) = match (&metrics.state, &metrics.replication) {
+        (ServerState::Leader, Some(progress)) => (
+            metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect(),
             progress
                 .iter()
                 .filter(|(_, matched)| matched.as_ref().map(|l| l.index()) == last_log_index)
                 .map(|(id, _)| *id)
-                .collect()
-        })
-        .unwrap_or_default();
+                .collect(),
+        ),
+        _ => (Vec::new(), HashSet::new()),
+    };
     let observed = Observed {
-        group_id: group.group_id,
         state: metrics.state,
         view: View { term: metrics.current_term, leader: metrics.current_leader },
-        followers: metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect(),
+        followers,
         caught_up,
     };
     (observed, last_log_index)
 }
 
-/// Runs until the group manager is dropped: each heartbeat interval, tells
-/// the peers what this node knows and quiets or wakes each queue group.
+/// Runs until the group manager is dropped: each heartbeat interval, decides
+/// for every queue group whether it is quiet, and tells the peers what this
+/// node knows. One pass over the groups in place, without cloning them: with
+/// a thousand idle groups this loop is most of what the node does.
 pub(crate) async fn run(manager: Weak<GroupManager>) {
     let mut tracks: HashMap<GroupId, Track> = HashMap::new();
     let mut round = {
@@ -204,71 +207,56 @@ pub(crate) async fn run(manager: Weak<GroupManager>) {
         let Some(manager) = manager.upgrade() else { return };
         let quiescence = manager.quiescence();
         let me = manager.node_id();
-        let groups = manager.queue_groups();
-        let observed: Vec<(QueueGroup, Observed, Option<u64>)> = groups
-            .into_iter()
-            .map(|group| {
-                let (observed, last_log_index) = observe(me, &group);
-                (group, observed, last_log_index)
-            })
-            .collect();
-
-        send_heartbeats(&manager, &observed);
-
         let now = Instant::now();
-        tracks.retain(|group_id, _| observed.iter().any(|(_, o, _)| o.group_id == *group_id));
-        let heard = quiescence.heard.lock().expect("heard map lock poisoned");
-        let mut decisions = Vec::with_capacity(observed.len());
-        for (group, observed, last_log_index) in &observed {
-            let track = tracks.entry(group.group_id).or_insert_with(|| Track {
-                last_log_index: *last_log_index,
-                appended_at: now,
-                stale_after: quiescence.draw_stale_after(),
+        let follower_max_age = Duration::from_millis(quiescence.timing.election_timeout_min_ms);
+        let mut views = Vec::with_capacity(tracks.len());
+        {
+            let heard = quiescence.heard.lock().expect("heard map lock poisoned");
+            manager.for_each_queue_group(|group| {
+                let (observed, last_log_index) = observe(me, group);
+                let track = tracks.entry(group.group_id).or_insert_with(|| Track {
+                    last_log_index,
+                    appended_at: now,
+                    stale_after: quiescence.draw_stale_after(),
+                    seen: now,
+                });
+                track.seen = now;
+                if track.last_log_index != last_log_index {
+                    track.last_log_index = last_log_index;
+                    track.appended_at = now;
+                }
+                let is_quiet = quiet(
+                    me,
+                    &observed,
+                    now.duration_since(track.appended_at),
+                    quiescence.quiet_after(),
+                    track.stale_after,
+                    follower_max_age,
+                    |peer, max_age| quiescence.heard(&heard, peer, group.group_id, max_age),
+                );
+                if group.set_quiet(is_quiet) != is_quiet {
+                    debug!(group_id = %group.group_id, quiet = is_quiet, "group timers {}", if is_quiet { "stopped" } else { "running" });
+                    let runtime = group.raft.runtime_config();
+                    runtime.heartbeat(!is_quiet);
+                    runtime.tick(!is_quiet);
+                }
+                views.push(GroupView {
+                    group_id: group.group_id.0,
+                    term: observed.view.term,
+                    leader_id: observed.view.leader.unwrap_or(0),
+                });
             });
-            if track.last_log_index != *last_log_index {
-                track.last_log_index = *last_log_index;
-                track.appended_at = now;
-            }
-            let is_quiet = quiet(
-                me,
-                observed,
-                now.duration_since(track.appended_at),
-                quiescence.quiet_after(),
-                track.stale_after,
-                Duration::from_millis(quiescence.timing.election_timeout_min_ms),
-                |peer, max_age| quiescence.heard(&heard, peer, group.group_id, max_age),
-            );
-            decisions.push((group, is_quiet));
         }
-        drop(heard);
-
-        for (group, is_quiet) in decisions {
-            if group.set_quiet(is_quiet) == is_quiet {
-                continue;
-            }
-            debug!(group_id = %group.group_id, quiet = is_quiet, "group timers {}", if is_quiet { "stopped" } else { "running" });
-            let runtime = group.raft.runtime_config();
-            runtime.heartbeat(!is_quiet);
-            runtime.tick(!is_quiet);
-        }
+        // Groups that were not seen this round are gone.
+        tracks.retain(|_, track| track.seen == now);
+        send_heartbeats(&manager, NodeHeartbeat { node_id: me, groups: views });
     }
 }
 
 /// One heartbeat to each peer, sent in the background: a slow peer must not
 /// hold up the round.
-fn send_heartbeats(manager: &GroupManager, observed: &[(QueueGroup, Observed, Option<u64>)]) {
+fn send_heartbeats(manager: &GroupManager, heartbeat: NodeHeartbeat) {
     let me = manager.node_id();
-    let heartbeat = NodeHeartbeat {
-        node_id: me,
-        groups: observed
-            .iter()
-            .map(|(_, o, _)| GroupView {
-                group_id: o.group_id.0,
-                term: o.view.term,
-                leader_id: o.view.leader.unwrap_or(0),
-            })
-            .collect(),
-    };
     let timeout = manager.quiescence().heartbeat_interval();
     for (peer, node) in manager.members() {
         if peer == me {
@@ -296,7 +284,6 @@ mod tests {
 
     fn leader(term: u64) -> Observed {
         Observed {
-            group_id: GroupId(7),
             state: ServerState::Leader,
             view: View { term, leader: Some(ME) },
             followers: vec![2, 3],
@@ -306,7 +293,6 @@ mod tests {
 
     fn follower(term: u64, leader: NodeId) -> Observed {
         Observed {
-            group_id: GroupId(7),
             state: ServerState::Follower,
             view: View { term, leader: Some(leader) },
             followers: vec![1, 3].into_iter().filter(|id| *id != ME).collect(),

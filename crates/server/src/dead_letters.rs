@@ -58,6 +58,28 @@ fn request<T>(message: T) -> Request<T> {
     request_until(message, Instant::now() + CALL_TIMEOUT)
 }
 
+/// What a queue's leader has to do: sweep (a time to live, a last lease or
+/// retention ran out), move dead messages to the dead-letter queue.
+struct Tending {
+    sweep: bool,
+    dead: bool,
+}
+
+impl Tending {
+    fn any(&self) -> bool {
+        self.sweep || self.dead
+    }
+}
+
+fn needs_tending(group: &QueueGroup, entry: &CatalogQueue, now: raftmq_types::TimestampMs) -> Tending {
+    let policy = entry.config.delivery_policy(0);
+    let state = group.reader.state();
+    Tending {
+        sweep: state.needs_sweep(now, &policy),
+        dead: entry.config.dead_letter_queue.is_some() && !state.dead_messages(1).is_empty(),
+    }
+}
+
 /// Sweeps and dead-letters for the queues this node leads.
 pub struct Tender {
     router: Arc<Router>,
@@ -75,13 +97,16 @@ impl Tender {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for group in self.router.groups().queue_groups() {
-                let leads = group.raft.metrics().borrow_watched().current_leader == Some(self.router.node_id());
-                if !leads {
-                    continue;
-                }
-                let Some(entry) = self.router.catalog_entry(&group.queue) else { continue };
-                if let Err(e) = self.tend(&group, &entry).await {
+            // Most groups need nothing: look at every one in place and clone
+            // only those this node leads that have work.
+            let (me, catalog, now) = (self.router.node_id(), self.router.groups().catalog(), clock::now());
+            let due = self.router.groups().queue_groups_where(|group| {
+                group.raft.metrics().borrow_watched().current_leader == Some(me)
+                    && catalog.queues.get(&group.queue).is_some_and(|entry| needs_tending(group, entry, now).any())
+            });
+            for group in due {
+                let Some(entry) = catalog.queues.get(&group.queue) else { continue };
+                if let Err(e) = self.tend(&group, entry).await {
                     warn!(queue = %group.queue, error = %e, "sweeping or dead-lettering failed; will retry");
                 }
             }
@@ -91,10 +116,7 @@ impl Tender {
     async fn tend(&self, group: &QueueGroup, entry: &CatalogQueue) -> Result<(), String> {
         let now = clock::now();
         let policy = entry.config.delivery_policy(rand::random());
-        let (sweep, dead) = {
-            let state = group.reader.state();
-            (state.needs_sweep(now, &policy), !state.dead_messages(1).is_empty())
-        };
+        let Tending { sweep, dead } = needs_tending(group, entry, now);
         if sweep {
             match propose(group, QueueRequest { now, command: QueueCommand::Sweep { policy } }).await {
                 Ok(QueueResponse::Swept { died, dropped }) if died + dropped > 0 => {

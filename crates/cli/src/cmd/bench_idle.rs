@@ -3,7 +3,9 @@
 //! Creates the queues that are missing, waits until every node reports their
 //! Raft groups quiet (idle, timers stopped), then reads each node's CPU time
 //! and resident memory before and after `--secs` of doing nothing and prints
-//! the share of one core each node used, plus one machine-readable line.
+//! the share of one core each node used and its resident memory (before the
+//! queues existed, once they were quiet, after measuring), plus one
+//! machine-readable line.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -144,25 +146,26 @@ pub async fn run(client: &Client, endpoints: &[String], args: IdleArgs) -> anyho
     let mut nodes = Vec::new();
     println!("{} idle queues; created in {create_secs:.1}s, quiet {settle_secs:.1}s later", names.len());
     println!(
-        "{:<6} {:>7} {:>7} {:>12} {:>10} {:>16}",
-        "node", "groups", "quiet", "cpu % core", "rss MiB", "rss before MiB"
+        "{:<6} {:>7} {:>7} {:>12} {:>16} {:>12} {:>16}",
+        "node", "groups", "quiet", "cpu % core", "rss MiB: before", "when quiet", "after measuring"
     );
     for node in &after {
         let Some(start) = settled.iter().find(|r| r.node_id == node.node_id) else { continue };
         let rss_before = before_create.iter().find(|r| r.node_id == node.node_id).map_or(0, |r| r.rss_bytes);
         let cpu = cpu_percent(start, node, elapsed);
         println!(
-            "{:<6} {:>7} {:>7} {:>12.2} {:>10.1} {:>16.1}",
+            "{:<6} {:>7} {:>7} {:>12.2} {:>16.1} {:>12.1} {:>16.1}",
             node.node_id,
             node.groups,
             node.quiet,
             cpu,
-            mib(node.rss_bytes),
-            mib(rss_before)
+            mib(rss_before),
+            mib(start.rss_bytes),
+            mib(node.rss_bytes)
         );
         nodes.push(json!({
             "node": node.node_id, "groups": node.groups, "quiet": node.quiet, "cpu_percent": cpu,
-            "rss_bytes": node.rss_bytes, "rss_bytes_before": rss_before,
+            "rss_bytes_before": rss_before, "rss_bytes_settled": start.rss_bytes, "rss_bytes": node.rss_bytes,
         }));
     }
     let max_cpu = after
