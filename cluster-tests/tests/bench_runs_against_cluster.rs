@@ -1,7 +1,8 @@
 //! Proves `raftmq bench` drives a real cluster end to end: it produces and
 //! consumes for its duration, drains, and prints a machine-readable summary
-//! whose counts agree; and that `--count`, `--rate` and `--queues` shape the
-//! load as they say. (Smoke tests: figures come from real runs, not tests.)
+//! whose counts agree; and that `--count`, `--rate`, `--queues` and
+//! `--consumers 0` (fill a backlog) shape the load as they say. (Smoke
+//! tests: figures come from real runs, not tests.)
 
 use std::time::Duration;
 
@@ -130,4 +131,32 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     assert!(next_offsets.iter().all(|&n| n > 0), "a queue got no messages: {next_offsets:?}");
     let base = client.get_queue("bench").await.expect_err("no queue under the base name");
     assert_eq!(base.code(), Code::NotFound, "{base:?}");
+
+    // --consumers 0 fills a backlog: it produces the count, consumes nothing
+    // and does not wait for a drain.
+    let args = [
+        "bench",
+        "--endpoints",
+        &endpoints,
+        "--queue",
+        "backlog",
+        "--producers",
+        "1",
+        "--consumers",
+        "0",
+        "--batch",
+        "50",
+        "--count",
+        "500",
+    ];
+    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
+    output.assert_success();
+    let summary = bench_summary(&output);
+    assert_eq!((summary["produced"].as_u64(), summary["consumed"].as_u64()), (Some(500), Some(0)), "{summary}");
+    let depth = poll_until(Duration::from_secs(10), "the backlog holds 500 messages", async || {
+        let info = client.get_queue("backlog").await.ok()?;
+        info.stats.filter(|s| s.depth == 500).map(|s| s.depth)
+    })
+    .await;
+    assert_eq!(depth, 500);
 }
