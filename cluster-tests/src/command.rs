@@ -19,6 +19,18 @@ pub struct CommandOutput {
 }
 
 impl CommandOutput {
+    /// The JSON of the `BENCH {json}` line that `raftmq bench` and
+    /// `raftmq bench-idle` print; panics without one.
+    pub fn bench_summary(&self) -> serde_json::Value {
+        let line = self
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("BENCH "))
+            .unwrap_or_else(|| panic!("no BENCH summary line: {self}"));
+        println!("{line}");
+        serde_json::from_str(line).expect("BENCH line is JSON")
+    }
+
     /// Panics, with everything the program printed, unless it exited 0.
     pub fn assert_success(&self) -> &CommandOutput {
         assert!(self.status.success(), "expected success, got {self}");

@@ -7,20 +7,9 @@
 use std::time::Duration;
 
 use raftmq_cluster_tests::{
-    CommandOutput, READY_TIMEOUT, TestCluster, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
+    READY_TIMEOUT, TestCluster, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
 };
 use tonic::Code;
-
-/// The `BENCH {json}` line of a successful run.
-fn bench_summary(output: &CommandOutput) -> serde_json::Value {
-    let line = output
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .unwrap_or_else(|| panic!("no BENCH summary line: {output}"));
-    println!("{line}");
-    serde_json::from_str(line).expect("BENCH line is JSON")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_against_cluster() {
@@ -46,7 +35,7 @@ async fn bench_runs_against_cluster() {
     ];
     let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
     output.assert_success();
-    let summary = bench_summary(&output);
+    let summary = output.bench_summary();
     let produced = summary["produced"].as_u64().expect("produced count");
     assert!(produced > 0, "nothing produced: {summary}");
     assert_eq!(summary["consumed"].as_u64(), Some(produced), "every produced message consumed: {summary}");
@@ -101,7 +90,7 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     ];
     let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
     output.assert_success();
-    let summary = bench_summary(&output);
+    let summary = output.bench_summary();
     assert_eq!(
         (summary["queues"].as_u64(), summary["rate"].as_u64(), summary["count"].as_u64()),
         (Some(2), Some(2000), Some(3000)),
@@ -151,7 +140,7 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     ];
     let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
     output.assert_success();
-    let summary = bench_summary(&output);
+    let summary = output.bench_summary();
     assert_eq!((summary["produced"].as_u64(), summary["consumed"].as_u64()), (Some(500), Some(0)), "{summary}");
     let depth = poll_until(Duration::from_secs(10), "the backlog holds 500 messages", async || {
         let info = client.get_queue("backlog").await.ok()?;

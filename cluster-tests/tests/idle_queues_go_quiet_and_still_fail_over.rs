@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use raftmq_cluster_tests::pb::GetClusterStatusResponse;
 use raftmq_cluster_tests::{
-    CommandOutput, NodeId, READY_TIMEOUT, TestCluster, body_text, poll_until, raftmq_command, retry_unavailable,
-    run_with_timeout,
+    NodeId, READY_TIMEOUT, TestCluster, body_text, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
 };
 use tokio::time::Instant;
 
@@ -26,16 +25,6 @@ const PREFIX: &str = "idle";
 /// Quiet after about twice the maximum election timeout of idling, plus the
 /// rounds in which nodes hear of each other.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn bench_summary(output: &CommandOutput) -> serde_json::Value {
-    let line = output
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .unwrap_or_else(|| panic!("no BENCH summary line: {output}"));
-    println!("{line}");
-    serde_json::from_str(line).expect("BENCH line is JSON")
-}
 
 fn queue_names() -> BTreeSet<String> {
     (0..QUEUES).map(|i| format!("{PREFIX}-{i}")).collect()
@@ -76,7 +65,7 @@ async fn idle_queues_go_quiet_and_still_fail_over() {
         ["bench-idle", "--endpoints", &cluster.endpoints(), "--queues", &queues, "--prefix", PREFIX, "--secs", "5"];
     let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(120)).await;
     output.assert_success();
-    let summary = bench_summary(&output);
+    let summary = output.bench_summary();
     let nodes = summary["nodes"].as_array().expect("per-node readings");
     assert_eq!(nodes.len(), 3, "{summary}");
     for node in nodes {
