@@ -16,7 +16,7 @@ use crate::error::{decode, encode};
 use crate::keys::CF_META;
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
-    read_snapshot, write_synced,
+    read_applied_state_at, read_snapshot, write_synced,
 };
 use crate::{Catalog, SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -40,8 +40,15 @@ impl MetaStateMachine {
     }
 
     fn build(&self) -> Result<Snapshot, StorageError> {
-        let (applied, membership) = read_applied_state(&self.storage, META_GROUP_ID)?;
-        let data = encode("catalog", &*self.catalog.borrow().clone())?;
+        // Apply goes on while this runs: position and catalog come from one
+        // RocksDB snapshot (apply writes both in one batch), not the catalog
+        // in memory, which may already be ahead of the position read.
+        let view = self.storage.db().snapshot();
+        let (applied, membership) = read_applied_state_at(&self.storage, &view, META_GROUP_ID)?;
+        let data = match view.get_cf(self.storage.cf(CF_META), CATALOG_KEY)? {
+            Some(bytes) => bytes,
+            None => encode("catalog", &Catalog::default())?,
+        };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, META_GROUP_ID, &meta, &data)?;

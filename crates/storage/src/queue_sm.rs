@@ -25,7 +25,7 @@ use crate::keys::{
 };
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
-    read_snapshot, write_synced,
+    read_applied_state_at, read_snapshot, write_synced,
 };
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -140,12 +140,16 @@ impl QueueStateMachine {
     }
 
     fn build(&self) -> Result<Snapshot, StorageError> {
-        let (applied, membership) = read_applied_state(&self.storage, self.group)?;
+        // Apply goes on while this runs (openraft builds in its own task):
+        // position and data come from one RocksDB snapshot, so the data is
+        // exactly that of the position. Apply writes both in one batch.
+        let view = self.storage.db().snapshot();
+        let (applied, membership) = read_applied_state_at(&self.storage, &view, self.group)?;
         let (start, end) = group_range(self.group);
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(end);
         let mut records = Vec::new();
-        for item in self.storage.db().iterator_cf_opt(
+        for item in view.iterator_cf_opt(
             self.storage.cf(CF_QUEUE),
             options,
             IteratorMode::From(&start, rocksdb::Direction::Forward),

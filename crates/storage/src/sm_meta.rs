@@ -26,13 +26,23 @@ pub(crate) fn read_applied_state(
     storage: &Storage,
     group: GroupId,
 ) -> Result<(Option<LogId>, Membership), StorageError> {
-    let db = storage.db();
+    read_applied_state_at(storage, &storage.db().snapshot(), group)
+}
+
+/// The applied position and membership as of `view`. A snapshot builder reads
+/// them and the state machine's data through one RocksDB snapshot: apply goes
+/// on while it builds, and the data must be exactly that of the position.
+pub(crate) fn read_applied_state_at(
+    storage: &Storage,
+    view: &rocksdb::Snapshot<'_>,
+    group: GroupId,
+) -> Result<(Option<LogId>, Membership), StorageError> {
     let cf = storage.cf(CF_RAFT_META);
-    let applied = match db.get_cf(cf, meta_key(group, MetaTag::LastApplied))? {
+    let applied = match view.get_cf(cf, meta_key(group, MetaTag::LastApplied))? {
         Some(bytes) => decode("last applied log id", &bytes)?,
         None => None,
     };
-    let membership = match db.get_cf(cf, meta_key(group, MetaTag::Membership))? {
+    let membership = match view.get_cf(cf, meta_key(group, MetaTag::Membership))? {
         Some(bytes) => decode("membership", &bytes)?,
         None => Membership::default(),
     };
