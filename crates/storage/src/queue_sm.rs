@@ -139,10 +139,25 @@ impl QueueStateMachine {
         Ok(())
     }
 
+    /// Records a snapshot at the applied position. Only the position is
+    /// stored: the queue's data is in RocksDB already, so a snapshot's data
+    /// is read when one is asked for ([`Self::materialize`]), not copied into
+    /// memory and the database every 20,000 entries. openraft uses only the
+    /// meta of a built snapshot, to purge the log behind it.
     fn build(&self) -> Result<Snapshot, StorageError> {
-        // Apply goes on while this runs (openraft builds in its own task):
-        // position and data come from one RocksDB snapshot, so the data is
-        // exactly that of the position. Apply writes both in one batch.
+        let (applied, membership) = read_applied_state(&self.storage, self.group)?;
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+        let mut batch = WriteBatch::default();
+        put_snapshot(&self.storage, &mut batch, self.group, &meta, &[])?;
+        self.storage.db().write(batch)?;
+        Ok(Snapshot { meta, snapshot: SnapshotData::new(Vec::new()) })
+    }
+
+    /// The queue's whole state at the applied position, to send to a
+    /// follower. Apply goes on meanwhile: position and data are read through
+    /// one RocksDB snapshot (apply writes both in one batch), so the data is
+    /// exactly that of the position.
+    fn materialize(&self) -> Result<Snapshot, StorageError> {
         let view = self.storage.db().snapshot();
         let (applied, membership) = read_applied_state_at(&self.storage, &view, self.group)?;
         let (start, end) = group_range(self.group);
@@ -159,9 +174,6 @@ impl QueueStateMachine {
         }
         let data = encode("snapshot", &QueueSnapshot { records })?;
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        let mut batch = WriteBatch::default();
-        put_snapshot(&self.storage, &mut batch, self.group, &meta, &data)?;
-        self.storage.db().write(batch)?;
         Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
     }
 }
@@ -307,7 +319,8 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
             batch.put_cf(cf, key, value);
         }
         put_applied_state(&self.storage, &mut batch, self.group, &meta.last_log_id, Some(&meta.last_membership))?;
-        put_snapshot(&self.storage, &mut batch, self.group, meta, &data)?;
+        // Like `build`: the position only; the data is in the queue's keys.
+        put_snapshot(&self.storage, &mut batch, self.group, meta, &[])?;
         write_synced(&self.storage, batch)?;
         let state = load_state(&self.storage, self.group)?;
         *self.state.write().expect("queue state lock poisoned") = state;
@@ -317,7 +330,13 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         Ok(())
     }
 
+    /// `None` until a snapshot has been built or installed; then the state
+    /// at the current applied position (at or after that snapshot's, which is
+    /// all openraft needs: the log after it is still there).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(read_snapshot(&self.storage, self.group)?)
+        if read_snapshot(&self.storage, self.group)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.materialize()?))
     }
 }

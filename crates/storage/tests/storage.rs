@@ -197,7 +197,11 @@ async fn dedup_ids_survive_reopen_and_snapshot_install() {
     let stats = sm.reader().state().stats(TimestampMs(200));
     assert_eq!((stats.depth, stats.next_offset, stats.dedup_ids), (3, Offset(3), 3));
 
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    // What openraft sends a follower: the current snapshot once one is built
+    // (a built snapshot carries only its position).
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    assert_eq!(snapshot.meta, built.meta);
     let target_dir = TempDir::new().unwrap();
     let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
     replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
@@ -231,7 +235,11 @@ async fn snapshot_installs_on_a_fresh_replica() {
         ],
     )
     .await;
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    // What openraft sends a follower: the current snapshot once one is built
+    // (a built snapshot carries only its position).
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    assert_eq!(snapshot.meta, built.meta);
     assert_eq!(snapshot.meta.last_log_id.as_ref().map(|l| l.index()), Some(2));
 
     let target_dir = TempDir::new().unwrap();
@@ -315,7 +323,11 @@ async fn subscriptions_survive_reopen_and_snapshot_install() {
     let after_seek = sm.reader().state().subscriptions(TimestampMs(300));
     assert_eq!((after_seek[1].depth, after_seek[1].in_flight, after_seek[1].available), (4, 0, 4));
 
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    // What openraft sends a follower: the current snapshot once one is built
+    // (a built snapshot carries only its position).
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    assert_eq!(snapshot.meta, built.meta);
     let target_dir = TempDir::new().unwrap();
     let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
     replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
