@@ -1,0 +1,64 @@
+//! A follower that was down while the leader snapshotted and purged its log
+//! catches up from a snapshot: the leader reads the queue's state from
+//! RocksDB (a built snapshot stores only its position), sends it, and the
+//! follower's own replica then answers with exactly the leader's state.
+
+use std::time::Duration;
+
+use raftmq_cluster_tests::pb::QueueConfig;
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, poll_until};
+
+const QUEUE: &str = "far-behind";
+/// Log entries written while the follower is down: more than a snapshot's
+/// 20,000 plus the 5,000 kept behind it, so the follower's next entry is gone.
+const ENTRIES: usize = 26_000;
+const ACKED: usize = 500;
+const WORKERS: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_from_a_snapshot() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(READY_TIMEOUT).await;
+    let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
+    let follower = cluster.node_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+
+    // One message per produce call: one log entry each, from 32 callers.
+    let client = cluster.client(leader);
+    let mut producers = tokio::task::JoinSet::new();
+    for worker in 0..WORKERS {
+        let client = client.clone();
+        producers.spawn(async move {
+            for i in (worker..ENTRIES).step_by(WORKERS) {
+                client.produce(QUEUE, [format!("m{i}")]).await.expect("produce with a follower down");
+            }
+        });
+    }
+    while let Some(done) = producers.join_next().await {
+        done.expect("producer task");
+    }
+    // Some deletions too, so the snapshot carries more than appends.
+    let mut acked = 0;
+    while acked < ACKED {
+        let messages = client.consume(QUEUE, 100, 1000, 60_000).await.expect("consume");
+        let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+        client.ack(QUEUE, receipts).await.expect("ack");
+        acked += messages.len();
+    }
+    let expected = client.get_queue(QUEUE).await.expect("get on the leader").stats.expect("stats");
+    assert_eq!((expected.depth, expected.next_offset), ((ENTRIES - acked) as u64, ENTRIES as u64));
+    let leader_status = cluster.group_status(leader, QUEUE).await.expect("leader's group");
+
+    cluster.restart(follower);
+    poll_until(Duration::from_secs(60), "the restarted follower has applied the leader's log", async || {
+        let group = cluster.group_status(follower, QUEUE).await?;
+        (group.applied_index >= leader_status.last_log_index).then_some(())
+    })
+    .await;
+    // A follower answers from its own replica.
+    let replica = cluster.client(follower).get_queue(QUEUE).await.expect("get on the follower").stats.expect("stats");
+    assert_eq!((replica.depth, replica.next_offset), (expected.depth, expected.next_offset));
+    let log = std::fs::read_to_string(cluster.log_path(follower)).expect("read the follower's log");
+    assert!(log.contains("install full snapshot"), "the follower caught up from the log, not a snapshot");
+    cluster.assert_running();
+}
