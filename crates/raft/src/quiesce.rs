@@ -170,17 +170,19 @@ fn observe(me: NodeId, group: &QueueGroup) -> (Observed, Option<u64>) {
     let metrics = group.raft.metrics();
     let metrics = metrics.borrow_watched();
     let last_log_index = metrics.last_log_index;
-    // Only a leader's rule looks at its followers.
-    let (followers, caught_up) = match (&metrics.state, &metrics.replication) {
-        (ServerState::Leader, Some(progress)) => (
-            metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect(),
-            progress
-                .iter()
-                .filter(|(_, matched)| matched.as_ref().map(|l| l.index()) == last_log_index)
-                .map(|(id, _)| *id)
-                .collect(),
-        ),
-        _ => (Vec::new(), HashSet::new()),
+    // Only a leader's rule looks at its followers. (A leader without
+    // replication progress has no follower caught up, so it stays awake.)
+    let (followers, caught_up) = if metrics.state == ServerState::Leader {
+        let caught_up = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(_, matched)| matched.as_ref().map(|l| l.index()) == last_log_index)
+            .map(|(id, _)| *id)
+            .collect();
+        (metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect(), caught_up)
+    } else {
+        (Vec::new(), HashSet::new())
     };
     let observed = Observed {
         state: metrics.state,
