@@ -86,9 +86,8 @@ impl Client {
                         endpoint
                             .connect_timeout(Duration::from_secs(1))
                             .tcp_nodelay(true)
-                            // Larger than one batch of messages (HTTP/2's default is 64 KiB).
-                            .initial_stream_window_size(4 * 1024 * 1024)
-                            .initial_connection_window_size(16 * 1024 * 1024)
+                            .initial_stream_window_size(raftmq_proto::HTTP2_STREAM_WINDOW)
+                            .initial_connection_window_size(raftmq_proto::HTTP2_CONNECTION_WINDOW)
                             .http2_keep_alive_interval(Duration::from_secs(10))
                             .connect_lazy()
                     })

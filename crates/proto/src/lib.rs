@@ -12,5 +12,12 @@ pub mod internal {
     tonic::include_proto!("raftmq.internal.v1");
 }
 
+/// HTTP/2 flow-control windows of every raftmq connection: client, server
+/// and peer. The protocol's default of 64 KiB is less than one produce of
+/// 64 × 1 KiB messages, so concurrent calls would take turns waiting for
+/// window updates.
+pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// The encoded descriptors of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raftmq_descriptor");

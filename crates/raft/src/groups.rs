@@ -101,8 +101,8 @@ pub struct GroupManager {
     meta: MetaRaft,
     catalog: watch::Receiver<Arc<Catalog>>,
     queues: RwLock<HashMap<GroupId, QueueGroup>>,
-    /// Which idle queue groups have stopped their timers, and what the peers
-    /// last said of theirs.
+    /// What the peers last said of their queue groups (each group carries
+    /// its own quiet flag).
     quiescence: Quiescence,
     /// Serialises reconciliation so that two catalog changes never start the
     /// same group twice.
@@ -208,12 +208,6 @@ impl GroupManager {
             self.queues.read().expect("queue map lock poisoned").values().cloned().collect();
         groups.sort_by_key(|g| g.group_id);
         groups
-    }
-
-    /// Whether the queue group's Raft timers are stopped because it is idle
-    /// (see [`crate::quiesce`]).
-    pub fn is_quiet(&self, group_id: GroupId) -> bool {
-        self.queue_group(group_id).is_some_and(|g| g.is_quiet())
     }
 
     pub(crate) fn quiescence(&self) -> &Quiescence {

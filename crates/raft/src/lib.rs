@@ -14,5 +14,5 @@ pub mod quiesce;
 pub mod transport;
 
 pub use groups::{GroupError, GroupManager, MetaRaft, QueueGroup, QueueRaft, RaftTiming};
-pub use peers::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, PeerChannels};
+pub use peers::PeerChannels;
 pub use transport::TransportService;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use raftmq_proto::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
 /// Lazily connected channels keyed by peer address. tonic multiplexes all
@@ -48,9 +49,3 @@ impl PeerChannels {
         Ok(channel)
     }
 }
-
-/// HTTP/2 flow-control windows of every raftmq connection, client or peer.
-/// The protocol's default of 64 KiB is less than one produce of 64 × 1 KiB
-/// messages, so concurrent calls would take turns waiting for window updates.
-pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

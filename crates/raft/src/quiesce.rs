@@ -103,18 +103,6 @@ impl Quiescence {
             .insert(heartbeat.node_id, Heard { at: Instant::now(), groups });
     }
 
-    /// What `peer` last said of `group_id`, if it said it within `max_age`.
-    fn heard(
-        &self,
-        heard: &HashMap<NodeId, Heard>,
-        peer: NodeId,
-        group_id: GroupId,
-        max_age: Duration,
-    ) -> Option<View> {
-        let heard = heard.get(&peer).filter(|h| h.at.elapsed() < max_age)?;
-        heard.groups.get(&group_id).copied()
-    }
-
     /// How long after its last append a leader's group may go quiet: long
     /// enough for a few heartbeats to carry the commit index to followers.
     fn quiet_after(&self) -> Duration {
@@ -132,22 +120,37 @@ impl Quiescence {
     }
 }
 
+/// What `peer` last said of `group_id`, if it said it within `max_age`.
+fn heard_within(heard: &HashMap<NodeId, Heard>, peer: NodeId, group_id: GroupId, max_age: Duration) -> Option<View> {
+    let heard = heard.get(&peer).filter(|h| h.at.elapsed() < max_age)?;
+    heard.groups.get(&group_id).copied()
+}
+
+/// The waits of the rule, for one group.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// A leader's group goes quiet once it has appended nothing this long.
+    pub quiet_after: Duration,
+    /// A follower ticks again once its leader's node is silent this long.
+    pub stale_after: Duration,
+    /// A leader counts a follower as heard from within this long.
+    pub follower_max_age: Duration,
+}
+
 /// Whether a group may be quiet. `heard(peer, max_age)` is what `peer` said
 /// of the group within `max_age`, `None` if nothing that fresh.
 pub(crate) fn quiet(
     me: NodeId,
     observed: &Observed,
     idle_for: Duration,
-    quiet_after: Duration,
-    stale_after: Duration,
-    follower_max_age: Duration,
+    limits: Limits,
     heard: impl Fn(NodeId, Duration) -> Option<View>,
 ) -> bool {
     match observed.state {
         ServerState::Leader => {
             let following_me = View { term: observed.view.term, leader: Some(me) };
-            idle_for >= quiet_after
-                && observed.followers.iter().all(|follower| match heard(*follower, follower_max_age) {
+            idle_for >= limits.quiet_after
+                && observed.followers.iter().all(|follower| match heard(*follower, limits.follower_max_age) {
                     // A follower that is not heard from is down or cut off:
                     // heartbeats would not reach it either. When it comes back
                     // it does not report following this leader, and the group
@@ -158,7 +161,7 @@ pub(crate) fn quiet(
         }
         ServerState::Follower => match observed.view.leader {
             Some(leader) if leader != me => {
-                heard(leader, stale_after) == Some(View { term: observed.view.term, leader: Some(leader) })
+                heard(leader, limits.stale_after) == Some(View { term: observed.view.term, leader: Some(leader) })
             }
             _ => false,
         },
@@ -227,15 +230,11 @@ pub(crate) async fn run(manager: Weak<GroupManager>) {
                     track.last_log_index = last_log_index;
                     track.appended_at = now;
                 }
-                let is_quiet = quiet(
-                    me,
-                    &observed,
-                    now.duration_since(track.appended_at),
-                    quiescence.quiet_after(),
-                    track.stale_after,
-                    follower_max_age,
-                    |peer, max_age| quiescence.heard(&heard, peer, group.group_id, max_age),
-                );
+                let limits =
+                    Limits { quiet_after: quiescence.quiet_after(), stale_after: track.stale_after, follower_max_age };
+                let is_quiet = quiet(me, &observed, now.duration_since(track.appended_at), limits, |peer, max_age| {
+                    heard_within(&heard, peer, group.group_id, max_age)
+                });
                 if group.set_quiet(is_quiet) != is_quiet {
                     debug!(group_id = %group.group_id, quiet = is_quiet, "group timers {}", if is_quiet { "stopped" } else { "running" });
                     let runtime = group.raft.runtime_config();
@@ -282,7 +281,8 @@ mod tests {
     const ME: NodeId = 1;
     const QUIET_AFTER: Duration = Duration::from_secs(4);
     const STALE_AFTER: Duration = Duration::from_millis(1500);
-    const MAX_AGE: Duration = Duration::from_secs(1);
+    const LIMITS: Limits =
+        Limits { quiet_after: QUIET_AFTER, stale_after: STALE_AFTER, follower_max_age: Duration::from_secs(1) };
 
     fn leader(term: u64) -> Observed {
         Observed {
@@ -297,7 +297,7 @@ mod tests {
         Observed {
             state: ServerState::Follower,
             view: View { term, leader: Some(leader) },
-            followers: vec![1, 3].into_iter().filter(|id| *id != ME).collect(),
+            followers: Vec::new(),
             caught_up: HashSet::new(),
         }
     }
@@ -310,9 +310,9 @@ mod tests {
     fn idle_leader_goes_quiet_when_followers_follow_it() {
         let observed = leader(5);
         let everyone_follows = |_, _| says(5, ME);
-        assert!(quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, everyone_follows));
+        assert!(quiet(ME, &observed, QUIET_AFTER, LIMITS, everyone_follows));
         // Not idle long enough: followers may not have the commit index yet.
-        assert!(!quiet(ME, &observed, QUIET_AFTER / 2, QUIET_AFTER, STALE_AFTER, MAX_AGE, everyone_follows));
+        assert!(!quiet(ME, &observed, QUIET_AFTER / 2, LIMITS, everyone_follows));
     }
 
     #[test]
@@ -320,17 +320,17 @@ mod tests {
         let observed = leader(5);
         // Node 3 restarted and knows no leader yet: heartbeats must reach it.
         let unaware = |peer, _| if peer == 3 { Some(View { term: 5, leader: None }) } else { says(5, ME) };
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, unaware));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, unaware));
         // Node 3 follows someone else in a newer term: this leader must step down.
         let moved_on = |peer, _| if peer == 3 { says(6, 2) } else { says(5, ME) };
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, moved_on));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, moved_on));
     }
 
     #[test]
     fn leader_stays_awake_for_a_follower_that_lags() {
         let mut observed = leader(5);
         observed.caught_up.remove(&2);
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| says(5, ME)));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, |_, _| says(5, ME)));
     }
 
     #[test]
@@ -338,13 +338,13 @@ mod tests {
         let mut observed = leader(5);
         observed.caught_up.remove(&3);
         let three_is_down = |peer, _| if peer == 3 { None } else { says(5, ME) };
-        assert!(quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, three_is_down));
+        assert!(quiet(ME, &observed, QUIET_AFTER, LIMITS, three_is_down));
     }
 
     #[test]
     fn follower_is_quiet_while_its_leader_claims_the_group_in_its_term() {
         let observed = follower(5, 2);
-        assert!(quiet(ME, &observed, Duration::ZERO, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| says(5, 2)));
+        assert!(quiet(ME, &observed, Duration::ZERO, LIMITS, |_, _| says(5, 2)));
     }
 
     #[test]
@@ -352,23 +352,20 @@ mod tests {
         let observed = follower(5, 2);
         // Silent: nothing heard within the staleness limit it asks for.
         let silent = |_, max_age: Duration| if max_age == STALE_AFTER { None } else { says(5, 2) };
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, silent));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, silent));
         // Node 2 no longer leads the group.
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| Some(View {
-            term: 5,
-            leader: None
-        })));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, |_, _| Some(View { term: 5, leader: None })));
         // Node 2 leads it in a newer term than this follower knows.
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| says(6, 2)));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, |_, _| says(6, 2)));
     }
 
     #[test]
     fn candidates_and_leaderless_followers_tick() {
         let mut observed = follower(5, 2);
         observed.view.leader = None;
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| says(5, 2)));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, |_, _| says(5, 2)));
         observed.state = ServerState::Candidate;
         observed.view.leader = Some(2);
-        assert!(!quiet(ME, &observed, QUIET_AFTER, QUIET_AFTER, STALE_AFTER, MAX_AGE, |_, _| says(5, 2)));
+        assert!(!quiet(ME, &observed, QUIET_AFTER, LIMITS, |_, _| says(5, 2)));
     }
 }

@@ -96,8 +96,8 @@ pub async fn run_with_listener(
     });
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .initial_stream_window_size(raftmq_raft::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(raftmq_raft::HTTP2_CONNECTION_WINDOW)
+        .initial_stream_window_size(raftmq_proto::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(raftmq_proto::HTTP2_CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

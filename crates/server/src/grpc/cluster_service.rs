@@ -125,12 +125,7 @@ impl ClusterService for ClusterServiceImpl {
         let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false)];
         for group in groups.queue_groups() {
             let metrics = group.raft.metrics().borrow_watched().clone();
-            statuses.push(group_status(
-                group.group_id,
-                group.queue.to_string(),
-                &metrics,
-                groups.is_quiet(group.group_id),
-            ));
+            statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics, group.is_quiet()));
         }
         // Only the meta leader hears from every node; a follower asks it for
         // the node list and falls back to what it knows itself.
