@@ -6,11 +6,13 @@
 
 use std::hint::black_box;
 
+use std::collections::BTreeMap;
+
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use raftmq_queue::QueueState;
+use raftmq_queue::{Change, ColdError, ColdStore, MessageInfo, QueueState};
 use raftmq_types::{
-    DeliveryPolicy, NewMessage, QueueCommand, QueueLimits, QueueRequest, QueueResponse, Receipt, SubscriptionName,
-    TimestampMs,
+    DeliveryPolicy, NewMessage, Offset, QueueCommand, QueueLimits, QueueRequest, QueueResponse, Receipt,
+    SubscriptionName, TimestampMs,
 };
 
 const BATCH: usize = 64;
@@ -52,24 +54,39 @@ fn lease(now: u64) -> QueueRequest {
 /// A queue holding `BACKLOG` available messages, and the log index after
 /// them. One lease has run, so the backlog is already indexed as available
 /// (the first lease after a burst of produces pays for moving them all).
-fn backlog() -> (QueueState, u64) {
+fn backlog() -> (QueueState, u64, Infos) {
     let mut state = QueueState::new();
     let mut changes = Vec::new();
+    let mut infos = Infos::default();
     let mut index = 0;
     for first in (0..BACKLOG).step_by(BATCH) {
         index += 1;
         state.apply(index, &produce(batch(first, false), 0), &mut changes);
-        changes.clear();
+        for change in changes.drain(..) {
+            if let Change::PutMessage { message, info } = change {
+                infos.0.insert(message.offset, info);
+            }
+        }
     }
     index += 1;
     state.apply(index, &lease(1_500), &mut changes);
-    (state, index)
+    (state, index, infos)
+}
+
+/// The message infos as storage would hold them, for reading evicted ones back.
+#[derive(Default)]
+struct Infos(BTreeMap<Offset, MessageInfo>);
+
+impl ColdStore for Infos {
+    fn read_infos(&self, from: Offset, to: Offset) -> Result<Vec<(Offset, MessageInfo)>, ColdError> {
+        Ok(self.0.range(from..to).map(|(offset, info)| (*offset, *info)).collect())
+    }
 }
 
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply");
     group.throughput(Throughput::Elements(BATCH as u64));
-    let (base, index) = backlog();
+    let (base, index, infos) = backlog();
 
     for (name, dedup) in [("produce 64 x 1 KiB", false), ("produce 64 x 1 KiB with dedup ids", true)] {
         group.bench_function(name, |b| {
@@ -94,6 +111,19 @@ fn benches(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Everything but the 64 leased is on disk: the lease reads 1,024 back.
+    let mut evicted = base.clone();
+    evicted.evict(0);
+    group.bench_function("lease 64 from an evicted backlog", |b| {
+        b.iter_batched(
+            || (evicted.clone(), Vec::new()),
+            |(mut state, mut changes)| {
+                let response = state.apply_with(index + 1, &lease(2_000), &mut changes, &infos).expect("stored");
+                (state, changes, black_box(response))
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.bench_function("ack 64", |b| {
         b.iter_batched(
             || {
@@ -112,6 +142,24 @@ fn benches(c: &mut Criterion) {
             |(mut state, request, mut changes)| {
                 let response = state.apply(index + 2, &request, &mut changes);
                 (state, changes, black_box(response))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+
+    // What a replica pays after a write that took the queue past its limit:
+    // a quarter of the limit goes to disk at once.
+    let mut group = c.benchmark_group("evict");
+    let to_evict = BACKLOG / 4;
+    group.throughput(Throughput::Elements(to_evict as u64));
+    group.bench_function("evict the newest quarter of 100,000", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut state| {
+                let evicted = state.evict(BACKLOG - 1);
+                assert!(evicted >= to_evict, "evicted {evicted}");
+                state
             },
             BatchSize::LargeInput,
         )

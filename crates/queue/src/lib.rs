@@ -10,12 +10,14 @@
 //! holds: its leases, attempts and deaths. Every queue has `default`.
 
 mod change;
+mod cold;
 mod dedup;
 mod state;
 mod subscription;
 mod table;
 
 pub use change::Change;
+pub use cold::{ColdError, ColdStore};
 pub use dedup::MAX_DEDUP_IDS;
 pub use state::{DeadMessage, PeekedMessage, QueueState, QueueStats, SubscriptionList, retry_backoff_ms};
 pub use subscription::{DeliveryState, Lease, SubscriptionStats};

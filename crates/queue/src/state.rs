@@ -11,6 +11,7 @@ use raftmq_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::Change;
+use crate::cold::{Cold, ColdError, ColdStore, NothingEvicted};
 use crate::dedup::DedupIndex;
 use crate::subscription::{DeliveryState, Lease, Subscription, SubscriptionStats};
 use crate::table::{MessageInfo, Table};
@@ -91,6 +92,15 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How many evicted messages a lease reads back at least, so that a consumer
+/// working through a deep backlog reads the disk once per chunk.
+/// Small in tests, so that they read runs back in pieces.
+const RELOAD_CHUNK: u64 = if cfg!(test) { 2 } else { 1024 };
+
+/// How many in-memory messages past the number to evict `evict` looks at,
+/// for the ones that cannot be evicted (delayed, expiring, delivered).
+const EVICT_SCAN_SLACK: usize = if cfg!(test) { 2 } else { 1024 };
+
 fn exhausted(policy: &DeliveryPolicy, attempts: u32) -> bool {
     policy.max_deliveries > 0 && attempts >= policy.max_deliveries
 }
@@ -99,6 +109,8 @@ fn exhausted(policy: &DeliveryPolicy, attempts: u32) -> bool {
 pub struct QueueState {
     next_offset: Offset,
     table: Table,
+    /// Held messages evicted from memory (see `cold.rs`).
+    cold: Cold,
     subscriptions: BTreeMap<SubscriptionId, Subscription>,
     by_name: BTreeMap<SubscriptionName, SubscriptionId>,
     next_subscription: u32,
@@ -112,6 +124,7 @@ impl Default for QueueState {
         let mut state = QueueState {
             next_offset: Offset(0),
             table: Table::default(),
+            cold: Cold::default(),
             subscriptions: BTreeMap::new(),
             by_name: BTreeMap::new(),
             next_subscription: 1,
@@ -228,6 +241,28 @@ impl QueueState {
         dedup: impl IntoIterator<Item = (Offset, String, TimestampMs)>,
         correlations: impl IntoIterator<Item = (Offset, String)>,
     ) -> Self {
+        let mut state = QueueState::restoring(next_offset, list, dedup);
+        let mut records: HashMap<Offset, Vec<(SubscriptionId, DeliveryState)>> = HashMap::new();
+        for (id, offset, delivery) in deliveries {
+            records.entry(offset).or_default().push((id, delivery));
+        }
+        let mut correlations: HashMap<Offset, String> = correlations.into_iter().collect();
+        for (offset, info) in messages {
+            let records = records.remove(&offset).unwrap_or_default();
+            state.restore_message(offset, info, &records, correlations.remove(&offset));
+        }
+        state.check_invariants();
+        state
+    }
+
+    /// A state without messages, to restore them one by one in offset order
+    /// with [`Self::restore_message`]: a deep backlog can be evicted while
+    /// it is read.
+    pub fn restoring(
+        next_offset: Offset,
+        list: Option<SubscriptionList>,
+        dedup: impl IntoIterator<Item = (Offset, String, TimestampMs)>,
+    ) -> Self {
         let mut state = QueueState { next_offset, dedup: DedupIndex::restore(dedup), ..Default::default() };
         if let Some(list) = list {
             state.subscriptions.clear();
@@ -237,27 +272,33 @@ impl QueueState {
                 state.add_subscription(id, name);
             }
         }
-        let mut holders: HashMap<Offset, u32> = HashMap::new();
-        let mut records = Vec::new();
-        for (id, offset, delivery) in deliveries {
-            if state.subscriptions.contains_key(&id) {
-                *holders.entry(offset).or_default() += 1;
-                records.push((id, offset, delivery));
-            }
-        }
-        for (offset, info) in messages {
-            state.table.restore(offset, info, holders.get(&offset).copied().unwrap_or(0));
-        }
-        for (id, offset, delivery) in records {
-            if state.table.info(offset).is_some() {
-                state.subscriptions.get_mut(&id).expect("checked above").insert(offset, delivery);
-            }
-        }
-        for (offset, id) in correlations {
-            state.table.restore_correlation(offset, id);
-        }
-        state.check_invariants();
         state
+    }
+
+    /// Every subscription's id, lowest first.
+    pub fn subscription_ids(&self) -> Vec<SubscriptionId> {
+        self.subscriptions.keys().copied().collect()
+    }
+
+    /// One stored message with its delivery records; records of
+    /// subscriptions that no longer exist are ignored.
+    pub fn restore_message(
+        &mut self,
+        offset: Offset,
+        info: MessageInfo,
+        records: &[(SubscriptionId, DeliveryState)],
+        correlation_id: Option<String>,
+    ) {
+        let holders = records.iter().filter(|(id, _)| self.subscriptions.contains_key(id)).count();
+        self.table.restore(offset, info, holders as u32);
+        for (id, delivery) in records {
+            if let Some(sub) = self.subscriptions.get_mut(id) {
+                sub.insert(offset, *delivery);
+            }
+        }
+        if let Some(id) = correlation_id {
+            self.table.restore_correlation(offset, id);
+        }
     }
 
     fn add_subscription(&mut self, id: SubscriptionId, name: SubscriptionName) {
@@ -286,8 +327,33 @@ impl QueueState {
 
     /// Up to `max` stored messages from `from` (inclusive) to `to`
     /// (exclusive), in offset order, with the subscription's delivery
-    /// records. Changes nothing.
-    pub fn peek(&self, subscription: SubscriptionId, from: Offset, to: Offset, max: usize) -> Vec<PeekedMessage> {
+    /// records; evicted ones are read from `store`. Changes nothing.
+    pub fn peek(
+        &self,
+        subscription: SubscriptionId,
+        from: Offset,
+        to: Offset,
+        max: usize,
+        store: &impl ColdStore,
+    ) -> Result<Vec<PeekedMessage>, ColdError> {
+        let mut records = self.peek_in_memory(subscription, from, to, max);
+        for (start, end, holders) in self.cold.overlapping(from, to) {
+            if records.iter().filter(|r| r.offset < start).count() >= max {
+                break;
+            }
+            let upto = Offset(end.0.min(start.0.saturating_add(max as u64)));
+            let held = holders.contains(&subscription);
+            for (offset, info) in store.read_infos(start, upto)? {
+                let state = held.then(|| DeliveryState::fresh(info.deliver_at));
+                records.push(PeekedMessage { offset, info, state });
+            }
+        }
+        records.sort_by_key(|r| r.offset);
+        records.truncate(max);
+        Ok(records)
+    }
+
+    fn peek_in_memory(&self, subscription: SubscriptionId, from: Offset, to: Offset, max: usize) -> Vec<PeekedMessage> {
         if from >= to {
             return Vec::new();
         }
@@ -329,7 +395,176 @@ impl QueueState {
             || self.table.needs_trim(now, &policy.retention)
     }
 
+    /// [`Self::apply_with`] for a state that never evicts messages (tests,
+    /// benchmarks): there is nothing to read back.
+    ///
+    /// # Panics
+    /// If the state has evicted messages and the command needs them.
     pub fn apply(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
+        self.apply_with(log_index, request, changes, &NothingEvicted).expect("a state that evicts needs a cold store")
+    }
+
+    /// Applies one committed command: the response, and the changes to
+    /// persist appended to `changes`. Evicted messages the command needs are
+    /// read back from `store` first; if that fails, the command has not been
+    /// applied (reading back changes what is in memory, never the state).
+    pub fn apply_with(
+        &mut self,
+        log_index: u64,
+        request: &QueueRequest,
+        changes: &mut Vec<Change>,
+        store: &impl ColdStore,
+    ) -> Result<QueueResponse, ColdError> {
+        self.reload_for(request, store)?;
+        Ok(self.apply_in_memory(log_index, request, changes))
+    }
+
+    /// Reads back the evicted messages `request` could touch. Only a lease
+    /// takes evicted messages as they come; the commands that change every
+    /// message of a subscription read all of them back.
+    fn reload_for(&mut self, request: &QueueRequest, store: &impl ColdStore) -> Result<(), ColdError> {
+        if self.cold.is_empty() {
+            return Ok(());
+        }
+        match &request.command {
+            QueueCommand::Lease { subscription, max_messages, policy, correlation_id: None, .. } => {
+                match self.subscription_id(subscription) {
+                    Some(id) => self.reload_for_lease(id, *max_messages, request.now, policy, store),
+                    None => Ok(()),
+                }
+            }
+            QueueCommand::Seek { .. }
+            | QueueCommand::DeleteSubscription { .. }
+            | QueueCommand::CreateSubscription { start: SubscriptionStart::Earliest, .. } => self.reload_all(store),
+            _ => Ok(()),
+        }
+    }
+
+    /// A lease takes its messages lowest offset first from the available
+    /// ones. Its `n`-th pick from memory is at most the `n`-th ready message
+    /// that will not die first (more may become ready, none of these leaves),
+    /// so every evicted message it could take is below that: read those back.
+    fn reload_for_lease(
+        &mut self,
+        id: SubscriptionId,
+        n: u32,
+        now: TimestampMs,
+        policy: &DeliveryPolicy,
+        store: &impl ColdStore,
+    ) -> Result<(), ColdError> {
+        if n == 0 {
+            return Ok(());
+        }
+        while let Some((start, end)) = self.cold.first_held_by(id) {
+            let sub = &self.subscriptions[&id];
+            let table = &self.table;
+            let nth = sub
+                .ready_offsets()
+                .filter(|offset| {
+                    let attempts = sub.get(*offset).map_or(0, |d| d.attempts);
+                    !exhausted(policy, attempts) && !table.info(*offset).is_some_and(|info| info.expired(now))
+                })
+                .nth(n as usize - 1);
+            if nth.is_some_and(|offset| offset < start) {
+                break;
+            }
+            let upto = Offset(end.0.min(start.0.saturating_add(u64::from(n).max(RELOAD_CHUNK))));
+            self.reload(start, upto, store)?;
+            // What the lease itself would do first; it lets the next round see them.
+            self.subscriptions.get_mut(&id).expect("resolved above").promote_waiting(now);
+        }
+        Ok(())
+    }
+
+    fn reload_all(&mut self, store: &impl ColdStore) -> Result<(), ColdError> {
+        while let Some((start, end)) = self.cold.first() {
+            self.reload(start, end, store)?;
+        }
+        Ok(())
+    }
+
+    /// Reads back `start..upto`, the front of a cold run, into memory.
+    fn reload(&mut self, start: Offset, upto: Offset, store: &impl ColdStore) -> Result<(), ColdError> {
+        let loaded = store.read_infos(start, upto)?;
+        let complete = loaded.len() as u64 == upto.0 - start.0
+            && loaded.iter().zip(start.0..).all(|((offset, info), want)| {
+                offset.0 == want && info.expires_at.is_none() && info.deliver_at == info.publish_time
+            });
+        if !complete {
+            return Err(ColdError(format!(
+                "messages {start}..{upto} should be stored without expiry or delay; read {} records",
+                loaded.len()
+            )));
+        }
+        let holders = self.cold.take_front(start, upto, &loaded);
+        for (offset, info) in loaded {
+            self.table.reload(offset, info, holders.len() as u32);
+            for id in &holders {
+                let sub = self.subscriptions.get_mut(id).expect("cold runs are held by existing subscriptions");
+                sub.insert(offset, DeliveryState::fresh(info.deliver_at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts messages from memory while it holds more than `limit`, down
+    /// to three quarters of it, newest first: the oldest are leased next.
+    /// Only messages that are cold (see `cold.rs`) can go. Returns how many
+    /// went. Call it only when every change so far is stored: evicted
+    /// messages are read back from the store.
+    pub fn evict(&mut self, limit: usize) -> usize {
+        let len = self.table.len();
+        if len <= limit {
+            return 0;
+        }
+        let excess = len - (limit - limit / 4);
+        let victims: Vec<(Offset, Vec<SubscriptionId>)> = self
+            .table
+            .newest_first()
+            .take(excess + EVICT_SCAN_SLACK)
+            .filter_map(|(offset, info, holders)| self.cold_holders(offset, info, holders).map(|ids| (offset, ids)))
+            .take(excess)
+            .collect();
+        let evicted = victims.len();
+        for (offset, holders) in victims {
+            let info = self.table.evict(offset);
+            for id in &holders {
+                self.subscriptions.get_mut(id).expect("listed from the subscriptions").remove(offset);
+            }
+            self.cold.push(offset, info.size, holders);
+        }
+        self.check_invariants();
+        evicted
+    }
+
+    /// The subscriptions holding the message, if it can be evicted: no
+    /// expiry, no delay, no correlation id, never delivered by any holder.
+    fn cold_holders(&self, offset: Offset, info: &MessageInfo, holders: u32) -> Option<Vec<SubscriptionId>> {
+        if holders == 0
+            || info.expires_at.is_some()
+            || info.deliver_at != info.publish_time
+            || self.table.is_correlated(offset)
+        {
+            return None;
+        }
+        let fresh = DeliveryState::fresh(info.deliver_at);
+        let mut ids = Vec::with_capacity(holders as usize);
+        for sub in self.subscriptions.values() {
+            match sub.get(offset) {
+                Some(delivery) if *delivery == fresh => ids.push(sub.id),
+                Some(_) => return None,
+                None => {}
+            }
+        }
+        Some(ids)
+    }
+
+    /// Messages held in memory and evicted.
+    pub fn resident(&self) -> (u64, u64) {
+        (self.table.len() as u64, self.cold.totals().0)
+    }
+
+    fn apply_in_memory(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
         let now = request.now;
         let response = match &request.command {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
@@ -379,11 +614,12 @@ impl QueueState {
                 })
             }
             QueueCommand::Purge => {
-                let removed = self.table.len() as u64;
+                let removed = self.table.len() as u64 + self.cold.totals().0;
                 for sub in self.subscriptions.values_mut() {
                     sub.clear();
                 }
                 self.table = Table::default();
+                self.cold = Cold::default();
                 changes.push(Change::DeleteAllMessages);
                 QueueResponse::Purged { removed }
             }
@@ -611,6 +847,11 @@ impl QueueState {
                 failures.push(ReceiptFailure { receipt: *receipt, reason: ReceiptFailureReason::MessageGone });
                 continue;
             };
+            // An evicted message was never delivered: no receipt is for its lease.
+            if sub.get(receipt.offset).is_none() && self.cold.holds(sub.id, receipt.offset) {
+                failures.push(ReceiptFailure { receipt: *receipt, reason: ReceiptFailureReason::LeaseGone });
+                continue;
+            }
             match check(sub, now, receipt) {
                 Check::Valid => {
                     let current = *sub.get(receipt.offset).expect("checked");
@@ -721,6 +962,7 @@ impl QueueState {
 
     pub fn has_available(&self, subscription: SubscriptionId, now: TimestampMs) -> bool {
         self.subscriptions.get(&subscription).is_some_and(|sub| sub.has_available(now))
+            || self.cold.first_held_by(subscription).is_some()
     }
 
     pub fn next_wakeup(&self, subscription: SubscriptionId, now: TimestampMs) -> Option<TimestampMs> {
@@ -729,7 +971,16 @@ impl QueueState {
 
     /// Every subscription with its counts, `default` first.
     pub fn subscriptions(&self, now: TimestampMs) -> Vec<SubscriptionStats> {
-        self.subscriptions.values().map(|sub| sub.stats(now)).collect()
+        self.subscriptions.values().map(|sub| self.subscription_stats(sub, now)).collect()
+    }
+
+    /// Evicted messages are never delivered and due: available.
+    fn subscription_stats(&self, sub: &Subscription, now: TimestampMs) -> SubscriptionStats {
+        let mut stats = sub.stats(now);
+        let cold = self.cold.held_by(sub.id);
+        stats.depth += cold;
+        stats.available += cold;
+        stats
     }
 
     pub fn stats(&self, now: TimestampMs) -> QueueStats {
@@ -746,7 +997,7 @@ impl QueueState {
             ..Default::default()
         };
         for sub in self.subscriptions.values() {
-            let s = sub.stats(now);
+            let s = self.subscription_stats(sub, now);
             stats.in_flight += s.in_flight;
             stats.delayed += s.delayed;
             stats.available += s.available;
@@ -762,7 +1013,16 @@ impl QueueState {
     /// build of the server would pay it on every apply).
     fn check_invariants(&self) {
         if cfg!(test) {
-            self.table.check_invariants();
+            self.table.check_invariants(self.cold.totals());
+            self.cold.check_invariants();
+            for (start, end, ids) in self.cold.runs() {
+                debug_assert!(end <= self.next_offset, "cold run {start}..{end} past next_offset");
+                debug_assert!(self.table.range(start, end).next().is_none(), "cold run {start}..{end} in memory");
+                debug_assert!(
+                    ids.iter().all(|id| self.subscriptions.contains_key(id)),
+                    "cold run of a gone subscription"
+                );
+            }
             let mut holders: HashMap<Offset, u32> = HashMap::new();
             for sub in self.subscriptions.values() {
                 sub.check_invariants();

@@ -117,6 +117,11 @@ impl Subscription {
         self.ready.first().copied()
     }
 
+    /// Messages known to be available, lowest offset first.
+    pub fn ready_offsets(&self) -> impl Iterator<Item = Offset> + '_ {
+        self.ready.iter().copied()
+    }
+
     pub fn is_ready(&self, offset: Offset) -> bool {
         self.ready.contains(&offset)
     }

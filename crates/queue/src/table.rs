@@ -43,9 +43,10 @@ struct Entry {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
+    /// The messages in memory; evicted (cold) ones are not here.
     entries: BTreeMap<Offset, Entry>,
     /// Number and bytes of the messages some subscription holds: what the
-    /// queue's limits count.
+    /// queue's limits count. Evicted messages are held and count here too.
     held: u64,
     held_bytes: u64,
     /// Messages no subscription holds, kept by retention.
@@ -59,6 +60,7 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// Messages in memory.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -81,6 +83,29 @@ impl Table {
 
     pub fn iter(&self) -> impl Iterator<Item = (Offset, &MessageInfo)> {
         self.entries.iter().map(|(offset, entry)| (*offset, &entry.info))
+    }
+
+    /// Messages in memory, newest first, with their holder counts.
+    pub fn newest_first(&self) -> impl Iterator<Item = (Offset, &MessageInfo, u32)> {
+        self.entries.iter().rev().map(|(offset, entry)| (*offset, &entry.info, entry.holders))
+    }
+
+    pub fn is_correlated(&self, offset: Offset) -> bool {
+        self.correlation_of.contains_key(&offset)
+    }
+
+    /// Drops a held message from memory (it becomes cold); it stays counted
+    /// as held. Only for messages without expiry or correlation id.
+    pub fn evict(&mut self, offset: Offset) -> MessageInfo {
+        let entry = self.entries.remove(&offset).expect("eviction of a message not in the table");
+        debug_assert!(entry.holders > 0 && entry.info.expires_at.is_none() && !self.is_correlated(offset));
+        entry.info
+    }
+
+    /// An evicted message read back; it was counted as held all along.
+    pub fn reload(&mut self, offset: Offset, info: MessageInfo, holders: u32) {
+        debug_assert!(holders > 0 && info.expires_at.is_none());
+        self.entries.insert(offset, Entry { info, holders });
     }
 
     /// Stores a new message that `holders` subscriptions hold. With none,
@@ -222,14 +247,23 @@ impl Table {
             .map(|(_, offset)| *offset)
     }
 
+    /// `cold` is the number and bytes of evicted messages.
     /// O(n): run after every command by this crate's tests only (a debug
     /// build of the server would pay it on every apply).
-    pub fn check_invariants(&self) {
+    pub fn check_invariants(&self, cold: (u64, u64)) {
         if cfg!(test) {
             let held: Vec<_> = self.entries.values().filter(|e| e.holders > 0).collect();
-            debug_assert_eq!(self.held, held.len() as u64, "held count is off");
-            debug_assert_eq!(self.held_bytes, held.iter().map(|e| e.info.size).sum::<u64>(), "held bytes are off");
-            debug_assert_eq!(self.held as usize + self.retained.len(), self.entries.len(), "retained set is off");
+            debug_assert_eq!(self.held, held.len() as u64 + cold.0, "held count is off");
+            debug_assert_eq!(
+                self.held_bytes,
+                held.iter().map(|e| e.info.size).sum::<u64>() + cold.1,
+                "held bytes are off"
+            );
+            debug_assert_eq!(
+                (self.held - cold.0) as usize + self.retained.len(),
+                self.entries.len(),
+                "retained set is off"
+            );
             debug_assert!(
                 self.retained.iter().all(|offset| self.entries[offset].holders == 0),
                 "a held message is in the retained set"

@@ -10,7 +10,7 @@ use raftmq_types::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Change, DeliveryState, MessageInfo, QueueState, SubscriptionList, retry_backoff_ms};
+use crate::{Change, ColdError, ColdStore, DeliveryState, MessageInfo, QueueState, SubscriptionList, retry_backoff_ms};
 
 const D: SubscriptionId = SubscriptionId::DEFAULT;
 
@@ -32,6 +32,17 @@ struct Harness {
     stored_correlations: BTreeMap<Offset, String>,
     /// What the leader would stamp into commands that release messages.
     retention: Retention,
+    /// Evict after every command down to this many messages in memory.
+    evict_limit: Option<usize>,
+}
+
+/// The harness's stored message infos, as the state reads evicted ones back.
+struct Stored<'a>(&'a BTreeMap<Offset, MessageInfo>);
+
+impl ColdStore for Stored<'_> {
+    fn read_infos(&self, from: Offset, to: Offset) -> Result<Vec<(Offset, MessageInfo)>, ColdError> {
+        Ok(self.0.range(from..to).map(|(offset, info)| (*offset, *info)).collect())
+    }
 }
 
 impl Harness {
@@ -47,13 +58,26 @@ impl Harness {
             stored_dedup: BTreeMap::new(),
             stored_correlations: BTreeMap::new(),
             retention: Retention::default(),
+            evict_limit: None,
         }
+    }
+
+    fn evicting(limit: usize) -> Self {
+        Harness { evict_limit: Some(limit), ..Harness::new() }
+    }
+
+    fn peek(&self, subscription: SubscriptionId, from: u64, to: u64, max: usize) -> Vec<crate::PeekedMessage> {
+        self.state.peek(subscription, Offset(from), Offset(to), max, &Stored(&self.stored_infos)).expect("stored")
     }
 
     fn apply(&mut self, now: u64, command: QueueCommand) -> QueueResponse {
         self.index += 1;
         let mut changes = Vec::new();
-        let response = self.state.apply(self.index, &QueueRequest { now: TimestampMs(now), command }, &mut changes);
+        let request = QueueRequest { now: TimestampMs(now), command };
+        let response = self
+            .state
+            .apply_with(self.index, &request, &mut changes, &Stored(&self.stored_infos))
+            .expect("every evicted message is stored");
         for change in changes {
             match change {
                 Change::PutMessage { message: m, info } => {
@@ -94,6 +118,9 @@ impl Harness {
                     self.stored_dedup.remove(&offset);
                 }
             }
+        }
+        if let Some(limit) = self.evict_limit {
+            self.state.evict(limit);
         }
         response
     }
@@ -416,8 +443,10 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         std::env::var("RAFTMQ_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     println!("seed {seed} (replay with RAFTMQ_TEST_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
+    // `b` keeps at most a few messages in memory and reads the rest back:
+    // evicting must change no answer, no stored record and no count.
     let mut a = Harness::new();
-    let mut b = Harness::new();
+    let mut b = Harness::evicting([0, 1, 3, 8][rng.random_range(0..4)]);
     let mut now = 0u64;
     let mut receipts: Vec<Receipt> = Vec::new();
     let mut acked: std::collections::BTreeSet<(SubscriptionId, Offset)> = Default::default();
@@ -440,6 +469,8 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
     let retention = base_policy.retention;
     let names = ["default", "s1", "s2"].map(|n| SubscriptionName::new(n).unwrap());
     println!("policy {base_policy:?}");
+    // Evictions and read-backs seen in `b`, so the run shows it did both.
+    let (mut evictions, mut reloads) = (0, 0);
     for step in 0..3000 {
         let policy = DeliveryPolicy { jitter_seed: rng.random(), ..base_policy };
         now += rng.random_range(0..200);
@@ -500,7 +531,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
                         .into_iter()
                         .filter(|m| m.subscription == subscription)
                         .map(|m| m.offset)
-                        .chain(a.state.peek(subscription, Offset(0), Offset(u64::MAX), 1).into_iter().map(|m| m.offset))
+                        .chain(a.peek(subscription, 0, u64::MAX, 1).into_iter().map(|m| m.offset))
                         .collect(),
                 }
             }
@@ -529,8 +560,19 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         };
         let sought = a.state.subscription_id(&name);
         let ra = a.apply(now, command.clone());
+        let cold_before = b.state.resident().1;
         let rb = b.apply(now, command.clone());
+        let cold_after = b.state.resident().1;
+        if cold_after > cold_before {
+            evictions += 1;
+        } else if cold_after < cold_before && !matches!(command, QueueCommand::Purge) {
+            reloads += 1;
+        }
         assert_eq!(ra, rb, "replicas diverged at step {step} (seed {seed})");
+        assert_eq!(a.stored_deliveries, b.stored_deliveries, "stored records diverged at step {step} (seed {seed})");
+        let (from, max) = (rng.random_range(0..=a.state.next_offset().0), rng.random_range(1..6));
+        let peek_sub = a.state.subscription_id(&name).unwrap_or(D);
+        assert_eq!(a.peek(peek_sub, from, u64::MAX, max), b.peek(peek_sub, from, u64::MAX, max), "seed {seed}");
         match (&command, &ra) {
             (_, QueueResponse::Leased { messages }) => {
                 for m in messages {
@@ -561,10 +603,13 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         }
         if rng.random_range(0..100) == 0 {
             b.state = b.restored();
+            b.state.evict(b.evict_limit.expect("b evicts"));
         }
         assert_eq!(a.state.stats(TimestampMs(now)), b.state.stats(TimestampMs(now)), "seed {seed}");
         assert_eq!(a.state.subscriptions(TimestampMs(now)), b.state.subscriptions(TimestampMs(now)), "seed {seed}");
     }
+    println!("{evictions} commands evicted, {reloads} read back");
+    assert!(evictions > 0 && reloads > 0, "the run never evicted or never read back (seed {seed})");
 }
 
 fn deduped(body: &str, id: &str) -> NewMessage {
@@ -735,11 +780,11 @@ fn peek_shows_a_range_and_changes_nothing() {
     let leased = q.lease(11, 1, 100);
     q.ack(12, &[leased[0].receipt]); // offset 0 is gone
     let before = q.state.stats(TimestampMs(12));
-    let peeked: Vec<u64> = q.state.peek(D, Offset(0), Offset(u64::MAX), 2).iter().map(|m| m.offset.0).collect();
+    let peeked: Vec<u64> = q.peek(D, 0, u64::MAX, 2).iter().map(|m| m.offset.0).collect();
     assert_eq!(peeked, vec![1, 2]);
-    let peeked: Vec<u64> = q.state.peek(D, Offset(2), Offset(3), 10).iter().map(|m| m.offset.0).collect();
+    let peeked: Vec<u64> = q.peek(D, 2, 3, 10).iter().map(|m| m.offset.0).collect();
     assert_eq!(peeked, vec![2]);
-    assert!(q.state.peek(D, Offset(3), Offset(3), 10).is_empty());
+    assert!(q.peek(D, 3, 3, 10).is_empty());
     assert_eq!(q.state.stats(TimestampMs(12)), before);
 }
 
@@ -1316,4 +1361,36 @@ fn expiry_reaches_every_subscription() {
     assert_eq!(q.state.dead_messages(10).len(), 2, "dead in both subscriptions, for the dead-letter queue");
     let (ok, _) = q.ack(101, &[leased[0].receipt]);
     assert_eq!(ok, 0, "a dead message cannot be acked");
+}
+
+#[test]
+fn a_deep_backlog_stays_on_disk_and_is_delivered_in_order() {
+    let mut q = Harness::evicting(100);
+    for batch in 0..100u64 {
+        let bodies: Vec<String> = (0..100).map(|i| format!("m{}", batch * 100 + i)).collect();
+        q.produce(1_000 + batch, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+        let (in_memory, _) = q.state.resident();
+        assert!(in_memory <= 100, "{in_memory} messages in memory after batch {batch}");
+    }
+    assert_eq!(q.state.resident(), (75, 9_925), "evicted newest first down to three quarters of the limit");
+    assert_eq!(q.state.stats(TimestampMs(5_000)).available, 10_000);
+    assert_eq!(q.state.stats(TimestampMs(5_000)).depth, 10_000);
+    let peeked: Vec<u64> = q.peek(D, 5_000, 5_003, 10).iter().map(|m| m.offset.0).collect();
+    assert_eq!(peeked, [5_000, 5_001, 5_002]);
+    let mut next = 0;
+    while next < 10_000 {
+        let leased = q.lease(6_000, 64, 30_000);
+        assert!(!leased.is_empty(), "the backlog ran dry at {next}");
+        for m in &leased {
+            assert_eq!(m.offset.0, next, "delivered out of order");
+            next += 1;
+        }
+        let receipts: Vec<Receipt> = leased.iter().map(|m| m.receipt).collect();
+        assert_eq!(q.ack(6_000, &receipts).0, receipts.len() as u32);
+        let (in_memory, _) = q.state.resident();
+        assert!(in_memory <= 100 + 1024, "{in_memory} messages in memory at {next}");
+    }
+    assert!(q.lease(6_000, 64, 30_000).is_empty());
+    assert_eq!(q.state.resident(), (0, 0));
+    assert!(q.stored_infos.is_empty(), "every acked message is deleted");
 }

@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
@@ -146,11 +148,20 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = codec::encode("snapshot header", &(vote, snapshot.meta.clone()))
             .map_err(|e| to_streaming_error(network_error(e)))?;
-        let data = snapshot.snapshot.into_inner();
-        let mut messages = vec![self.message(header)];
-        messages.extend(data.chunks(SNAPSHOT_CHUNK_BYTES).map(|chunk| self.message(chunk.to_vec())));
+        // The data is read while it is sent (a queue's snapshot is not whole
+        // in memory); a read error ends the stream with a message saying so.
+        let group_id = self.group_id.0;
+        let chunks = futures::stream::unfold(Some(snapshot.snapshot), move |data| async move {
+            let mut data = data?;
+            let (payload, error, rest) = match data.next_chunk(SNAPSHOT_CHUNK_BYTES).await? {
+                Ok(chunk) => (chunk.into(), String::new(), Some(data)),
+                Err(e) => (bytes::Bytes::new(), format!("reading the snapshot: {e}"), None),
+            };
+            Some((RaftMessage { group_id, payload, error }, rest))
+        });
+        let messages = futures::stream::iter([self.message(header)]).chain(chunks);
         let mut client = self.client().map_err(to_streaming_error)?;
-        let send = client.install_snapshot(tokio_stream::iter(messages));
+        let send = client.install_snapshot(messages);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = send => reply,

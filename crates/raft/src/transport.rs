@@ -110,7 +110,12 @@ impl RaftTransport for TransportService {
             codec::decode("snapshot header", &first.payload).map_err(bad_payload)?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk?.payload);
+            let chunk = chunk?;
+            if !chunk.error.is_empty() {
+                // The sender could not read its snapshot: install nothing.
+                return Err(Status::aborted(format!("group {group_id}: sender failed: {}", chunk.error)));
+            }
+            data.extend_from_slice(&chunk.payload);
         }
         let snapshot =
             openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::new(data) };

@@ -20,12 +20,16 @@ pub enum StorageError {
     Sync(String),
     #[error("the WAL syncer thread has stopped")]
     SyncerStopped,
+    #[error("the snapshot reader stopped before it read the snapshot's position")]
+    SnapshotReaderStopped,
+    #[error("malformed snapshot: {0}")]
+    MalformedSnapshot(String),
 }
 
 impl From<StorageError> for io::Error {
     fn from(e: StorageError) -> io::Error {
         match e {
-            StorageError::Corrupt { .. } | StorageError::MalformedKey { .. } => {
+            StorageError::Corrupt { .. } | StorageError::MalformedKey { .. } | StorageError::MalformedSnapshot(_) => {
                 io::Error::new(io::ErrorKind::InvalidData, e.to_string())
             }
             other => io::Error::other(other.to_string()),

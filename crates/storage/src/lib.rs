@@ -26,6 +26,6 @@ pub use db::{FORMAT_VERSION, Storage};
 pub use error::StorageError;
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;
-pub use queue_sm::{QueueReader, QueueStateMachine};
+pub use queue_sm::{MESSAGES_IN_MEMORY, QueueReader, QueueStateMachine};
 pub use type_config::{SnapshotData, TypeConfig};
 pub use wal_syncer::WalSyncer;

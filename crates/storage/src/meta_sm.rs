@@ -89,11 +89,11 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         let applied = apply_entries(entries, |_index, request| match request {
             RaftRequest::Meta(command) => {
                 changed = true;
-                RaftResponse::Meta(catalog.apply(command))
+                Ok(RaftResponse::Meta(catalog.apply(command)))
             }
             RaftRequest::Queue(_) => {
                 warn!("queue command in the meta group ignored");
-                RaftResponse::Empty
+                Ok(RaftResponse::Empty)
             }
         })
         .await?;
@@ -114,7 +114,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
+        let data = snapshot.into_bytes().await?;
         let catalog: Catalog = decode("catalog", &data)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.storage.cf(CF_META), CATALOG_KEY, encode("catalog", &catalog)?);

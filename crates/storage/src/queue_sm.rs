@@ -4,18 +4,25 @@
 //! Apply writes every change of one apply call, plus the applied log id, in one
 //! WriteBatch without fsync: the log entries are already durable, and after a
 //! crash apply resumes from the persisted applied log id.
+//!
+//! A deep backlog stays on disk: after each write the state evicts messages
+//! past [`MESSAGES_IN_MEMORY`] that nobody has received yet, and reads them
+//! back from their message-info records when a lease gets to them
+//! (`raftmq_queue::ColdStore`).
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures::Stream;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use raftmq_queue::{Change, DeliveryState, MessageInfo, QueueState, SubscriptionList};
+use raftmq_queue::{
+    Change, ColdError, ColdStore, DeliveryState, MessageInfo, PeekedMessage, QueueState, SubscriptionList,
+};
 use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, SubscriptionId, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::error::{decode, encode};
@@ -27,7 +34,36 @@ use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
     read_applied_state_at, read_snapshot, write_synced,
 };
+use crate::type_config::SnapshotChunks;
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
+
+/// How many messages of one queue the state machine keeps in memory before
+/// it evicts the newest never-delivered ones (about 300 bytes each): a deep
+/// backlog costs disk, not memory.
+pub const MESSAGES_IN_MEMORY: usize = 20_000;
+
+/// Reads evicted messages back from their message-info records.
+struct Infos<'a> {
+    storage: &'a Storage,
+    group: GroupId,
+}
+
+impl ColdStore for Infos<'_> {
+    fn read_infos(&self, from: Offset, to: Offset) -> Result<Vec<(Offset, MessageInfo)>, ColdError> {
+        let read = || -> Result<Vec<(Offset, MessageInfo)>, StorageError> {
+            let start = queue_key(self.group, QueueKind::MessageInfo, from).to_vec();
+            let end = queue_key(self.group, QueueKind::MessageInfo, to).to_vec();
+            let mut infos = Vec::with_capacity(to.0.saturating_sub(from.0).min(4096) as usize);
+            for item in range_iter(self.storage, start, end) {
+                let (key, value) = item?;
+                let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+                infos.push((offset, decode("message info", &value)?));
+            }
+            Ok(infos)
+        };
+        read().map_err(|e| ColdError(e.to_string()))
+    }
+}
 
 #[derive(Clone)]
 pub struct QueueStateMachine {
@@ -45,12 +81,6 @@ pub struct QueueReader {
     group: GroupId,
     state: Arc<RwLock<QueueState>>,
     applied: watch::Receiver<u64>,
-}
-
-/// A snapshot: every queue record of the group (keys without the group prefix).
-#[derive(Serialize, Deserialize)]
-struct QueueSnapshot {
-    records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl QueueStateMachine {
@@ -141,7 +171,7 @@ impl QueueStateMachine {
 
     /// Records a snapshot at the applied position. Only the position is
     /// stored: the queue's data is in RocksDB already, so a snapshot's data
-    /// is read when one is asked for ([`Self::materialize`]), not copied into
+    /// is read when one is sent ([`Self::stream_snapshot`]), not copied into
     /// memory and the database every 20,000 entries. openraft uses only the
     /// meta of a built snapshot, to purge the log behind it.
     fn build(&self) -> Result<Snapshot, StorageError> {
@@ -154,30 +184,101 @@ impl QueueStateMachine {
     }
 
     /// The queue's whole state at the applied position, to send to a
-    /// follower. Apply goes on meanwhile: position and data are read through
-    /// one RocksDB snapshot (apply writes both in one batch), so the data is
-    /// exactly that of the position.
-    fn materialize(&self) -> Result<Snapshot, StorageError> {
-        let view = self.storage.db().snapshot();
-        let (applied, membership) = read_applied_state_at(&self.storage, &view, self.group)?;
-        let (start, end) = group_range(self.group);
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(end);
-        let mut records = Vec::new();
-        for item in view.iterator_cf_opt(
-            self.storage.cf(CF_QUEUE),
-            options,
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            records.push((key[8..].to_vec(), value.to_vec()));
-        }
-        let data = encode("snapshot", &QueueSnapshot { records })?;
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
+    /// follower, read while it is sent (see [`SnapshotData`]). Apply goes on
+    /// meanwhile: position and data are read through one RocksDB snapshot
+    /// (apply writes both in one batch), so the data is exactly that of the
+    /// position. The data is a sequence of frames, each a little-endian u32
+    /// length and a postcard list of (key without the group, value), about
+    /// [`SNAPSHOT_FRAME_BYTES`] each.
+    async fn stream_snapshot(&self) -> Result<Snapshot, StorageError> {
+        let (meta_tx, meta_rx) = oneshot::channel();
+        let (start_tx, start_rx) = oneshot::channel::<()>();
+        let (chunk_tx, chunk_rx) = mpsc::channel(1);
+        let (storage, group) = (self.storage.clone(), self.group);
+        tokio::task::spawn_blocking(move || {
+            let view = storage.db().snapshot();
+            let meta = read_applied_state_at(&storage, &view, group)
+                .map(|(last_log_id, last_membership)| SnapshotMeta { last_log_id, last_membership });
+            let read = meta.is_ok();
+            if meta_tx.send(meta).is_err() || !read || start_rx.blocking_recv().is_err() {
+                return;
+            }
+            let (start, end) = group_range(group);
+            let mut options = ReadOptions::default();
+            options.set_iterate_upper_bound(end);
+            let mut frame = Vec::new();
+            let mut frame_bytes = 0;
+            let items = view.iterator_cf_opt(
+                storage.cf(CF_QUEUE),
+                options,
+                IteratorMode::From(&start, rocksdb::Direction::Forward),
+            );
+            for item in items {
+                let (key, value) = match item {
+                    Ok(record) => record,
+                    Err(e) => {
+                        let _ = chunk_tx.blocking_send(Err(e.into()));
+                        return;
+                    }
+                };
+                frame_bytes += key.len() + value.len();
+                frame.push((key[8..].to_vec(), value.to_vec()));
+                if frame_bytes >= SNAPSHOT_FRAME_BYTES {
+                    if chunk_tx.blocking_send(encode_frame(&frame)).is_err() {
+                        return;
+                    }
+                    frame.clear();
+                    frame_bytes = 0;
+                }
+            }
+            if !frame.is_empty() {
+                let _ = chunk_tx.blocking_send(encode_frame(&frame));
+            }
+        });
+        let meta = meta_rx.await.map_err(|_| StorageError::SnapshotReaderStopped)??;
+        let chunks = SnapshotChunks { start: Some(start_tx), chunks: chunk_rx };
+        Ok(Snapshot { meta, snapshot: SnapshotData::Chunks(chunks) })
     }
 }
 
+/// About this many bytes of records go in one snapshot frame.
+const SNAPSHOT_FRAME_BYTES: usize = 1024 * 1024;
+
+type SnapshotRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn encode_frame(records: &SnapshotRecords) -> Result<Vec<u8>, StorageError> {
+    let body = encode("snapshot frame", records)?;
+    let length = u32::try_from(body.len()).map_err(|_| StorageError::MalformedSnapshot("frame over 4 GiB".into()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&length.to_le_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// The frames of a snapshot's data, decoded one by one.
+fn decode_frames(mut data: &[u8]) -> impl Iterator<Item = Result<SnapshotRecords, StorageError>> + '_ {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let Some((length, rest)) = data.split_first_chunk::<4>() else {
+            data = &[];
+            return Some(Err(StorageError::MalformedSnapshot("truncated frame length".into())));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() < length {
+            data = &[];
+            return Some(Err(StorageError::MalformedSnapshot(format!("frame of {length} bytes truncated"))));
+        }
+        let (body, rest) = rest.split_at(length);
+        data = rest;
+        Some(decode("snapshot frame", body))
+    })
+}
+
+/// Rebuilds the queue's state from its records, message by message in offset
+/// order, each with its delivery records (one cursor per subscription walks
+/// alongside). It evicts as it goes, so a deep backlog never is all in memory.
 fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageError> {
     let db = storage.db();
     let cf = storage.cf(CF_QUEUE);
@@ -190,17 +291,6 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
             Some(bytes) => Some(decode("subscriptions", &bytes)?),
             None => None,
         };
-    let infos = read_kind(storage, group, QueueKind::MessageInfo, |key, value| {
-        let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-        let info: MessageInfo = decode("message info", value)?;
-        Ok((offset, info))
-    })?;
-    let deliveries = read_kind(storage, group, QueueKind::Delivery, |key, value| {
-        let (subscription, offset): (SubscriptionId, Offset) =
-            delivery_key_parts(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-        let state: DeliveryState = decode("delivery", value)?;
-        Ok((subscription, offset, state))
-    })?;
     let dedup = read_kind(storage, group, QueueKind::Dedup, |key, value| {
         let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
         let (id, expires_at): (String, TimestampMs) = decode("dedup id", value)?;
@@ -211,7 +301,78 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
         let id: String = decode("correlation id", value)?;
         Ok((offset, id))
     })?;
-    Ok(QueueState::restore(next_offset, subscriptions, infos, deliveries, dedup, correlations))
+    let mut correlations: HashMap<Offset, String> = correlations.into_iter().collect();
+    let mut state = QueueState::restoring(next_offset, subscriptions, dedup);
+    let mut cursors: Vec<_> = state
+        .subscription_ids()
+        .into_iter()
+        .map(|id| {
+            let (start, end) = subscription_range(group, id);
+            DeliveryCursor { id, records: range_iter(storage, start.to_vec(), end), head: None }
+        })
+        .collect();
+    let (start, end) = queue_kind_range(group, QueueKind::MessageInfo);
+    let mut records = Vec::new();
+    for (restored, item) in range_iter(storage, start.to_vec(), end.to_vec()).enumerate() {
+        let (key, value) = item?;
+        let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+        let info: MessageInfo = decode("message info", &value)?;
+        records.clear();
+        for cursor in &mut cursors {
+            if let Some(delivery) = cursor.record_of(offset)? {
+                records.push((cursor.id, delivery));
+            }
+        }
+        state.restore_message(offset, info, &records, correlations.remove(&offset));
+        if restored % 4096 == 4095 {
+            state.evict(MESSAGES_IN_MEMORY);
+        }
+    }
+    state.evict(MESSAGES_IN_MEMORY);
+    Ok(state)
+}
+
+type RawRecords<'a> = rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>;
+
+/// The `queue` records from `start` (inclusive) to `end` (exclusive), in key order.
+fn range_iter(storage: &Storage, start: Vec<u8>, end: Vec<u8>) -> RawRecords<'_> {
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(end);
+    storage.db().iterator_cf_opt(storage.cf(CF_QUEUE), options, IteratorMode::From(&start, rocksdb::Direction::Forward))
+}
+
+/// One subscription's delivery records, walked in offset order.
+struct DeliveryCursor<'a> {
+    id: SubscriptionId,
+    records: RawRecords<'a>,
+    head: Option<(Offset, DeliveryState)>,
+}
+
+impl DeliveryCursor<'_> {
+    /// The record of the message at `offset`; called with rising offsets.
+    /// Records of messages not stored are passed over, as `QueueState::restore` does.
+    fn record_of(&mut self, offset: Offset) -> Result<Option<DeliveryState>, StorageError> {
+        loop {
+            let (at, delivery) = match self.head.take() {
+                Some(head) => head,
+                None => match self.records.next() {
+                    None => return Ok(None),
+                    Some(item) => {
+                        let (key, value) = item?;
+                        let (_, at) = delivery_key_parts(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+                        (at, decode("delivery", &value)?)
+                    }
+                },
+            };
+            if at == offset {
+                return Ok(Some(delivery));
+            }
+            if at > offset {
+                self.head = Some((at, delivery));
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// Every record of one kind of the group, in key order, decoded by `decode_one`
@@ -223,14 +384,8 @@ fn read_kind<T>(
     decode_one: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
 ) -> Result<Vec<T>, StorageError> {
     let (start, end) = queue_kind_range(group, kind);
-    let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(end);
     let mut records = Vec::new();
-    for item in storage.db().iterator_cf_opt(
-        storage.cf(CF_QUEUE),
-        options,
-        IteratorMode::From(&start, rocksdb::Direction::Forward),
-    ) {
+    for item in range_iter(storage, start.to_vec(), end.to_vec()) {
         let (key, value) = item?;
         records.push(decode_one(&key, &value)?);
     }
@@ -246,6 +401,21 @@ impl QueueReader {
     /// Changes whenever apply advances; long polls wait on it.
     pub fn applied_index_watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// Up to `max` stored messages of `from..to` with the subscription's
+    /// records (see `QueueState::peek`; evicted ones are read from disk),
+    /// and the queue's next offset at that moment.
+    pub fn peek(
+        &self,
+        subscription: SubscriptionId,
+        from: Offset,
+        to: Offset,
+        max: usize,
+    ) -> Result<(Vec<PeekedMessage>, Offset), ColdError> {
+        let state = self.state();
+        let records = state.peek(subscription, from, to, max, &Infos { storage: &self.storage, group: self.group })?;
+        Ok((records, state.next_offset()))
     }
 
     /// Reads message bodies; offsets not found (acked meanwhile) are skipped.
@@ -283,14 +453,16 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let mut changes = Vec::new();
+        let store = Infos { storage: &self.storage, group: self.group };
         let applied = apply_entries(entries, |index, request| match request {
             RaftRequest::Queue(request) => {
                 let mut state = self.state.write().expect("queue state lock poisoned");
-                RaftResponse::Queue(state.apply(index, request, &mut changes))
+                let response = state.apply_with(index, request, &mut changes, &store).map_err(io::Error::other)?;
+                Ok(RaftResponse::Queue(response))
             }
             RaftRequest::Meta(command) => {
                 warn!(group = %self.group, ?command, "meta command in a queue group ignored");
-                RaftResponse::Empty
+                Ok(RaftResponse::Empty)
             }
         })
         .await?;
@@ -299,6 +471,8 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         if let Some(log_id) = applied.commit(&self.storage, batch, self.group)? {
             self.applied.send_replace(log_id.index());
         }
+        // Only now: evicted messages are read back from what was just written.
+        self.state.write().expect("queue state lock poisoned").evict(MESSAGES_IN_MEMORY);
         Ok(())
     }
 
@@ -307,17 +481,19 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        let decoded: QueueSnapshot = decode("snapshot", &data)?;
+        let data = snapshot.into_bytes().await?;
         let cf = self.storage.cf(CF_QUEUE);
         let mut batch = WriteBatch::default();
         let (start, end) = group_range(self.group);
         batch.delete_range_cf(cf, &start, &end);
-        for (suffix, value) in decoded.records {
-            let mut key = self.group.to_be_bytes().to_vec();
-            key.extend_from_slice(&suffix);
-            batch.put_cf(cf, key, value);
+        for frame in decode_frames(&data) {
+            for (suffix, value) in frame? {
+                let mut key = self.group.to_be_bytes().to_vec();
+                key.extend_from_slice(&suffix);
+                batch.put_cf(cf, key, value);
+            }
         }
+        drop(data);
         put_applied_state(&self.storage, &mut batch, self.group, &meta.last_log_id, Some(&meta.last_membership))?;
         // Like `build`: the position only; the data is in the queue's keys.
         put_snapshot(&self.storage, &mut batch, self.group, meta, &[])?;
@@ -332,11 +508,12 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
 
     /// `None` until a snapshot has been built or installed; then the state
     /// at the current applied position (at or after that snapshot's, which is
-    /// all openraft needs: the log after it is still there).
+    /// all openraft needs: the log after it is still there), read only if
+    /// it is sent.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         if read_snapshot(&self.storage, self.group)?.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.materialize()?))
+        Ok(Some(self.stream_snapshot().await?))
     }
 }

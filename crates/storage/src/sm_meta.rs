@@ -128,7 +128,7 @@ impl AppliedEntries {
 /// and membership entries are handled here, the same for both state machines.
 pub(crate) async fn apply_entries<Strm>(
     mut entries: Strm,
-    mut apply_request: impl FnMut(u64, &raftmq_types::RaftRequest) -> raftmq_types::RaftResponse,
+    mut apply_request: impl FnMut(u64, &raftmq_types::RaftRequest) -> Result<raftmq_types::RaftResponse, std::io::Error>,
 ) -> Result<AppliedEntries, std::io::Error>
 where
     Strm: futures::Stream<Item = Result<openraft::storage::EntryResponder<TypeConfig>, std::io::Error>>
@@ -142,7 +142,7 @@ where
     while let Some((entry, responder)) = entries.try_next().await? {
         let log_id = entry.log_id();
         let response = match &entry.payload {
-            openraft::EntryPayload::Normal(request) => apply_request(log_id.index(), request),
+            openraft::EntryPayload::Normal(request) => apply_request(log_id.index(), request)?,
             openraft::EntryPayload::Blank => raftmq_types::RaftResponse::Empty,
             openraft::EntryPayload::Membership(membership) => {
                 applied.last_membership = Some(Membership::new(Some(log_id), membership.clone()));

@@ -8,10 +8,10 @@ use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBu
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError as RaftStorageError};
-use raftmq_storage::{LogStore, MetaStateMachine, QueueStateMachine, Storage, TypeConfig};
+use raftmq_storage::{LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, Storage, TypeConfig};
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
-    RaftRequest, Retention, SeekTarget, SubscriptionName, SubscriptionStart, TimestampMs,
+    RaftRequest, Retention, SeekTarget, SubscriptionId, SubscriptionName, SubscriptionStart, TimestampMs,
 };
 use tempfile::TempDir;
 
@@ -364,4 +364,71 @@ async fn catalog_survives_reopen_and_deleted_group_data_is_gone() {
     let catalog = sm.catalog_watch().borrow().clone();
     assert_eq!(catalog.queues[&QueueName::new("orders").unwrap()].group_id, GroupId(1));
     assert_eq!(catalog.next_group_id, 2);
+}
+
+fn lease(max_messages: u32) -> QueueCommand {
+    QueueCommand::Lease {
+        subscription: SubscriptionName::default_subscription(),
+        max_messages,
+        max_bytes: 0,
+        visibility_timeout_ms: 60_000,
+        policy: Default::default(),
+        correlation_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deep_backlog_is_evicted_read_back_from_disk_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let total = MESSAGES_IN_MEMORY as u64 * 3 / 2;
+    let batches = total / 1000;
+    let produces: Vec<Entry> = (1..=batches).map(|i| queue_entry(1, i, 100 + i, produce(1000))).collect();
+    let mut log = LogStore::new(storage.clone(), GROUP);
+    append(&mut log, produces.clone()).await;
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    for entry in produces {
+        apply(&mut sm, vec![entry]).await;
+    }
+    let (in_memory, evicted) = sm.reader().state().resident();
+    assert!(in_memory <= MESSAGES_IN_MEMORY as u64, "{in_memory} messages in memory");
+    assert_eq!(in_memory + evicted, total);
+    let (peeked, next) = sm.reader().peek(SubscriptionId::DEFAULT, Offset(total - 2), Offset(u64::MAX), 5).unwrap();
+    assert_eq!(peeked.iter().map(|m| m.offset.0).collect::<Vec<_>>(), [total - 2, total - 1]);
+    assert!(
+        peeked.iter().all(|m| m.state.is_some_and(|s| s.attempts == 0)),
+        "evicted messages peek as never delivered"
+    );
+    assert_eq!(next, Offset(total));
+
+    // A snapshot of it is sent in frames and installs a replica that also
+    // keeps only the head in memory.
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    let target_dir = TempDir::new().unwrap();
+    let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
+    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let (in_memory, evicted) = replica.reader().state().resident();
+    assert!(in_memory <= MESSAGES_IN_MEMORY as u64 && in_memory + evicted == total);
+    let expected = sm.reader().state().stats(TimestampMs(1_000));
+    assert_eq!(replica.reader().state().stats(TimestampMs(1_000)), expected);
+    drop(sm);
+
+    // A restart reads the backlog without holding it all.
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let (in_memory, evicted) = sm.reader().state().resident();
+    assert!(in_memory <= MESSAGES_IN_MEMORY as u64 && evicted > 0, "{in_memory} in memory, {evicted} evicted");
+    assert_eq!(sm.reader().state().stats(TimestampMs(1_000)).available, total);
+
+    // Leasing everything reads every evicted message back, in order.
+    let leases: Vec<Entry> = (1..=batches).map(|i| queue_entry(1, batches + i, 1_000, lease(1000))).collect();
+    append(&mut log, leases.clone()).await;
+    apply(&mut sm, leases).await;
+    let state = sm.reader();
+    let state = state.state();
+    let stats = state.stats(TimestampMs(1_000));
+    assert_eq!((stats.in_flight, stats.available), (total, 0));
+    for offset in [0, total / 2, total - 1] {
+        assert_eq!(state.delivery(SubscriptionId::DEFAULT, Offset(offset)).map(|d| d.attempts), Some(1));
+    }
 }

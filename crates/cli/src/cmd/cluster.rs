@@ -6,7 +6,8 @@ use raftmq_client::Client;
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Nodes, and per Raft group the leader, term, commit and applied index,
-    /// and whether the group is quiet (idle, its timers stopped).
+    /// whether the group is quiet (idle, its timers stopped), and how many of
+    /// the queue's messages this node indexes in memory and keeps on disk only.
     Status,
 }
 
@@ -26,13 +27,13 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             }
             println!();
             println!(
-                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5}  voters",
-                "group", "queue", "leader", "term", "commit", "applied", "last_log", "quiet"
+                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
+                "group", "queue", "leader", "term", "commit", "applied", "last_log", "quiet", "in_memory", "on_disk"
             );
             for g in &status.groups {
                 let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
                 println!(
-                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5}  {:?}",
+                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
                     g.group_id,
                     queue,
                     g.leader_id,
@@ -41,6 +42,8 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                     g.applied_index,
                     g.last_log_index,
                     if g.quiet { "yes" } else { "no" },
+                    g.messages_in_memory,
+                    g.messages_evicted,
                     g.voters
                 );
             }

@@ -83,6 +83,7 @@ fn group_status(
     queue: String,
     metrics: &openraft::RaftMetrics<TypeConfig>,
     quiet: bool,
+    (messages_in_memory, messages_evicted): (u64, u64),
 ) -> GroupStatus {
     let last_log_index = metrics.last_log_index.unwrap_or(0);
     let replication_lag = metrics
@@ -110,6 +111,8 @@ fn group_status(
         voters: metrics.membership_config.membership().voter_ids().collect(),
         replication_lag,
         quiet,
+        messages_in_memory,
+        messages_evicted,
     }
 }
 
@@ -122,10 +125,12 @@ impl ClusterService for ClusterServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let groups = self.router.groups();
         let meta_metrics = groups.meta().metrics().borrow_watched().clone();
-        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false)];
+        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false, (0, 0))];
         for group in groups.queue_groups() {
             let metrics = group.raft.metrics().borrow_watched().clone();
-            statuses.push(group_status(group.group_id, group.queue.to_string(), &metrics, group.is_quiet()));
+            let resident = group.reader.state().resident();
+            let queue = group.queue.to_string();
+            statuses.push(group_status(group.group_id, queue, &metrics, group.is_quiet(), resident));
         }
         // Only the meta leader hears from every node; a follower asks it for
         // the node list and falls back to what it knows itself.

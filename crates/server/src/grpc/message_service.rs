@@ -449,19 +449,19 @@ impl MessageService for MessageServiceImpl {
                     let subscription = subscription.clone();
                     async move {
                         let now = clock::now();
-                        let (records, next_offset) = {
-                            let state = group.reader.state();
-                            let Some(id) = state.subscription_id(&subscription) else {
-                                let queue = group.queue.to_string();
-                                return Err(ApiError::SubscriptionNotFound { queue, subscription }.into());
-                            };
-                            let records = state.peek(id, from, to, max);
-                            let next_offset = match records.last() {
-                                Some(last) if records.len() == max => Offset(last.offset.0 + 1),
-                                // The range is exhausted: the next page starts at its end.
-                                _ => to.min(state.next_offset()).max(from),
-                            };
-                            (records, next_offset)
+                        let id = group.reader.state().subscription_id(&subscription);
+                        let Some(id) = id else {
+                            let queue = group.queue.to_string();
+                            return Err(ApiError::SubscriptionNotFound { queue, subscription }.into());
+                        };
+                        let (records, next_offset) = group
+                            .reader
+                            .peek(id, from, to, max)
+                            .map_err(|e| ApiError::Internal(format!("peek: {e}")))?;
+                        let next_offset = match records.last() {
+                            Some(last) if records.len() == max => Offset(last.offset.0 + 1),
+                            // The range is exhausted: the next page starts at its end.
+                            _ => to.min(next_offset).max(from),
                         };
                         let offsets: Vec<Offset> = records.iter().map(|m| m.offset).collect();
                         let bodies = group
