@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use raftmq_types::GroupId;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+};
 
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, group_range};
 use crate::{StorageError, WalSyncer};
@@ -22,6 +24,11 @@ pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The node's database and its WAL syncer; cheap to clone.
+/// The memtables of every column family together are flushed above this.
+const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
+/// The one block cache of the database.
+const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
@@ -36,9 +43,27 @@ impl Storage {
         options.create_missing_column_families(true);
         // The WAL is synced explicitly (see WalSyncer), never on every write.
         options.set_manual_wal_flush(false);
+        // RocksDB's memory has a budget: the memtables of all column
+        // families together, and one block cache for all of them (by
+        // default each has its own). Index blocks are charged to the cache
+        // too (by default they stay in memory for every open SST file and
+        // grow with the data), as a two-level index whose partitions stay
+        // at high priority and whose small top level is pinned: one flat
+        // index in a 64 MiB cache made reading a deep backlog back 2.3x
+        // slower (docs/performance.md).
+        options.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_cache_index_and_filter_blocks_with_high_priority(true);
+            table.set_pin_top_level_index_and_filter(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut cf_options = Options::default();
             cf_options.set_compression_type(DBCompressionType::Lz4);
+            cf_options.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(name, cf_options)
         };
         let db =
