@@ -101,11 +101,13 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         if changed {
             batch.put_cf(self.storage.cf(CF_META), CATALOG_KEY, encode("catalog", &catalog)?);
         }
-        // The catalog is published after it is written, like the answers.
-        applied.commit(&self.storage, batch, META_GROUP_ID)?;
-        if changed {
-            self.catalog.send_replace(Arc::new(catalog));
-        }
+        // The catalog is published after it is written and before the
+        // answers: a create handler reads it as soon as its write returns.
+        applied.commit(&self.storage, batch, META_GROUP_ID, || {
+            if changed {
+                self.catalog.send_replace(Arc::new(catalog));
+            }
+        })?;
         Ok(())
     }
 

@@ -468,9 +468,12 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         .await?;
         let mut batch = WriteBatch::default();
         self.write_changes(&mut batch, &changes)?;
-        if let Some(log_id) = applied.commit(&self.storage, batch, self.group)? {
-            self.applied.send_replace(log_id.index());
-        }
+        let last_applied = applied.last_applied.as_ref().map(|log_id| log_id.index());
+        applied.commit(&self.storage, batch, self.group, || {
+            if let Some(index) = last_applied {
+                self.applied.send_replace(index);
+            }
+        })?;
         // Only now: evicted messages are read back from what was just written.
         self.state.write().expect("queue state lock poisoned").evict(MESSAGES_IN_MEMORY);
         Ok(())
