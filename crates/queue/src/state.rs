@@ -232,8 +232,10 @@ impl QueueState {
 
     /// Rebuilds the state from persisted records: the subscription list
     /// (`None` for a queue that never changed it), message infos, delivery
-    /// records, dedup ids and correlation ids.
-    pub fn restore(
+    /// records, dedup ids and correlation ids. The tests' replica restart;
+    /// storage restores message by message ([`Self::restoring`]).
+    #[cfg(test)]
+    pub(crate) fn restore(
         next_offset: Offset,
         list: Option<SubscriptionList>,
         messages: impl IntoIterator<Item = (Offset, MessageInfo)>,

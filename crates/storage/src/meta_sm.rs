@@ -103,7 +103,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         }
         // The catalog is published after it is written and before the
         // answers: a create handler reads it as soon as its write returns.
-        applied.commit(&self.storage, batch, META_GROUP_ID, || {
+        applied.commit(&self.storage, batch, META_GROUP_ID, |_| {
             if changed {
                 self.catalog.send_replace(Arc::new(catalog));
             }

@@ -50,18 +50,9 @@ struct Infos<'a> {
 
 impl ColdStore for Infos<'_> {
     fn read_infos(&self, from: Offset, to: Offset) -> Result<Vec<(Offset, MessageInfo)>, ColdError> {
-        let read = || -> Result<Vec<(Offset, MessageInfo)>, StorageError> {
-            let start = queue_key(self.group, QueueKind::MessageInfo, from).to_vec();
-            let end = queue_key(self.group, QueueKind::MessageInfo, to).to_vec();
-            let mut infos = Vec::with_capacity(to.0.saturating_sub(from.0).min(4096) as usize);
-            for item in range_iter(self.storage, start, end) {
-                let (key, value) = item?;
-                let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-                infos.push((offset, decode("message info", &value)?));
-            }
-            Ok(infos)
-        };
-        read().map_err(|e| ColdError(e.to_string()))
+        let start = queue_key(self.group, QueueKind::MessageInfo, from).to_vec();
+        let end = queue_key(self.group, QueueKind::MessageInfo, to).to_vec();
+        read_range(self.storage, start, end, info_record).map_err(|e| ColdError(e.to_string()))
     }
 }
 
@@ -315,8 +306,7 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
     let mut records = Vec::new();
     for (restored, item) in range_iter(storage, start.to_vec(), end.to_vec()).enumerate() {
         let (key, value) = item?;
-        let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
-        let info: MessageInfo = decode("message info", &value)?;
+        let (offset, info) = info_record(&key, &value)?;
         records.clear();
         for cursor in &mut cursors {
             if let Some(delivery) = cursor.record_of(offset)? {
@@ -384,12 +374,29 @@ fn read_kind<T>(
     decode_one: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
 ) -> Result<Vec<T>, StorageError> {
     let (start, end) = queue_kind_range(group, kind);
+    read_range(storage, start.to_vec(), end.to_vec(), decode_one)
+}
+
+/// Every `queue` record from `start` (inclusive) to `end` (exclusive), in key
+/// order, decoded by `decode_one` from its key and value.
+fn read_range<T>(
+    storage: &Storage,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    decode_one: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
     let mut records = Vec::new();
-    for item in range_iter(storage, start.to_vec(), end.to_vec()) {
+    for item in range_iter(storage, start, end) {
         let (key, value) = item?;
         records.push(decode_one(&key, &value)?);
     }
     Ok(records)
+}
+
+/// A message-info record: the message's offset and what the state keeps of it.
+fn info_record(key: &[u8], value: &[u8]) -> Result<(Offset, MessageInfo), StorageError> {
+    let offset = queue_offset(key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+    Ok((offset, decode("message info", value)?))
 }
 
 impl QueueReader {
@@ -468,10 +475,9 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         .await?;
         let mut batch = WriteBatch::default();
         self.write_changes(&mut batch, &changes)?;
-        let last_applied = applied.last_applied.as_ref().map(|log_id| log_id.index());
-        applied.commit(&self.storage, batch, self.group, || {
-            if let Some(index) = last_applied {
-                self.applied.send_replace(index);
+        applied.commit(&self.storage, batch, self.group, |applied| {
+            if let Some(log_id) = applied {
+                self.applied.send_replace(log_id.index());
             }
         })?;
         // Only now: evicted messages are read back from what was just written.

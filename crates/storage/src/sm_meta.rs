@@ -108,22 +108,23 @@ pub(crate) struct AppliedEntries {
 impl AppliedEntries {
     /// Persists the applied position in `batch`, writes it (not synced: the
     /// log is durable and apply resumes from the persisted position), runs
-    /// `publish` (what readers see of the new state must be there before a
-    /// proposer hears back), then answers the proposers.
+    /// `publish` with the applied position (what readers see of the new
+    /// state must be there before a proposer hears back), then answers the
+    /// proposers.
     pub fn commit(
         self,
         storage: &Storage,
         mut batch: WriteBatch,
         group: GroupId,
-        publish: impl FnOnce(),
-    ) -> Result<Option<LogId>, StorageError> {
+        publish: impl FnOnce(Option<&LogId>),
+    ) -> Result<(), StorageError> {
         put_applied_state(storage, &mut batch, group, &self.last_applied, self.last_membership.as_ref())?;
         storage.db().write(batch)?;
-        publish();
+        publish(self.last_applied.as_ref());
         for (responder, response) in self.responses {
             responder.send(response);
         }
-        Ok(self.last_applied)
+        Ok(())
     }
 }
 

@@ -8,7 +8,9 @@ use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBu
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError as RaftStorageError};
-use raftmq_storage::{LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, Storage, TypeConfig};
+use raftmq_storage::{
+    LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, SnapshotData, Storage, TypeConfig,
+};
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
     RaftRequest, Retention, SeekTarget, SubscriptionId, SubscriptionName, SubscriptionStart, TimestampMs,
@@ -404,10 +406,15 @@ async fn a_deep_backlog_is_evicted_read_back_from_disk_and_survives_reopen() {
     // A snapshot of it is sent in frames and installs a replica that also
     // keeps only the head in memory.
     sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    let mut snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    let mut frames = Vec::new();
+    while let Some(frame) = snapshot.snapshot.next_chunk(usize::MAX).await {
+        frames.push(frame.expect("read a frame"));
+    }
+    assert!(frames.len() > 1, "{} frame(s): the snapshot was not read piece by piece", frames.len());
     let target_dir = TempDir::new().unwrap();
     let mut replica = QueueStateMachine::open(open(&target_dir), GROUP).await.unwrap();
-    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    replica.install_snapshot(&snapshot.meta, SnapshotData::new(frames.concat())).await.unwrap();
     let (in_memory, evicted) = replica.reader().state().resident();
     assert!(in_memory <= MESSAGES_IN_MEMORY as u64 && in_memory + evicted == total);
     let expected = sm.reader().state().stats(TimestampMs(1_000));
