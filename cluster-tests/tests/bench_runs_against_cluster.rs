@@ -48,6 +48,22 @@ async fn bench_runs_against_cluster() {
     let fsyncs = summary["wal_fsyncs"].as_u64().expect("fsync count");
     assert!(fsyncs > 0 && fsyncs <= summary["wal_fsync_requests"].as_u64().unwrap(), "{summary}");
     assert!(fsyncs < produced, "one fsync or more per produced message: {summary}");
+    // Each node's stage latencies over the run: the leader answered every
+    // produce call (16 messages each) after it was committed, and every node
+    // flushed its log, fsynced and applied.
+    let stages = summary["stages_ms"].as_array().expect("stages_ms");
+    let nodes_with = |stage: &str| stages.iter().filter(|s| s["stage"] == stage).collect::<Vec<_>>();
+    let commits = nodes_with("produce_commit");
+    assert_eq!(commits.len(), 1, "one leader: {summary}");
+    assert_eq!(commits[0]["count"].as_u64(), Some(produced / 16), "one commit per produce call: {summary}");
+    for stage in ["log_flush", "fsync", "apply"] {
+        assert_eq!(nodes_with(stage).len(), 3, "{stage} on every node: {summary}");
+    }
+    for s in stages {
+        let (p50, p99, max) = (s["p50"].as_f64().unwrap(), s["p99"].as_f64().unwrap(), s["max"].as_f64().unwrap());
+        assert!(s["count"].as_u64().unwrap() > 0 && 0.0 < p50 && p50 <= p99 && p99 <= max * 1.01, "{s}");
+    }
+    assert!(output.stdout.contains("write-path stages over the run"), "{output}");
     // Without the new options: one queue under its own name, closed loop.
     assert_eq!(
         (summary["queues"].as_u64(), summary["rate"].is_null(), summary["count"].is_null()),

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, RaftError};
 use raftmq_raft::{GroupManager, QueueGroup};
+use raftmq_storage::stages::{self, Stage};
 use raftmq_storage::{CatalogQueue, TypeConfig};
 use raftmq_types::{
-    MetaCommand, MetaResponse, NodeId, QueueName, QueueRequest, QueueResponse, RaftRequest, RaftResponse,
+    MetaCommand, MetaResponse, NodeId, QueueCommand, QueueName, QueueRequest, QueueResponse, RaftRequest, RaftResponse,
 };
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -302,7 +303,16 @@ fn not_leader(error: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Op
 
 /// Proposes a queue command on the local group, which must be its leader.
 pub async fn propose(group: &QueueGroup, request: QueueRequest) -> Result<QueueResponse, LocalError> {
-    match group.write(RaftRequest::Queue(request)).await {
+    let stage = match request.command {
+        QueueCommand::Produce { .. } => Stage::ProduceCommit,
+        _ => Stage::OtherCommit,
+    };
+    let started = Instant::now();
+    let result = group.write(RaftRequest::Queue(request)).await;
+    if result.is_ok() {
+        stages::record(stage, started.elapsed());
+    }
+    match result {
         Ok(response) => match response.data {
             RaftResponse::Queue(queue_response) => Ok(queue_response),
             other => Err(ApiError::Internal(format!("unexpected queue response {other:?}")).into()),

@@ -18,6 +18,7 @@ mod log_store;
 mod meta_sm;
 mod queue_sm;
 mod sm_meta;
+pub mod stages;
 mod type_config;
 mod wal_syncer;
 

@@ -18,6 +18,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::error::{decode, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
+use crate::stages::{self, Stage};
 use crate::{Storage, StorageError, TypeConfig};
 
 type Entry = EntryOf<TypeConfig>;
@@ -154,6 +155,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
+        let started = std::time::Instant::now();
         let cf = self.storage.cf(CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
         for entry in entries {
@@ -162,7 +164,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.
         self.storage.db().write(batch).map_err(StorageError::from)?;
-        self.storage.syncer().sync_then(move |result| callback.io_completed(result.map_err(io::Error::other)))?;
+        self.storage.syncer().sync_then(move |result| {
+            stages::record(Stage::LogFlush, started.elapsed());
+            callback.io_completed(result.map_err(io::Error::other))
+        })?;
         Ok(())
     }
 

@@ -34,6 +34,7 @@ use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
     read_applied_state_at, read_snapshot, write_synced,
 };
+use crate::stages::{self, Stage};
 use crate::type_config::SnapshotChunks;
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -459,6 +460,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut changes = Vec::new();
         let store = Infos { storage: &self.storage, group: self.group };
         let applied = apply_entries(entries, |index, request| match request {
@@ -482,6 +484,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         })?;
         // Only now: evicted messages are read back from what was just written.
         self.state.write().expect("queue state lock poisoned").evict(MESSAGES_IN_MEMORY);
+        stages::record(Stage::Apply, started.elapsed());
         Ok(())
     }
 

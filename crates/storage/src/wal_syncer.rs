@@ -13,6 +13,7 @@ use rocksdb::DB;
 use tracing::error;
 
 use crate::StorageError;
+use crate::stages::Stage;
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
@@ -42,7 +43,9 @@ impl WalSyncer {
                     batch.extend(receiver.try_iter());
                     let started = std::time::Instant::now();
                     let result = db.flush_wal(true).map_err(|e| e.to_string());
-                    thread_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    let elapsed = started.elapsed();
+                    crate::stages::record(Stage::Fsync, elapsed);
+                    thread_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
                     thread_syncs.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = &result {
                         error!(error = %e, "fsync of the write-ahead log failed");

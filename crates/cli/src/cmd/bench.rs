@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
 use raftmq_client::{Client, v1 as pb};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -134,30 +136,91 @@ struct Wal {
     micros: u64,
 }
 
-/// Each reachable node's WAL counters, asked of every endpoint itself (not
+/// What one node reported: its WAL counters and its write-path stage
+/// latencies (microseconds) since it started.
+struct NodeReading {
+    wal: Wal,
+    stages: Vec<(String, Histogram<u64>)>,
+}
+
+/// Each reachable node's counters, asked of every endpoint itself (not
 /// forwarded), so the counters are its own.
-async fn wal_counters(endpoints: &[String]) -> Vec<Wal> {
-    let mut counters = Vec::new();
+async fn node_readings(endpoints: &[String]) -> Vec<NodeReading> {
+    let mut readings = Vec::new();
     for endpoint in endpoints {
         let Ok(client) = Client::connect(std::slice::from_ref(endpoint)) else { continue };
         if let Ok(status) = client.with_deadline(Duration::from_secs(3)).cluster_status().await {
-            counters.push(Wal {
+            let stages = status
+                .stage_latencies
+                .iter()
+                .filter_map(|stage| {
+                    let histogram = Deserializer::new().deserialize(&mut &stage.histogram[..]).ok()?;
+                    Some((stage.stage.clone(), histogram))
+                })
+                .collect();
+            let wal = Wal {
                 node: status.node_id,
                 syncs: status.wal_syncs,
                 requests: status.wal_sync_requests,
                 micros: status.wal_sync_micros,
+            };
+            readings.push(NodeReading { wal, stages });
+        }
+    }
+    readings
+}
+
+/// One stage on one node over the run.
+#[derive(Debug, Clone, PartialEq)]
+struct StageRun {
+    node: u64,
+    stage: String,
+    count: u64,
+    /// Milliseconds.
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// Each stage's latencies between two readings, per node read both times;
+/// stages that recorded nothing in between are left out.
+fn stage_runs(before: &[NodeReading], after: &[NodeReading]) -> Vec<StageRun> {
+    let mut runs = Vec::new();
+    for now in after {
+        let Some(then) = before.iter().find(|r| r.wal.node == now.wal.node) else { continue };
+        for (stage, histogram) in &now.stages {
+            let mut delta = histogram.clone();
+            if let Some((_, earlier)) = then.stages.iter().find(|(s, _)| s == stage)
+                && delta.subtract(earlier).is_err()
+            {
+                // The node restarted in between: its histogram began anew.
+                continue;
+            }
+            if delta.is_empty() {
+                continue;
+            }
+            let ms = |micros: u64| micros as f64 / 1000.0;
+            runs.push(StageRun {
+                node: now.wal.node,
+                stage: stage.clone(),
+                count: delta.len(),
+                p50: ms(delta.value_at_quantile(0.5)),
+                p99: ms(delta.value_at_quantile(0.99)),
+                p999: ms(delta.value_at_quantile(0.999)),
+                max: ms(delta.max()),
             });
         }
     }
-    counters
+    runs
 }
 
 /// The counters' growth between two readings, summed over the nodes in both
 /// (`node` holds how many).
-fn wal_delta(before: &[Wal], after: &[Wal]) -> Wal {
+fn wal_delta(before: &[NodeReading], after: &[NodeReading]) -> Wal {
     let mut delta = Wal::default();
-    for now in after {
-        if let Some(then) = before.iter().find(|w| w.node == now.node) {
+    for now in after.iter().map(|r| &r.wal) {
+        if let Some(then) = before.iter().map(|r| &r.wal).find(|w| w.node == now.node) {
             delta.syncs += now.syncs.saturating_sub(then.syncs);
             delta.requests += now.requests.saturating_sub(then.requests);
             delta.micros += now.micros.saturating_sub(then.micros);
@@ -202,7 +265,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
             prefer_leader(client, queue).await;
         }
     }
-    let wal_before = wal_counters(endpoints).await;
+    let nodes_before = node_readings(endpoints).await;
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let producing = Arc::new(AtomicBool::new(true));
@@ -335,7 +398,9 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         consumer.await??;
     }
     let total_secs = started.elapsed().as_secs_f64();
-    let wal = wal_delta(&wal_before, &wal_counters(endpoints).await);
+    let nodes_after = node_readings(endpoints).await;
+    let wal = wal_delta(&nodes_before, &nodes_after);
+    let stages = stage_runs(&nodes_before, &nodes_after);
     let (fsyncs, fsync_requests, nodes) = (wal.syncs, wal.requests, wal.node);
     let fsync_mean_ms = wal.micros as f64 / 1000.0 / fsyncs.max(1) as f64;
 
@@ -354,6 +419,10 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "end_to_end_ms": {"p50": percentile(&samples.end_to_end, 50.0), "p99": percentile(&samples.end_to_end, 99.0), "p999": percentile(&samples.end_to_end, 99.9)},
         "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes, "fsync_mean_ms": fsync_mean_ms,
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
+        "stages_ms": stages.iter().map(|s| json!({
+            "node": s.node, "stage": s.stage, "count": s.count,
+            "p50": s.p50, "p99": s.p99, "p999": s.p999, "max": s.max,
+        })).collect::<Vec<_>>(),
     });
     let offered = args.rate.map_or_else(|| "unlimited".to_string(), |rate| format!("{rate} msg/s"));
     println!("offered rate {offered} over {} queue(s)", queues.len());
@@ -393,6 +462,16 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
          (consume and ack entries included), {fsync_mean_ms:.1} ms each on average",
         fsyncs as f64 * 1000.0 / p.max(1) as f64
     );
+    if !stages.is_empty() {
+        println!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
+        println!("{:>5}  {:<15} {:>8} {:>8} {:>8} {:>8} {:>8}", "node", "stage", "count", "p50", "p99", "p999", "max");
+        for s in &stages {
+            println!(
+                "{:>5}  {:<15} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                s.node, s.stage, s.count, s.p50, s.p99, s.p999, s.max
+            );
+        }
+    }
     println!("BENCH {summary}");
     if !backlog_only && c < p {
         anyhow::bail!("only {c} of {p} produced messages were consumed within --drain-secs");
@@ -494,10 +573,41 @@ mod tests {
     }
 
     #[test]
+    fn stage_percentiles_cover_only_the_run() {
+        let histogram = |values: &[u64]| {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).unwrap();
+            values.iter().for_each(|v| h.record(*v).unwrap());
+            h
+        };
+        let reading = |node, stages: Vec<(&str, Histogram<u64>)>| NodeReading {
+            wal: Wal { node, ..Wal::default() },
+            stages: stages.into_iter().map(|(s, h)| (s.to_string(), h)).collect(),
+        };
+        // Before the run: 1,000 slow fsyncs of 500 ms each on node 1.
+        let slow = vec![500_000; 1000];
+        let before = [reading(1, vec![("fsync", histogram(&slow)), ("apply", histogram(&[7]))])];
+        let mut during: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        during.extend(&slow);
+        let after = [
+            reading(1, vec![("fsync", histogram(&during)), ("apply", histogram(&[7]))]),
+            reading(2, vec![("fsync", histogram(&[1000]))]),
+        ];
+        let runs = stage_runs(&before, &after);
+        // Node 2 was not read before the run; apply recorded nothing during it.
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let fsync = &runs[0];
+        assert_eq!((fsync.node, fsync.stage.as_str(), fsync.count), (1, "fsync", 100));
+        assert!((49.0..=51.0).contains(&fsync.p50), "{fsync:?}");
+        assert!((98.0..=100.0).contains(&fsync.p99), "{fsync:?}");
+        assert!(fsync.max <= 100.5, "{fsync:?}");
+    }
+
+    #[test]
     fn wal_delta_counts_only_nodes_read_twice() {
-        let wal = |node, syncs, requests, micros| Wal { node, syncs, requests, micros };
+        let wal =
+            |node, syncs, requests, micros| NodeReading { wal: Wal { node, syncs, requests, micros }, stages: vec![] };
         let before = [wal(1, 10, 20, 1000), wal(2, 5, 5, 0)];
         let after = [wal(1, 15, 40, 4000), wal(2, 6, 9, 500), wal(3, 100, 100, 9)];
-        assert_eq!(wal_delta(&before, &after), wal(2, 6, 24, 3500));
+        assert_eq!(wal_delta(&before, &after), wal(2, 6, 24, 3500).wal);
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use raftmq_proto::v1::cluster_service_client::ClusterServiceClient;
 use raftmq_proto::v1::cluster_service_server::ClusterService;
-use raftmq_proto::v1::{GetClusterStatusRequest, GetClusterStatusResponse, GroupStatus, NodeInfo};
+use raftmq_proto::v1::{GetClusterStatusRequest, GetClusterStatusResponse, GroupStatus, NodeInfo, StageLatency};
 use raftmq_raft::GroupManager;
 use raftmq_storage::TypeConfig;
+use raftmq_storage::stages;
 use raftmq_types::{GroupId, META_GROUP_ID};
 use tonic::{Request, Response, Status};
 
@@ -49,6 +50,10 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         wal_sync_micros: syncer.sync_micros(),
         process_cpu_micros: usage.cpu_micros,
         process_rss_bytes: usage.rss_bytes,
+        stage_latencies: stages::serialized()
+            .into_iter()
+            .map(|(stage, histogram, count)| StageLatency { stage: stage.name().to_string(), histogram, count })
+            .collect(),
     }
 }
 
