@@ -4,15 +4,25 @@
 //! Every group gets its own [`GroupNetworkFactory`], which only differs in the
 //! group id it stamps on each message; the channels underneath are the node's
 //! shared [`PeerChannels`].
+//!
+//! Replication goes through `stream_append` ([`append_stream`]): openraft's
+//! AppendEntries to a follower, pipelined on one long-lived gRPC stream.
+//! Votes and snapshots are one call each.
+
+mod append_stream;
 
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult, VoteRequest,
+    VoteResponse,
+};
 use openraft::{AnyError, BasicNode, OptionalSend};
 use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
@@ -113,17 +123,51 @@ impl GroupConnection {
 impl RaftNetworkV2<TypeConfig> for GroupConnection {
     type SnapshotData = SnapshotData;
 
+    /// One request on a stream of its own. openraft replicates and sends
+    /// heartbeats through [`Self::stream_append`] and does not call this; it
+    /// is here because the trait requires it.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = codec::encode("append request", &rpc).map_err(network_error)?;
-        let mut request = tonic::Request::new(self.message(payload));
-        request.set_timeout(option.soft_ttl());
-        let reply = self.client()?.append(request).await.map_err(status_to_rpc_error)?;
-        let payload = self.reply_payload(reply.into_inner())?;
-        codec::decode("append response", &payload).map_err(network_error)
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id).or(rpc.prev_log_id);
+        let (group_id, target) = (self.group_id, self.target);
+        let mut answers = self.stream_append(futures::stream::iter([rpc]), option).await?;
+        let answer = answers.next().await.ok_or_else(|| {
+            network_error(format!("node {target} ended the append stream of group {group_id} unanswered"))
+        })??;
+        Ok(match answer {
+            Ok(matched) if matched == last_sent => AppendEntriesResponse::Success,
+            Ok(matched) => AppendEntriesResponse::PartialSuccess(matched),
+            Err(StreamAppendError::Conflict(_)) => AppendEntriesResponse::Conflict,
+            Err(StreamAppendError::HigherVote(vote)) => AppendEntriesResponse::HigherVote(vote),
+        })
+    }
+
+    /// Pipelined replication: every request goes out as soon as openraft
+    /// produces it; answers come back in order as the follower makes the
+    /// entries durable. `soft_ttl` bounds opening the stream and, while an
+    /// answer is due, the wait for the next one; an idle stream never times
+    /// out.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let client = self.client();
+        let (group_id, target) = (self.group_id, self.target);
+        Box::pin(async move {
+            let answers: BoxStream<'s, _> =
+                append_stream::open(client?, group_id, target, input, option.soft_ttl()).await?;
+            Ok(answers)
+        })
     }
 
     async fn vote(

@@ -98,6 +98,9 @@ pub async fn run_with_listener(
         .tcp_nodelay(true)
         .initial_stream_window_size(raftmq_proto::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(raftmq_proto::HTTP2_CONNECTION_WINDOW)
+        // A peer holds a replication stream open per group it leads and
+        // this node follows: the bound is stated, far above that.
+        .max_concurrent_streams(raftmq_raft::peers::MAX_STREAMS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -112,7 +115,9 @@ pub async fn run_with_listener(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        // The peers' replication streams end as soon as shutdown starts;
+        // the graceful drain would wait for them otherwise.
+        .serve_with_incoming_shutdown(incoming, groups.peers().end_streams_on(shutdown))
         .await
         .context("serve grpc")?;
     tender.abort();
