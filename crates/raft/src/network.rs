@@ -147,9 +147,10 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
 
     /// Pipelined replication: every request goes out as soon as openraft
     /// produces it; answers come back in order as the follower makes the
-    /// entries durable. `soft_ttl` bounds opening the stream and, while an
-    /// answer is due, the wait for the next one; an idle stream never times
-    /// out.
+    /// entries durable. The gRPC stream opens with the first request, and
+    /// failing to open it is the first answer. `soft_ttl` bounds opening
+    /// and, while an answer is due, the wait for the next one; an idle
+    /// stream never times out.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -161,13 +162,8 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        let client = self.client();
-        let (group_id, target) = (self.group_id, self.target);
-        Box::pin(async move {
-            let answers: BoxStream<'s, _> =
-                append_stream::open(client?, group_id, target, input, option.soft_ttl()).await?;
-            Ok(answers)
-        })
+        let answers = append_stream::answers(self.client(), self.group_id, self.target, input, option.soft_ttl());
+        Box::pin(futures::future::ready(Ok(answers)))
     }
 
     async fn vote(

@@ -251,14 +251,38 @@ async fn an_idle_stream_does_not_time_out() {
     let (requests, input) = input();
     let mut answers = connection.stream_append(input, option(soft_ttl)).await.expect("open the stream");
 
-    // Idle at first, and again between answered requests.
-    for index in 1..=2 {
+    // Idle before the first request (the gRPC stream is not open yet), and
+    // again between answered requests on the open stream.
+    for index in 1..=3 {
         let idle = timeout(soft_ttl * 6, answers.next()).await;
         assert!(idle.is_err(), "an idle stream yielded {:?}", idle.unwrap());
+        let n_open = follower.open_streams.load(Ordering::SeqCst);
+        assert_eq!(n_open, usize::from(index > 1), "the stream opens with the first request, and only once");
         requests.send(request(index)).await.expect("the stream takes requests");
         let answer = timeout(BOUND, answers.next()).await.expect("the follower answers in time");
         assert_eq!(matched(answer), index);
     }
+}
+
+#[tokio::test]
+async fn a_node_that_refuses_connections_is_unreachable() {
+    // openraft backs off after Unreachable, sleeping inside its request
+    // stream: the connection is attempted only once a request is there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("read the bound address").to_string();
+    drop(listener);
+    let factory = GroupNetworkFactory::new(GROUP, PeerChannels::default());
+    let mut connection = { factory }.new_client(FOLLOWER, &BasicNode::new(&addr)).await;
+    let (requests, input) = input();
+    let mut answers = connection.stream_append(input, option(Duration::from_secs(2))).await.expect("no call yet");
+    let idle = timeout(Duration::from_millis(300), answers.next()).await;
+    assert!(idle.is_err(), "nothing happens before the first request, got {:?}", idle.unwrap());
+    requests.send(request(1)).await.expect("the stream takes requests");
+    match timeout(BOUND, answers.next()).await.expect("the connection fails in time") {
+        Some(Err(RPCError::Unreachable(_))) => {}
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(answers.next().await.is_none(), "the answers end after the error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,15 +297,22 @@ async fn thousands_of_idle_streams_do_not_hold_up_other_calls() {
         let mut connection = follower.connect(&peers).await;
         let (opened, mut stopped) = (opened.clone(), stopped.clone());
         tokio::spawn(async move {
-            let input = futures::stream::pending::<AppendEntriesRequest<TypeConfig>>();
+            // One answered request opens the stream; then it idles, open.
+            let (requests, input) = input();
             let answers = connection.stream_append(input, option(Duration::from_secs(5))).await;
-            let _ = opened.send(answers.as_ref().map(|_| ()).map_err(|e| e.to_string())).await;
+            let mut answers = answers.expect("stream_append itself does not fail");
+            requests.send(request(1)).await.expect("the stream takes requests");
+            let answer = match answers.next().await {
+                Some(Ok(Ok(_))) => Ok(()),
+                other => Err(format!("{other:?}")),
+            };
+            let _ = opened.send(answer).await;
             let _ = stopped.wait_for(|stop| *stop).await;
         });
     }
     for _ in 0..STREAMS {
         let opened = timeout(BOUND, opened_rx.recv()).await.expect("streams open in time");
-        opened.expect("the task reports").expect("every stream opens");
+        opened.expect("the task reports").expect("every stream opens and answers");
     }
     assert_eq!(follower.open_streams.load(Ordering::SeqCst), STREAMS, "all streams are open at the follower");
 

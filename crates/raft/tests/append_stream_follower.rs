@@ -134,9 +134,16 @@ fn input()
 async fn a_group_not_hosted_here_is_refused_in_band() {
     let node = Node::start().await;
     let mut connection = node.connect(GroupId(4242)).await;
-    let (_requests, input) = input();
+    let (requests, input) = input();
     let mut answers = connection.stream_append(input, option()).await.expect("open the stream");
-    match timeout(BOUND, answers.next()).await.expect("the refusal comes at once, before any request") {
+    let heartbeat = AppendEntriesRequest {
+        vote: Vote::new_committed(1, 2),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    requests.send(heartbeat).await.expect("the stream takes requests");
+    match timeout(BOUND, answers.next()).await.expect("the refusal comes in time") {
         Some(Err(RPCError::Network(e))) => assert!(e.to_string().contains("not hosted"), "unexpected error: {e}"),
         other => panic!("expected the refusal as a network error, got {other:?}"),
     }

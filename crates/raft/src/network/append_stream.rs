@@ -1,12 +1,12 @@
 //! The leader's side of `AppendStream`: AppendEntries to one follower,
 //! pipelined over one gRPC bidirectional stream.
 //!
-//! openraft hands [`open`] its stream of requests and reads the answers, in
-//! request order, from the stream it gets back. Each request goes out as soon
-//! as openraft produces it, without waiting for the answers to earlier ones;
-//! the follower answers each once its entries are durable. Between writes
-//! openraft keeps the stream open with nothing to send, so an idle stream is
-//! normal: the timeout runs only while an answer is due.
+//! openraft hands [`answers`] its stream of requests and reads the answers,
+//! in request order, from the stream it gets back. Each request goes out as
+//! soon as openraft produces it, without waiting for the answers to earlier
+//! ones; the follower answers each once its entries are durable. Between
+//! writes openraft keeps the stream open with nothing to send, so an idle
+//! stream is normal: the timeout runs only while an answer is due.
 
 use std::time::Duration;
 
@@ -29,14 +29,46 @@ use crate::transport::GROUP_ID_HEADER;
 /// One answer as openraft wants it: the follower's result, or why there is none.
 pub(super) type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
-/// Opens the stream to `target` and starts sending `requests` on it. Opening
-/// must succeed within `soft_ttl`; after that, whenever an answer is due and
-/// none arrives for `soft_ttl`, the answers end with an error.
+/// The answers of `target` to `requests`, sent on a stream of their own.
+/// The stream is opened once the first request is there: openraft sleeps
+/// out its backoff after a failure inside its request stream, so connecting
+/// first would retry a node that refuses connections in a tight loop.
+/// Opening must succeed within `soft_ttl`; after that, whenever an answer is
+/// due and none arrives for `soft_ttl`, the answers end with an error.
 ///
 /// The answers end after the last one when `requests` ends, and right after
 /// anything but a success: an error of the follower's (a conflict, a higher
-/// vote), of the transport, or a timeout.
-pub(super) async fn open<S>(
+/// vote), of the transport (opening included), or a timeout.
+pub(super) fn answers<S>(
+    client: Result<RaftTransportClient<Channel>, RPCError<TypeConfig>>,
+    group_id: GroupId,
+    target: NodeId,
+    mut requests: S,
+    soft_ttl: Duration,
+) -> BoxStream<'static, Answer>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let opened = async move {
+        let first = requests.next().await?;
+        let requests = futures::stream::iter([first]).chain(requests);
+        let opened = match client {
+            Ok(client) => open(client, group_id, target, requests, soft_ttl).await,
+            Err(e) => Err(e),
+        };
+        Some(opened)
+    };
+    futures::stream::once(opened)
+        .flat_map(|opened| match opened {
+            None => futures::stream::empty().boxed(),
+            Some(Ok(answers)) => answers,
+            Some(Err(e)) => futures::stream::iter([Err(e)]).boxed(),
+        })
+        .boxed()
+}
+
+/// Opens the stream to `target` and starts sending `requests` on it.
+async fn open<S>(
     mut client: RaftTransportClient<Channel>,
     group_id: GroupId,
     target: NodeId,
