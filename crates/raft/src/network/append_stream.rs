@@ -84,9 +84,10 @@ where
     request.metadata_mut().insert(GROUP_ID_HEADER, group_id.0.into());
     // No gRPC deadline on the call: it would bound the whole stream, which
     // lives as long as openraft's replication session. The follower answers
-    // the call at once, before any request arrives; a node that does not
-    // within soft_ttl is treated like one that refuses connections. On a
-    // failure the request side is ended, as when the answers end (`Drop`).
+    // the call at once, without waiting for the first request to be handled;
+    // a node that does not within soft_ttl is treated like one that refuses
+    // connections. On a failure the request side is ended, as when the
+    // answers end (`Drop`).
     let opened = tokio::time::timeout(soft_ttl, client.append_stream(request)).await;
     let answers = match opened {
         Ok(Ok(answers)) => answers.into_inner(),
