@@ -56,6 +56,9 @@ async fn bench_runs_against_cluster() {
     let commits = nodes_with("produce_commit");
     assert_eq!(commits.len(), 1, "one leader: {summary}");
     assert_eq!(commits[0]["count"].as_u64(), Some(produced / 16), "one commit per produce call: {summary}");
+    // Replication to the followers is timed on the queue's leader.
+    let replicate = nodes_with("replicate");
+    assert!(replicate.iter().any(|s| s["node"] == commits[0]["node"]), "{summary}");
     for stage in ["log_flush", "fsync", "apply"] {
         assert_eq!(nodes_with(stage).len(), 3, "{stage} on every node: {summary}");
     }

@@ -8,6 +8,8 @@
 //! writes openraft keeps the stream open with nothing to send, so an idle
 //! stream is normal: the timeout runs only while an answer is due.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{AbortHandle, BoxStream};
@@ -17,6 +19,7 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
 use raftmq_storage::TypeConfig;
+use raftmq_storage::stages::{self, Stage};
 use raftmq_types::{GroupId, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -79,7 +82,9 @@ where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
     let (sent, sent_rx) = watch::channel(Sent::default());
-    let (requests, stop_requests) = futures::stream::abortable(encoded_requests(group_id, requests, sent));
+    let sent_at = SentAt::default();
+    let (requests, stop_requests) =
+        futures::stream::abortable(encoded_requests(group_id, requests, sent, sent_at.clone()));
     let mut request = tonic::Request::new(requests);
     request.metadata_mut().insert(GROUP_ID_HEADER, group_id.0.into());
     // No gRPC deadline on the call: it would bound the whole stream, which
@@ -106,6 +111,7 @@ where
         answers,
         stop_requests,
         sent: sent_rx,
+        sent_at,
         requests_gone: false,
         n_answered: 0,
         deadline: None,
@@ -121,6 +127,10 @@ where
     });
     Ok(answers.boxed())
 }
+
+/// When each unanswered request went out, oldest first, if it carried
+/// entries (`None` for one without): the replicate stage's latency.
+type SentAt = Arc<Mutex<VecDeque<Option<Instant>>>>;
 
 /// What the request side has sent so far: the answer side reads it to know
 /// whether an answer is due.
@@ -141,20 +151,23 @@ fn encoded_requests<S>(
     group_id: GroupId,
     requests: S,
     sent: watch::Sender<Sent>,
+    sent_at: SentAt,
 ) -> impl Stream<Item = RaftMessage> + Send + 'static
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((requests, sent), move |(mut requests, sent)| async move {
+    futures::stream::unfold((requests, sent, sent_at), move |(mut requests, sent, sent_at)| async move {
         let Some(rpc) = requests.next().await else {
             sent.send_modify(|sent| sent.finished = true);
             return None;
         };
         match codec::encode("append request", &rpc) {
             Ok(payload) => {
+                let has_entries = !rpc.entries.is_empty();
+                sent_at.lock().unwrap_or_else(|e| e.into_inner()).push_back(has_entries.then(Instant::now));
                 sent.send_modify(|sent| sent.n_requests += 1);
                 let message = RaftMessage { group_id: group_id.0, payload: payload.into(), error: String::new() };
-                Some((message, (requests, sent)))
+                Some((message, (requests, sent, sent_at)))
             }
             Err(e) => {
                 sent.send_modify(|sent| {
@@ -174,6 +187,7 @@ struct Answers {
     /// Ends the request side when the answers are over (see `Drop`).
     stop_requests: AbortHandle,
     sent: watch::Receiver<Sent>,
+    sent_at: SentAt,
     /// The request side was dropped (the call is over): nothing more is sent.
     requests_gone: bool,
     n_answered: u64,
@@ -277,6 +291,9 @@ impl Answers {
         }
         self.n_answered += 1;
         self.deadline = None;
+        if let Some(Some(sent_at)) = self.sent_at.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+            stages::record(Stage::Replicate, sent_at.elapsed());
+        }
         Some(codec::decode("append result", &message.payload).map_err(network_error))
     }
 }
