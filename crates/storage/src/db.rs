@@ -51,7 +51,13 @@ impl Storage {
         // at high priority and whose small top level is pinned: one flat
         // index in a 64 MiB cache made reading a deep backlog back 2.3x
         // slower (docs/performance.md).
-        options.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        // Each process draws its budget between 75% and 100% of it: the
+        // replicas of a queue receive the same writes, so with equal budgets
+        // they all switch memtables (and WAL files) at the same moment, and
+        // the fsync stall that comes with it (50-100 ms on a shared disk)
+        // hits a majority at once (docs/performance.md).
+        let budget = MEMTABLE_BUDGET_BYTES - rand::random_range(0..MEMTABLE_BUDGET_BYTES / 4);
+        options.set_db_write_buffer_size(budget);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {
             let mut table = BlockBasedOptions::default();

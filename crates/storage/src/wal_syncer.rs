@@ -10,12 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use rocksdb::DB;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::StorageError;
 use crate::stages::Stage;
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// An fsync this slow is logged: every append waiting for it waits as long
+/// (the `fsync` stage in `GetClusterStatus` has the whole distribution).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct WalSyncer {
     /// `None` only while dropping: closing the channel stops the thread.
@@ -45,6 +49,13 @@ impl WalSyncer {
                     let result = db.flush_wal(true).map_err(|e| e.to_string());
                     let elapsed = started.elapsed();
                     crate::stages::record(Stage::Fsync, elapsed);
+                    if elapsed >= SLOW_FSYNC {
+                        warn!(
+                            ms = elapsed.as_millis() as u64,
+                            appends = batch.len(),
+                            "slow fsync of the write-ahead log"
+                        );
+                    }
                     thread_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
                     thread_syncs.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = &result {
