@@ -13,7 +13,7 @@ use rocksdb::DB;
 use tracing::{error, warn};
 
 use crate::StorageError;
-use crate::stages::Stage;
+use crate::stages::{self, Stage};
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
@@ -48,7 +48,7 @@ impl WalSyncer {
                     let started = std::time::Instant::now();
                     let result = db.flush_wal(true).map_err(|e| e.to_string());
                     let elapsed = started.elapsed();
-                    crate::stages::record(Stage::Fsync, elapsed);
+                    stages::record(Stage::Fsync, elapsed);
                     if elapsed >= SLOW_FSYNC {
                         warn!(
                             ms = elapsed.as_millis() as u64,
