@@ -28,6 +28,8 @@ const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Obsolete WAL files kept to be written over (see `Storage::open`).
+const WAL_FILES_RECYCLED: usize = 4;
 
 #[derive(Clone)]
 pub struct Storage {
@@ -38,11 +40,37 @@ pub struct Storage {
 impl Storage {
     /// Opens (or creates) the database at `path` and checks its format version.
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
-        let mut options = Options::default();
+        // Each process draws its budget between 75% and 100% of it: the
+        // replicas of a queue receive the same writes, so with equal budgets
+        // they all switch memtables (and WAL files) at the same moment, and
+        // the fsync stall that comes with it (50-100 ms on a shared disk)
+        // hits a majority at once (docs/performance.md).
+        let budget = MEMTABLE_BUDGET_BYTES - rand::random_range(0..MEMTABLE_BUDGET_BYTES / 4);
+        Storage::open_with_memtable_budget(path, budget)
+    }
+
+    /// [`Storage::open`] with a given budget for the memtables of all column
+    /// families together: above it the largest is flushed and a new WAL
+    /// file begins. Tests use a small one to switch WAL files often.
+    pub fn open_with_memtable_budget(path: &Path, budget: usize) -> Result<Storage, StorageError> {
+        // No space is preallocated for files (the Rust binding has no setter
+        // for this one). RocksDB preallocated each WAL file (about 74 MiB
+        // here) and trimmed it back with ftruncate when it closed it at a
+        // memtable switch; that trim once took 56 ms (strace), while every
+        // fsync on the node stalled (docs/performance.md).
+        let mut options = Options::default().get_options_from_string("allow_fallocate=false")?;
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         // The WAL is synced explicitly (see WalSyncer), never on every write.
         options.set_manual_wal_flush(false);
+        // Obsolete WAL files are written over instead of new ones created:
+        // overwriting blocks that are already allocated and written lets an
+        // fdatasync flush the data without an inode update. This needs the
+        // default point-in-time recovery, which tells a recycled file's old
+        // records from new ones by their log number (RocksDB's fix #12403; we
+        // build 11.8). The stricter recovery modes turn recycling off, which
+        // tests/wal_crash.rs would notice.
+        options.set_recycle_log_file_num(WAL_FILES_RECYCLED);
         // RocksDB's memory has a budget: the memtables of all column
         // families together, and one block cache for all of them (by
         // default each has its own). Index blocks are charged to the cache
@@ -51,12 +79,6 @@ impl Storage {
         // at high priority and whose small top level is pinned: one flat
         // index in a 64 MiB cache made reading a deep backlog back 2.3x
         // slower (docs/performance.md).
-        // Each process draws its budget between 75% and 100% of it: the
-        // replicas of a queue receive the same writes, so with equal budgets
-        // they all switch memtables (and WAL files) at the same moment, and
-        // the fsync stall that comes with it (50-100 ms on a shared disk)
-        // hits a majority at once (docs/performance.md).
-        let budget = MEMTABLE_BUDGET_BYTES - rand::random_range(0..MEMTABLE_BUDGET_BYTES / 4);
         options.set_db_write_buffer_size(budget);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {

@@ -1,0 +1,130 @@
+//! A crash (SIGKILL) of a node whose WAL files are being recycled loses no
+//! log entry that was reported durable.
+//!
+//! The test runs itself as a child process that appends log entries through
+//! `LogStore` with a 1 MiB memtable budget, so that the WAL file switches
+//! every few hundred entries and obsolete WAL files are written over
+//! (`recycle_log_file_num`). The child prints the index of every append whose
+//! fsync completed; the parent kills it with SIGKILL mid-stream, reopens the
+//! database and reads every entry up to the last one printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use raftmq_storage::{LogStore, Storage, TypeConfig};
+use raftmq_types::{GroupId, NewMessage, QueueCommand, QueueRequest, RaftRequest, TimestampMs};
+use tempfile::TempDir;
+
+type Entry = openraft::alias::EntryOf<TypeConfig>;
+
+const GROUP: GroupId = GroupId(3);
+/// Set in the child's environment: the database directory to append to.
+const CHILD_DIR: &str = "RAFTMQ_WAL_CRASH_CHILD_DIR";
+const TEST_NAME: &str = "appends_reported_durable_survive_sigkill_while_wal_files_are_recycled";
+const MEMTABLE_BUDGET: usize = 1024 * 1024;
+const BODY_BYTES: usize = 8 * 1024;
+/// The parent kills the child once this many appends are durable and the
+/// RocksDB LOG shows a recycled WAL file in use.
+const DURABLE_BEFORE_KILL: u64 = 3_000;
+
+fn entry(index: u64) -> Entry {
+    let body = vec![(index % 251) as u8; BODY_BYTES];
+    let command = QueueCommand::Produce {
+        messages: vec![NewMessage { body, ..Default::default() }],
+        dedup_window_ms: 0,
+        limits: Default::default(),
+    };
+    Entry::new(
+        openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        EntryPayload::Normal(RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command })),
+    )
+}
+
+/// The child: appends entries 1, 2, ... and prints each index once durable.
+/// Bounded, in case the parent is gone.
+async fn child(dir: &Path) {
+    let storage = Storage::open_with_memtable_budget(dir, MEMTABLE_BUDGET).expect("open storage");
+    let mut log = LogStore::new(storage, GROUP);
+    for index in 1..=200_000 {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![entry(index)], IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("callback called").expect("append flushed");
+        println!("durable {index}");
+    }
+}
+
+/// Kills the child if the parent fails before it means to.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn recycled_wal_in_use(db: &Path) -> bool {
+    std::fs::read_to_string(db.join("LOG")).is_ok_and(|log| log.contains("reusing log"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_reported_durable_survive_sigkill_while_wal_files_are_recycled() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        child(Path::new(&dir)).await;
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("db");
+    let process = Command::new(std::env::current_exe().unwrap())
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, &db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child");
+    let mut process = Killed(process);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = process.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(index) = line.strip_prefix("durable ").and_then(|i| i.parse::<u64>().ok()) {
+                let _ = lines_tx.send(index);
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut durable = 0;
+    while durable < DURABLE_BEFORE_KILL || !recycled_wal_in_use(&db) {
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s: {durable} appends durable, recycled WAL file in use: {}",
+            recycled_wal_in_use(&db)
+        );
+        if let Ok(index) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+            durable = index;
+        }
+    }
+    process.0.kill().expect("SIGKILL the child");
+    process.0.wait().unwrap();
+    reader.join().unwrap();
+    // What the child printed before it died was durable when printed.
+    durable = lines_rx.try_iter().last().unwrap_or(durable);
+
+    let storage = Storage::open(&db).expect("reopen after the crash");
+    let mut log = LogStore::new(storage, GROUP);
+    let state = log.get_log_state().await.unwrap();
+    let last = state.last_log_id.map(|l| l.index()).unwrap_or(0);
+    assert!(last >= durable, "the log ends at {last}, but {durable} was reported durable");
+    let entries = log.try_get_log_entries(1..=durable).await.unwrap();
+    assert_eq!(entries.len() as u64, durable, "entries missing below {durable}");
+    for (i, read) in entries.iter().enumerate() {
+        assert_eq!(*read, entry(i as u64 + 1), "entry {} differs after the crash", i + 1);
+    }
+}
