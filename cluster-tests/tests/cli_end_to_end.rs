@@ -67,6 +67,19 @@ fn bodies_in(json_output: &str) -> Vec<String> {
     bodies
 }
 
+/// `raftmq queue list | head -0`: a reader that is gone ends the CLI with
+/// success and no panic message (println! would panic on EPIPE).
+async fn stdout_closed_ends_quietly(endpoints: &str) {
+    let (reader, writer) = std::io::pipe().expect("make a pipe");
+    drop(reader);
+    let mut command = raftmq_command(["queue", "list", "--endpoints", endpoints]);
+    command.stdout(writer).stderr(std::process::Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run raftmq queue list");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "queue list into a closed pipe: {:?}, stderr: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "queue list into a closed pipe panicked: {stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_end_to_end() {
     let mut cluster = TestCluster::start(3);
@@ -77,6 +90,7 @@ async fn cli_end_to_end() {
     run(&["queue", "create", QUEUE], None).await.assert_success();
     let list = run(&["queue", "list"], None).await;
     assert!(list.assert_success().stdout.contains(QUEUE), "queue list does not show {QUEUE}: {list}");
+    stdout_closed_ends_quietly(&endpoints).await;
 
     // The queue's group elects a leader shortly after the create; the CLI
     // retries UNAVAILABLE, so one produce is enough.

@@ -425,13 +425,13 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         })).collect::<Vec<_>>(),
     });
     let offered = args.rate.map_or_else(|| "unlimited".to_string(), |rate| format!("{rate} msg/s"));
-    println!("offered rate {offered} over {} queue(s)", queues.len());
+    outln!("offered rate {offered} over {} queue(s)", queues.len());
     if let Some(period) = period {
         // With one call in flight per producer, a call that takes longer than
         // its slot delays that producer's schedule: the offered load was not met.
         let overran = samples.produce_call.iter().filter(|&&latency| latency > period).count();
         if overran > 0 {
-            println!(
+            outln!(
                 "{overran} of {} produce calls took longer than their slot of {:.1} ms and delayed the next: \
                  the offered rate was not fully met",
                 samples.produce_call.len(),
@@ -439,40 +439,46 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
             );
         }
     }
-    println!(
+    outln!(
         "produced {p} in {produce_secs:.1}s ({:.0} msg/s), consumed {c} in {total_secs:.1}s ({:.0} msg/s)",
         p as f64 / produce_secs,
         c as f64 / total_secs
     );
-    println!(
+    outln!(
         "produce call (batch of {}) ms: p50 {:.1}  p99 {:.1}  p999 {:.1}",
         args.batch,
         percentile(&samples.produce_call, 50.0),
         percentile(&samples.produce_call, 99.0),
         percentile(&samples.produce_call, 99.9)
     );
-    println!(
+    outln!(
         "end to end ms: p50 {:.1}  p99 {:.1}  p999 {:.1}",
         percentile(&samples.end_to_end, 50.0),
         percentile(&samples.end_to_end, 99.0),
         percentile(&samples.end_to_end, 99.9)
     );
-    println!(
+    outln!(
         "fsyncs on {nodes} nodes: {fsyncs} for {fsync_requests} appends and votes, {:.1} per 1000 produced messages \
          (consume and ack entries included), {fsync_mean_ms:.1} ms each on average",
         fsyncs as f64 * 1000.0 / p.max(1) as f64
     );
     if !stages.is_empty() {
-        println!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
-        println!("{:>5}  {:<15} {:>8} {:>8} {:>8} {:>8} {:>8}", "node", "stage", "count", "p50", "p99", "p999", "max");
+        outln!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
+        outln!("{:>5}  {:<15} {:>8} {:>8} {:>8} {:>8} {:>8}", "node", "stage", "count", "p50", "p99", "p999", "max");
         for s in &stages {
-            println!(
+            outln!(
                 "{:>5}  {:<15} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-                s.node, s.stage, s.count, s.p50, s.p99, s.p999, s.max
+                s.node,
+                s.stage,
+                s.count,
+                s.p50,
+                s.p99,
+                s.p999,
+                s.max
             );
         }
     }
-    println!("BENCH {summary}");
+    outln!("BENCH {summary}");
     if !backlog_only && c < p {
         anyhow::bail!("only {c} of {p} produced messages were consumed within --drain-secs");
     }

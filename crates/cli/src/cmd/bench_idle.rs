@@ -144,16 +144,22 @@ pub async fn run(client: &Client, endpoints: &[String], args: IdleArgs) -> anyho
     let elapsed = measure_started.elapsed();
 
     let mut nodes = Vec::new();
-    println!("{} idle queues; created in {create_secs:.1}s, quiet {settle_secs:.1}s later", names.len());
-    println!(
+    outln!("{} idle queues; created in {create_secs:.1}s, quiet {settle_secs:.1}s later", names.len());
+    outln!(
         "{:<6} {:>7} {:>7} {:>12} {:>16} {:>12} {:>16}",
-        "node", "groups", "quiet", "cpu % core", "rss MiB: before", "when quiet", "after measuring"
+        "node",
+        "groups",
+        "quiet",
+        "cpu % core",
+        "rss MiB: before",
+        "when quiet",
+        "after measuring"
     );
     for node in &after {
         let Some(start) = settled.iter().find(|r| r.node_id == node.node_id) else { continue };
         let rss_before = before_create.iter().find(|r| r.node_id == node.node_id).map_or(0, |r| r.rss_bytes);
         let cpu = cpu_percent(start, node, elapsed);
-        println!(
+        outln!(
             "{:<6} {:>7} {:>7} {:>12.2} {:>16.1} {:>12.1} {:>16.1}",
             node.node_id,
             node.groups,
@@ -176,7 +182,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: IdleArgs) -> anyho
         "idle_queues": names.len(), "create_secs": create_secs, "settle_secs": settle_secs,
         "measure_secs": elapsed.as_secs_f64(), "max_cpu_percent": max_cpu, "nodes": nodes,
     });
-    println!("BENCH {summary}");
+    outln!("BENCH {summary}");
 
     if args.delete {
         for name in &names {

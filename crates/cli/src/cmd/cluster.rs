@@ -15,24 +15,33 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
     match command {
         ClusterCommand::Status => {
             let status = client.cluster_status().await?;
-            println!(
+            outln!(
                 "answered by node {} (cpu {:.1} s since start, {} MiB resident)",
                 status.node_id,
                 status.process_cpu_micros as f64 / 1e6,
                 status.process_rss_bytes / (1024 * 1024)
             );
-            println!("{:<6} {:<24} reachable", "node", "address");
+            outln!("{:<6} {:<24} reachable", "node", "address");
             for node in &status.nodes {
-                println!("{:<6} {:<24} {}", node.id, node.addr, if node.reachable { "yes" } else { "no" });
+                outln!("{:<6} {:<24} {}", node.id, node.addr, if node.reachable { "yes" } else { "no" });
             }
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
-                "group", "queue", "leader", "term", "commit", "applied", "last_log", "quiet", "in_memory", "on_disk"
+                "group",
+                "queue",
+                "leader",
+                "term",
+                "commit",
+                "applied",
+                "last_log",
+                "quiet",
+                "in_memory",
+                "on_disk"
             );
             for g in &status.groups {
                 let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
-                println!(
+                outln!(
                     "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
                     g.group_id,
                     queue,

@@ -131,7 +131,7 @@ pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
 
 fn print_offsets(offsets: &[u64]) {
     for offset in offsets {
-        println!("{offset}");
+        outln!("{offset}");
     }
 }
 
@@ -154,9 +154,9 @@ pub async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             .await?;
         for m in &messages {
             if args.json {
-                println!("{}", output::message_json(m));
+                outln!("{}", output::message_json(m));
             } else {
-                println!("{}", output::message_text(m, args.no_ack));
+                outln!("{}", output::message_text(m, args.no_ack));
             }
         }
         received += messages.len() as u64;
@@ -201,9 +201,9 @@ pub async fn peek(client: &Client, args: PeekArgs) -> anyhow::Result<()> {
     let page = client.peek(&args.queue, &args.subscription, args.from, args.to, args.max).await?;
     for m in &page.messages {
         if args.json {
-            println!("{}", output::peeked_json(m));
+            outln!("{}", output::peeked_json(m));
         } else {
-            println!("{}", output::peeked_text(m));
+            outln!("{}", output::peeked_text(m));
         }
     }
     if !args.json {
@@ -213,7 +213,7 @@ pub async fn peek(client: &Client, args: PeekArgs) -> anyhow::Result<()> {
 }
 
 fn print_settled(verb: &str, settled: &pb::SettleResponse) -> anyhow::Result<()> {
-    println!("{verb} {}", settled.succeeded);
+    outln!("{verb} {}", settled.succeeded);
     for failed in &settled.failed {
         eprintln!("{}: {:?}", failed.receipt, failed.reason());
     }

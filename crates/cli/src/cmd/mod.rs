@@ -2,6 +2,24 @@
 //!
 //! `server` and `dev` run nodes; the others are clients of a running cluster.
 
+/// `println!` for the CLI's output, which ends the process quietly when the
+/// reader has gone (`raftmq peek q | head -1`): `println!` panics there.
+macro_rules! outln {
+    () => {
+        $crate::cmd::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cmd::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with the same handling as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cmd::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod bench_idle;
 mod cluster;
@@ -59,6 +77,22 @@ enum Command {
     /// Measure what idle queues cost: create them, wait until their groups
     /// are quiet, and report each node's CPU and memory.
     BenchIdle(bench_idle::IdleArgs),
+}
+
+/// Writes to standard output. A closed pipe ends the process with success,
+/// as it would a program killed by SIGPIPE (Rust ignores that signal, so a
+/// write fails instead). `consume` acks after printing, so the messages it
+/// leased come back after their visibility timeout (at least once, as after
+/// any crash of a consumer). Any other failure exits with 1.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 pub fn run(cli: Cli) -> ExitCode {

@@ -156,58 +156,58 @@ pub async fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
         QueueCommand::Create { name, replication_factor, settings, json } => {
             let queue = client.create_queue(&name, Some(settings.config(replication_factor))).await?;
             if json {
-                println!("{}", output::queue_json(&queue));
+                outln!("{}", output::queue_json(&queue));
             } else {
-                println!("created queue {} on nodes {:?}", queue.name, queue.replicas);
+                outln!("created queue {} on nodes {:?}", queue.name, queue.replicas);
             }
         }
         QueueCommand::List { json } => {
             let queues = client.list_queues().await?;
             if json {
-                println!("{}", serde_json::Value::Array(queues.iter().map(output::queue_json).collect()));
+                outln!("{}", serde_json::Value::Array(queues.iter().map(output::queue_json).collect()));
             } else if queues.is_empty() {
-                println!("no queues");
+                outln!("no queues");
             } else {
-                println!("{:<40} {:>10} {:>10} {:>8}  replicas", "name", "depth", "in_flight", "leader");
+                outln!("{:<40} {:>10} {:>10} {:>8}  replicas", "name", "depth", "in_flight", "leader");
                 for q in &queues {
                     let (depth, in_flight, leader) = match &q.stats {
                         Some(s) => (s.depth.to_string(), s.in_flight.to_string(), s.leader_id.to_string()),
                         None => ("-".into(), "-".into(), "-".into()),
                     };
-                    println!("{:<40} {depth:>10} {in_flight:>10} {leader:>8}  {:?}", q.name, q.replicas);
+                    outln!("{:<40} {depth:>10} {in_flight:>10} {leader:>8}  {:?}", q.name, q.replicas);
                 }
             }
         }
         QueueCommand::Get { name, json } => {
             let queue = client.get_queue(&name).await?;
             if json {
-                println!("{}", output::queue_json(&queue));
+                outln!("{}", output::queue_json(&queue));
             } else {
-                print!("{}", output::queue_text(&queue));
+                out!("{}", output::queue_text(&queue));
             }
         }
         QueueCommand::Update { name, settings, json } => {
             let queue = client.update_queue(&name, settings.update()).await?;
             if json {
-                println!("{}", output::queue_json(&queue));
+                outln!("{}", output::queue_json(&queue));
             } else {
-                print!("{}", output::queue_text(&queue));
+                out!("{}", output::queue_text(&queue));
             }
         }
         QueueCommand::Redrive { name, max } => {
             let redriven = client.redrive(&name, max).await?;
-            println!("moved {} messages from {name} back to their queues", redriven.moved);
+            outln!("moved {} messages from {name} back to their queues", redriven.moved);
             if redriven.skipped > 0 {
-                println!("left {} in {name}: {}", redriven.skipped, redriven.skipped_reasons.join("; "));
+                outln!("left {} in {name}: {}", redriven.skipped, redriven.skipped_reasons.join("; "));
             }
         }
         QueueCommand::Delete { name } => {
             client.delete_queue(&name).await?;
-            println!("deleted queue {name}");
+            outln!("deleted queue {name}");
         }
         QueueCommand::Purge { name } => {
             let removed = client.purge_queue(&name).await?;
-            println!("purged {removed} messages from {name}");
+            outln!("purged {removed} messages from {name}");
         }
     }
     Ok(())

@@ -63,28 +63,38 @@ pub async fn run(client: &Client, command: SubscriptionCommand) -> anyhow::Resul
     match command {
         SubscriptionCommand::Create { queue, name, from } => {
             let created = client.create_subscription(&queue, &name, matches!(from, Start::Earliest)).await?;
-            println!("created subscription {} of {queue}, holding {} messages", created.name, created.depth);
+            outln!("created subscription {} of {queue}, holding {} messages", created.name, created.depth);
         }
         SubscriptionCommand::List { queue, json } => {
             let subscriptions = client.list_subscriptions(&queue).await?;
             if json {
-                println!("{}", serde_json::Value::Array(subscriptions.iter().map(subscription_json).collect()));
+                outln!("{}", serde_json::Value::Array(subscriptions.iter().map(subscription_json).collect()));
             } else {
-                println!(
+                outln!(
                     "{:<40} {:>10} {:>10} {:>10} {:>10} {:>8}",
-                    "name", "depth", "available", "in_flight", "delayed", "dead"
+                    "name",
+                    "depth",
+                    "available",
+                    "in_flight",
+                    "delayed",
+                    "dead"
                 );
                 for s in &subscriptions {
-                    println!(
+                    outln!(
                         "{:<40} {:>10} {:>10} {:>10} {:>10} {:>8}",
-                        s.name, s.depth, s.available, s.in_flight, s.delayed, s.dead
+                        s.name,
+                        s.depth,
+                        s.available,
+                        s.in_flight,
+                        s.delayed,
+                        s.dead
                     );
                 }
             }
         }
         SubscriptionCommand::Delete { queue, name } => {
             client.delete_subscription(&queue, &name).await?;
-            println!("deleted subscription {name} of {queue}");
+            outln!("deleted subscription {name} of {queue}");
         }
         SubscriptionCommand::Seek { queue, subscription, offset, time_ms, since } => {
             let target = match (offset, time_ms, since) {
@@ -97,7 +107,7 @@ pub async fn run(client: &Client, command: SubscriptionCommand) -> anyhow::Resul
                 _ => bail!("say where to seek: --offset, --time-ms or --since"),
             };
             let pending = client.seek(&queue, &subscription, target).await?;
-            println!("subscription {subscription} of {queue} now holds {pending} messages");
+            outln!("subscription {subscription} of {queue} now holds {pending} messages");
         }
     }
     Ok(())
