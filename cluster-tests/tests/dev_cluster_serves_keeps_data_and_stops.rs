@@ -1,7 +1,8 @@
 //! The README's first set-up command, `raftmq dev`: it starts three nodes
 //! that serve the CLI, says so, stops every node on Ctrl-C (SIGINT) with exit
 //! code 0, and a second `raftmq dev` on the same data directory has the
-//! first one's queue and messages.
+//! first one's queue and messages. A third, whose standard output is a pipe
+//! nobody reads (`raftmq dev | head -1`), still runs and stops its nodes.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -45,16 +46,21 @@ struct Dev {
 
 impl Dev {
     fn start(data_dir: &std::path::Path, base_port: u16) -> Dev {
+        Dev::start_with_stdout(data_dir, base_port, Stdio::piped())
+    }
+
+    fn start_with_stdout(data_dir: &std::path::Path, base_port: u16, stdout: Stdio) -> Dev {
         let mut command = raftmq_command(["dev", "--base-port", &base_port.to_string()]);
-        command.arg("--data-dir").arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command.arg("--data-dir").arg(data_dir).stdout(stdout).stderr(Stdio::inherit());
         let mut child = command.spawn().expect("start raftmq dev");
-        let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         Dev { child, lines, printed: Vec::new() }
     }
 
@@ -140,4 +146,26 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
     let (stopped, _) = dev.stop();
     assert!(stopped, "the second raftmq dev did not exit 0 on SIGINT");
     assert!(ports_free(base), "a node still holds its port after the second raftmq dev stopped");
+
+    // Standard output closed: nothing is read, so the cluster is up when the
+    // CLI gets an answer.
+    let (reader, writer) = std::io::pipe().expect("make a pipe");
+    drop(reader);
+    let mut dev = Dev::start_with_stdout(&data_dir, base, Stdio::from(writer));
+    let deadline = Instant::now() + UP_TIMEOUT;
+    loop {
+        assert!(
+            matches!(dev.child.try_wait(), Ok(None)),
+            "raftmq dev with a closed stdout exited: {:?}",
+            dev.child.try_wait()
+        );
+        if raftmq_cli(&endpoints, &["queue", "get", QUEUE], None).await.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "raftmq dev with a closed stdout not up within {UP_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stopped, _) = dev.stop();
+    assert!(stopped, "raftmq dev with a closed stdout did not exit 0 on SIGINT");
+    assert!(ports_free(base), "a node still holds its port after raftmq dev with a closed stdout stopped");
 }

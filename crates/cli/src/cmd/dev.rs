@@ -51,6 +51,14 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     let peers = peers.join(",");
     let exe = std::env::current_exe().context("find the raftmq executable")?;
 
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // Listening for Ctrl-C before any node starts: a SIGINT during start-up
+    // would otherwise end this process by default and leave the nodes running.
+    let mut interrupt = {
+        let _runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("listen for Ctrl-C")?
+    };
+
     let mut nodes = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u16 + 1;
@@ -68,31 +76,46 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
         nodes.push(Node { id, addr: addr.clone(), log, child });
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let ready = runtime.block_on(wait_ready(&addrs, &mut nodes));
-    if let Err(e) = ready {
-        eprintln!("error: the cluster did not start: {e}");
-        stop(&mut nodes);
-        return Ok(ExitCode::from(1));
+    let ready = runtime.block_on(async {
+        tokio::select! {
+            ready = wait_ready(&addrs, &mut nodes) => Some(ready),
+            _ = interrupt.recv() => None,
+        }
+    });
+    match ready {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            eprintln!("error: the cluster did not start: {e}");
+            stop(&mut nodes);
+            return Ok(ExitCode::from(1));
+        }
+        None => {
+            say(format_args!("stopping the cluster"));
+            stop(&mut nodes);
+            return Ok(ExitCode::SUCCESS);
+        }
     }
 
-    println!("raftmq dev cluster is up: three nodes, data in {}", args.data_dir.display());
+    say(format_args!("raftmq dev cluster is up: three nodes, data in {}", args.data_dir.display()));
     for node in &nodes {
-        println!("  node {}  {}  log: {}", node.id, node.addr, node.log.display());
+        say(format_args!("  node {}  {}  log: {}", node.id, node.addr, node.log.display()));
     }
-    println!();
-    println!("Try it (the CLI talks to these endpoints by default):");
-    println!("  raftmq queue create demo");
-    println!("  echo hello | raftmq produce demo");
-    println!("  raftmq consume demo");
-    println!("  raftmq cluster status");
-    println!();
-    println!("Ctrl-C stops the cluster; its data stays in {} (use --clean to start over).", args.data_dir.display());
+    say(format_args!(""));
+    say(format_args!("Try it (the CLI talks to these endpoints by default):"));
+    say(format_args!("  raftmq queue create demo"));
+    say(format_args!("  echo hello | raftmq produce demo"));
+    say(format_args!("  raftmq consume demo"));
+    say(format_args!("  raftmq cluster status"));
+    say(format_args!(""));
+    say(format_args!(
+        "Ctrl-C stops the cluster; its data stays in {} (use --clean to start over).",
+        args.data_dir.display()
+    ));
 
     let exit = runtime.block_on(async {
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return None,
+                _ = interrupt.recv() => return None,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if let Some(code) = exited(&mut nodes) {
                         return Some(code);
@@ -107,9 +130,18 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
         stop(&mut nodes);
         return Ok(ExitCode::from(1));
     }
-    println!("stopping the cluster");
+    say(format_args!("stopping the cluster"));
     stop(&mut nodes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a line for the person at the terminal. A closed standard output
+/// (`raftmq dev | head -1`) is ignored: the nodes keep running until Ctrl-C,
+/// where `println!` would panic and leave them running with nobody to stop
+/// them.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 async fn wait_ready(addrs: &[String], nodes: &mut [Node]) -> Result<(), String> {
