@@ -72,9 +72,14 @@ fn bodies_in(json_output: &str) -> Vec<String> {
 async fn stdout_closed_ends_quietly(endpoints: &str) {
     let (reader, writer) = std::io::pipe().expect("make a pipe");
     drop(reader);
-    let mut command = raftmq_command(["queue", "list", "--endpoints", endpoints]);
-    command.stdout(writer).stderr(std::process::Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run raftmq queue list");
+    let mut command = tokio::process::Command::from(raftmq_command(["queue", "list", "--endpoints", endpoints]));
+    command.stdout(writer).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    // Not `output()`: tokio's replaces the configured stdout with a pipe of its own.
+    let child = command.spawn().expect("run raftmq queue list");
+    let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("raftmq queue list into a closed pipe did not exit within 60 s")
+        .expect("wait for raftmq queue list");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "queue list into a closed pipe: {:?}, stderr: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "queue list into a closed pipe panicked: {stderr}");
