@@ -24,6 +24,8 @@ pub enum StorageError {
     SnapshotReaderStopped,
     #[error("malformed snapshot: {0}")]
     MalformedSnapshot(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
 }
 
 impl From<StorageError> for io::Error {

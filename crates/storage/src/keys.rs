@@ -5,7 +5,8 @@
 //! - `raft_meta`: group ‖ tag (vote, last purged, last applied, membership, snapshot)
 //! - `queue`:     group ‖ kind ‖ offset (kinds: header, body, dedup id,
 //!   correlation id, message info); delivery records are group ‖ 2 ‖
-//!   subscription ‖ offset, and the subscription list is group ‖ 7.
+//!   subscription ‖ offset, and the subscription list is group ‖ 7; group ‖ 0
+//!   records the last snapshot installed.
 
 use raftmq_types::{GroupId, Offset, SubscriptionId};
 
@@ -59,6 +60,15 @@ pub fn meta_key(group: GroupId, tag: MetaTag) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[..8].copy_from_slice(&group.to_be_bytes());
     key[8] = tag as u8;
+    key
+}
+
+/// group ‖ 0, below every other key of the group in `queue`: the meta of the
+/// last snapshot installed, written with the data it replaced the group's
+/// data with (see `QueueStateMachine::install_snapshot`).
+pub fn installed_snapshot_key(group: GroupId) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[..8].copy_from_slice(&group.to_be_bytes());
     key
 }
 

@@ -27,8 +27,8 @@ use tracing::warn;
 
 use crate::error::{decode, encode};
 use crate::keys::{
-    CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, queue_key, queue_kind_range, queue_offset,
-    subscription_range,
+    CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key, queue_key,
+    queue_kind_range, queue_offset, subscription_range,
 };
 use crate::sm_meta::{
     LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
@@ -79,6 +79,7 @@ impl QueueStateMachine {
     /// Opens the group's state and rebuilds the in-memory delivery index from
     /// the delivery records (bodies stay on disk).
     pub async fn open(storage: Storage, group: GroupId) -> Result<QueueStateMachine, StorageError> {
+        finish_interrupted_install(&storage, group)?;
         let state = load_state(&storage, group)?;
         let (applied, _) = read_applied_state(&storage, group)?;
         let index = applied.map(|l| l.index()).unwrap_or(0);
@@ -266,6 +267,82 @@ fn decode_frames(mut data: &[u8]) -> impl Iterator<Item = Result<SnapshotRecords
         data = rest;
         Some(decode("snapshot frame", body))
     })
+}
+
+/// Where snapshot SST files are built, inside the database directory.
+const INGEST_DIR: &str = "snapshot-ingest";
+
+/// Writes an SST file of the group's new data (a range deletion of the old,
+/// the record of `meta`, then the snapshot's records in key order) and has
+/// RocksDB ingest it: atomic, and durable when this returns. Memory stays
+/// at about one frame; a frame that is malformed or out of order fails the
+/// install before anything changes.
+pub(crate) fn ingest_snapshot(
+    storage: &Storage,
+    group: GroupId,
+    meta: &SnapshotMeta,
+    frames: impl Iterator<Item = Result<SnapshotRecords, StorageError>>,
+) -> Result<(), StorageError> {
+    let dir = storage.db().path().join(INGEST_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| StorageError::Io { what: format!("create {}", dir.display()), source })?;
+    let path = dir.join(format!("group-{}-{:016x}.sst", group.0, rand::random::<u64>()));
+    let written = (|| {
+        let mut options = rocksdb::Options::default();
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut writer = rocksdb::SstFileWriter::create(&options);
+        writer.open(&path)?;
+        let (start, end) = group_range(group);
+        writer.delete_range(&start, &end)?;
+        let installed = installed_snapshot_key(group);
+        writer.put(installed, encode("installed snapshot", meta)?)?;
+        for frame in frames {
+            for (suffix, value) in frame? {
+                let mut key = group.to_be_bytes().to_vec();
+                key.extend_from_slice(&suffix);
+                if key == installed {
+                    // The sender's own record of a snapshot it installed.
+                    continue;
+                }
+                writer.put(key, value)?;
+            }
+        }
+        writer.finish()?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        storage.db().ingest_external_file_cf_opts(storage.cf(CF_QUEUE), &ingest, vec![&path])?;
+        Ok(())
+    })();
+    // Moved into the database on success (this name is then a second link);
+    // on failure a partial file.
+    let _ = std::fs::remove_file(&path);
+    written
+}
+
+/// The applied position and current snapshot after an install, synced.
+fn write_installed_position(storage: &Storage, group: GroupId, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::default();
+    put_applied_state(storage, &mut batch, group, &meta.last_log_id, Some(&meta.last_membership))?;
+    // Like `build`: the position only; the data is in the queue's keys.
+    put_snapshot(storage, &mut batch, group, meta, &[])?;
+    write_synced(storage, batch)
+}
+
+/// An install whose data was ingested but whose position was not written
+/// (a crash in between) left data ahead of the applied position: applying
+/// the log from that position would apply entries twice. The data is
+/// exactly the recorded snapshot's, so the position is set to it.
+fn finish_interrupted_install(storage: &Storage, group: GroupId) -> Result<(), StorageError> {
+    let Some(bytes) = storage.db().get_cf(storage.cf(CF_QUEUE), installed_snapshot_key(group))? else {
+        return Ok(());
+    };
+    let installed: SnapshotMeta = decode("installed snapshot", &bytes)?;
+    let (applied, _) = read_applied_state(storage, group)?;
+    if installed.last_log_id > applied {
+        warn!(%group, ?applied, installed = ?installed.last_log_id, "finishing a snapshot install a crash interrupted");
+        write_installed_position(storage, group, &installed)?;
+    }
+    Ok(())
 }
 
 /// Rebuilds the queue's state from its records, message by message in offset
@@ -492,24 +569,19 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         self.clone()
     }
 
+    /// Replaces the group's data with the snapshot's, never holding the data
+    /// in memory whole: the frames go into an SST file on disk, which RocksDB
+    /// ingests in one step together with a range deletion of the group's old
+    /// data and a record of the snapshot (`installed_snapshot_key`). The
+    /// position (in `raft_meta`) is written after that; a crash in between
+    /// is finished on the next open (`finish_interrupted_install`).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let data = snapshot.into_bytes().await?;
-        let cf = self.storage.cf(CF_QUEUE);
-        let mut batch = WriteBatch::default();
-        let (start, end) = group_range(self.group);
-        batch.delete_range_cf(cf, &start, &end);
-        for frame in decode_frames(&data) {
-            for (suffix, value) in frame? {
-                let mut key = self.group.to_be_bytes().to_vec();
-                key.extend_from_slice(&suffix);
-                batch.put_cf(cf, key, value);
-            }
-        }
-        drop(data);
-        put_applied_state(&self.storage, &mut batch, self.group, &meta.last_log_id, Some(&meta.last_membership))?;
-        // Like `build`: the position only; the data is in the queue's keys.
-        put_snapshot(&self.storage, &mut batch, self.group, meta, &[])?;
-        write_synced(&self.storage, batch)?;
+        let (storage, group, installing) = (self.storage.clone(), self.group, meta.clone());
+        tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, decode_frames(&data)))
+            .await
+            .map_err(io::Error::other)??;
+        write_installed_position(&self.storage, self.group, meta)?;
         let state = load_state(&self.storage, self.group)?;
         *self.state.write().expect("queue state lock poisoned") = state;
         if let Some(log_id) = &meta.last_log_id {
@@ -527,5 +599,70 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
             return Ok(None);
         }
         Ok(Some(self.stream_snapshot().await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::entry::RaftEntry;
+    use raftmq_types::{NewMessage, QueueCommand, QueueRequest};
+    use tempfile::TempDir;
+
+    use super::*;
+
+    const GROUP: GroupId = GroupId(3);
+
+    fn produce(term: u64, index: u64, bodies: &[&str]) -> openraft::alias::EntryOf<TypeConfig> {
+        let messages = bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec(), ..Default::default() });
+        let command =
+            QueueCommand::Produce { messages: messages.collect(), dedup_window_ms: 0, limits: Default::default() };
+        let request = RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command });
+        openraft::alias::EntryOf::<TypeConfig>::new(
+            openraft::testing::log_id::<TypeConfig>(term, 1, index),
+            EntryPayload::Normal(request),
+        )
+    }
+
+    async fn apply(sm: &mut QueueStateMachine, entries: Vec<openraft::alias::EntryOf<TypeConfig>>) {
+        sm.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.expect("apply");
+    }
+
+    /// A crash after the SST with the snapshot's data was ingested but before
+    /// the applied position was written: the next open sets the position to
+    /// the snapshot's, so the log is not applied a second time over its data.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_install_interrupted_after_its_ingest_is_finished_on_open() {
+        let source_dir = TempDir::new().unwrap();
+        let mut source = QueueStateMachine::open(Storage::open(source_dir.path()).unwrap(), GROUP).await.unwrap();
+        apply(&mut source, vec![produce(2, 1, &["a", "b"]), produce(2, 2, &["c"])]).await;
+        source.build().unwrap();
+        let snapshot = source.get_current_snapshot().await.unwrap().expect("built");
+        let data = snapshot.snapshot.into_bytes().await.unwrap();
+
+        let target_dir = TempDir::new().unwrap();
+        let target = Storage::open(target_dir.path()).unwrap();
+        let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
+        apply(&mut replica, vec![produce(1, 1, &["x"])]).await;
+        ingest_snapshot(&target, GROUP, &snapshot.meta, decode_frames(&data)).unwrap();
+        // The crash: the position is not written.
+        drop(replica);
+
+        let reopened = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
+        let (applied, membership) = read_applied_state(&target, GROUP).unwrap();
+        assert_eq!(applied, snapshot.meta.last_log_id);
+        assert_eq!(membership, snapshot.meta.last_membership);
+        assert_eq!(read_snapshot(&target, GROUP).unwrap().map(|s| s.meta), Some(snapshot.meta.clone()));
+        let now = TimestampMs(10);
+        assert_eq!(reopened.reader().state().stats(now), source.reader().state().stats(now));
+        let bodies: Vec<Vec<u8>> = reopened
+            .reader()
+            .read_messages(&[Offset(0), Offset(1), Offset(2)])
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(*reopened.applied.borrow(), 2);
     }
 }

@@ -259,6 +259,52 @@ async fn snapshot_installs_on_a_fresh_replica() {
     assert_eq!(reopened.reader().state().stats(TimestampMs(500)), expected);
 }
 
+/// A replica that falls behind gets a snapshot over data of its own: the
+/// install leaves exactly the snapshot's data (it is ingested as an SST file
+/// with a range deletion of the group's old keys), also after a reopen, and
+/// a second install over the first works the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_install_replaces_what_the_replica_had() {
+    let source_dir = TempDir::new().unwrap();
+    let mut sm = QueueStateMachine::open(open(&source_dir), GROUP).await.unwrap();
+    apply(&mut sm, vec![queue_entry(2, 1, 100, produce(3)), queue_entry(2, 2, 100, produce(2))]).await;
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+
+    let target_dir = TempDir::new().unwrap();
+    let target = open(&target_dir);
+    let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
+    let other = QueueCommand::Produce {
+        messages: (0..8).map(|i| NewMessage { body: format!("old{i}").into_bytes(), ..Default::default() }).collect(),
+        dedup_window_ms: 0,
+        limits: Default::default(),
+    };
+    apply(&mut replica, vec![queue_entry(1, 1, 50, other)]).await;
+    assert_eq!(replica.reader().read_messages(&[Offset(6)]).unwrap().len(), 1);
+
+    replica.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let expected = sm.reader().state().stats(TimestampMs(500));
+    assert_eq!(replica.reader().state().stats(TimestampMs(500)), expected);
+    let bodies = |r: &QueueStateMachine| -> Vec<Vec<u8>> {
+        let offsets: Vec<Offset> = (0..8).map(Offset).collect();
+        r.reader().read_messages(&offsets).unwrap().into_iter().map(|m| m.body).collect()
+    };
+    let want: Vec<Vec<u8>> = ["m0", "m1", "m2", "m0", "m1"].iter().map(|b| b.as_bytes().to_vec()).collect();
+    assert_eq!(bodies(&replica), want, "the replica's own messages are gone, the snapshot's are there");
+    drop(replica);
+    let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
+    assert_eq!(replica.reader().state().stats(TimestampMs(500)), expected);
+    assert_eq!(bodies(&replica), want);
+
+    // Again, from a source that moved on: the first install's data goes too.
+    apply(&mut sm, vec![queue_entry(2, 3, 300, produce(1))]).await;
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let second = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    replica.install_snapshot(&second.meta, second.snapshot).await.unwrap();
+    assert_eq!(replica.reader().state().stats(TimestampMs(500)), sm.reader().state().stats(TimestampMs(500)));
+    assert_eq!(bodies(&replica).len(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_survive_reopen_and_snapshot_install() {
     let dir = TempDir::new().unwrap();
