@@ -198,17 +198,22 @@ impl RaftTransport for TransportService {
         let group_id = GroupId(first.group_id);
         let (vote, meta): (Vote, SnapshotMeta) =
             codec::decode("snapshot header", &first.payload).map_err(bad_payload)?;
-        let mut data = Vec::new();
+        // Spooled to a file as it comes (a deep backlog's snapshot is as big
+        // as the backlog); the writes go to the page cache.
+        let spool_error = |e: raftmq_storage::StorageError| Status::internal(format!("group {group_id}: {e}"));
+        let mut spool = self.groups.storage().snapshot_spool().map_err(spool_error)?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if !chunk.error.is_empty() {
                 // The sender could not read its snapshot: install nothing.
                 return Err(Status::aborted(format!("group {group_id}: sender failed: {}", chunk.error)));
             }
-            data.extend_from_slice(&chunk.payload);
+            spool.write(&chunk.payload).map_err(spool_error)?;
         }
-        let snapshot =
-            openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::new(data) };
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: spool.finish().map_err(spool_error)?,
+        };
         match self.group(group_id) {
             Some(GroupRaft::Meta(raft)) => {
                 answer(group_id, "snapshot response", raft.install_full_snapshot(vote, snapshot).await)

@@ -9,7 +9,11 @@ use rocksdb::{
 };
 
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, group_range};
-use crate::{StorageError, WalSyncer};
+use crate::{SnapshotSpool, StorageError, WalSyncer};
+
+/// Snapshots received and SST files of snapshots being installed, inside the
+/// database directory (RocksDB leaves other names alone).
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Bump when the layout of keys or values changes, with upgrade code.
 /// 2: producer dedup ids (`QueueKind::Dedup`), `dedup_window_ms` in queue
@@ -126,6 +130,11 @@ impl Storage {
 
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// A file to receive a snapshot into (see [`SnapshotSpool`]).
+    pub fn snapshot_spool(&self) -> Result<SnapshotSpool, StorageError> {
+        SnapshotSpool::create(&self.db.path().join(SNAPSHOT_DIR))
     }
 
     pub fn syncer(&self) -> &Arc<WalSyncer> {

@@ -28,5 +28,5 @@ pub use error::StorageError;
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;
 pub use queue_sm::{MESSAGES_IN_MEMORY, QueueReader, QueueStateMachine};
-pub use type_config::{SnapshotData, TypeConfig};
+pub use type_config::{SnapshotData, SnapshotSpool, TypeConfig};
 pub use wal_syncer::WalSyncer;

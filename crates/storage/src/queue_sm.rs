@@ -248,29 +248,50 @@ fn encode_frame(records: &SnapshotRecords) -> Result<Vec<u8>, StorageError> {
     Ok(frame)
 }
 
-/// The frames of a snapshot's data, decoded one by one.
-fn decode_frames(mut data: &[u8]) -> impl Iterator<Item = Result<SnapshotRecords, StorageError>> + '_ {
+/// A frame longer than this is taken for corruption rather than allocated
+/// (the sender cuts frames at about [`SNAPSHOT_FRAME_BYTES`], plus one record).
+const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+
+/// The frames of a snapshot's data, read and decoded one by one.
+fn read_frames(mut data: impl io::Read) -> impl Iterator<Item = Result<SnapshotRecords, StorageError>> {
+    let mut done = false;
     std::iter::from_fn(move || {
-        if data.is_empty() {
+        if done {
             return None;
         }
-        let Some((length, rest)) = data.split_first_chunk::<4>() else {
-            data = &[];
-            return Some(Err(StorageError::MalformedSnapshot("truncated frame length".into())));
-        };
-        let length = u32::from_le_bytes(*length) as usize;
-        if rest.len() < length {
-            data = &[];
-            return Some(Err(StorageError::MalformedSnapshot(format!("frame of {length} bytes truncated"))));
+        let frame = read_frame(&mut data);
+        if !matches!(frame, Ok(Some(_))) {
+            done = true;
         }
-        let (body, rest) = rest.split_at(length);
-        data = rest;
-        Some(decode("snapshot frame", body))
+        frame.transpose()
     })
 }
 
-/// Where snapshot SST files are built, inside the database directory.
-const INGEST_DIR: &str = "snapshot-ingest";
+/// The next frame, `None` at the end of the data.
+fn read_frame(data: &mut impl io::Read) -> Result<Option<SnapshotRecords>, StorageError> {
+    let io = |source| StorageError::Io { what: "read a snapshot".into(), source };
+    let mut length = [0u8; 4];
+    let mut filled = 0;
+    while filled < length.len() {
+        match data.read(&mut length[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(StorageError::MalformedSnapshot("truncated frame length".into())),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(StorageError::MalformedSnapshot(format!("frame of {length} bytes")));
+    }
+    let mut body = vec![0u8; length];
+    data.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => StorageError::MalformedSnapshot(format!("frame of {length} bytes truncated")),
+        _ => io(e),
+    })?;
+    decode("snapshot frame", &body).map(Some)
+}
 
 /// Writes an SST file of the group's new data (a range deletion of the old,
 /// the record of `meta`, then the snapshot's records in key order) and has
@@ -283,7 +304,7 @@ pub(crate) fn ingest_snapshot(
     meta: &SnapshotMeta,
     frames: impl Iterator<Item = Result<SnapshotRecords, StorageError>>,
 ) -> Result<(), StorageError> {
-    let dir = storage.db().path().join(INGEST_DIR);
+    let dir = storage.db().path().join(crate::db::SNAPSHOT_DIR);
     std::fs::create_dir_all(&dir)
         .map_err(|source| StorageError::Io { what: format!("create {}", dir.display()), source })?;
     let path = dir.join(format!("group-{}-{:016x}.sst", group.0, rand::random::<u64>()));
@@ -576,11 +597,19 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
     /// position (in `raft_meta`) is written after that; a crash in between
     /// is finished on the next open (`finish_interrupted_install`).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let data = snapshot.into_bytes().await?;
         let (storage, group, installing) = (self.storage.clone(), self.group, meta.clone());
-        tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, decode_frames(&data)))
-            .await
-            .map_err(io::Error::other)??;
+        let ingest = match snapshot {
+            SnapshotData::File(file) => {
+                tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, read_frames(file)))
+            }
+            other => {
+                let data = other.into_bytes().await?;
+                tokio::task::spawn_blocking(move || {
+                    ingest_snapshot(&storage, group, &installing, read_frames(data.as_slice()))
+                })
+            }
+        };
+        ingest.await.map_err(io::Error::other)??;
         write_installed_position(&self.storage, self.group, meta)?;
         let state = load_state(&self.storage, self.group)?;
         *self.state.write().expect("queue state lock poisoned") = state;
@@ -644,7 +673,7 @@ mod tests {
         let target = Storage::open(target_dir.path()).unwrap();
         let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
         apply(&mut replica, vec![produce(1, 1, &["x"])]).await;
-        ingest_snapshot(&target, GROUP, &snapshot.meta, decode_frames(&data)).unwrap();
+        ingest_snapshot(&target, GROUP, &snapshot.meta, read_frames(data.as_slice())).unwrap();
         // The crash: the position is not written.
         drop(replica);
 
@@ -664,5 +693,23 @@ mod tests {
             .collect();
         assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(*reopened.applied.borrow(), 2);
+    }
+
+    /// Whatever arrives, reading frames ends with the records or an error,
+    /// never a panic or an allocation of what a length claims.
+    #[test]
+    fn malformed_snapshot_data_is_an_error() {
+        let frame = encode_frame(&vec![(vec![1u8], vec![2u8, 3])]).unwrap();
+        let read = |data: &[u8]| read_frames(data).collect::<Result<Vec<_>, _>>();
+        assert_eq!(read(&frame).unwrap().len(), 1);
+        assert_eq!(read(&[frame.clone(), frame.clone()].concat()).unwrap().len(), 2);
+        assert!(read(&[]).unwrap().is_empty());
+        let malformed = |data: &[u8]| matches!(read(data), Err(StorageError::MalformedSnapshot(_)));
+        assert!(malformed(&frame[..2]), "truncated length");
+        assert!(malformed(&frame[..frame.len() - 1]), "truncated body");
+        assert!(malformed(&u32::MAX.to_le_bytes()), "a length of 4 GiB is not allocated");
+        let mut garbage = 3u32.to_le_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(read(&garbage), Err(StorageError::Corrupt { .. })), "undecodable body");
     }
 }

@@ -1,5 +1,9 @@
 //! The openraft type configuration shared by the meta group and every queue group.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
 use raftmq_types::{RaftRequest, RaftResponse};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,15 +19,50 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-/// A snapshot's data. What a node receives, and the meta group's catalog,
-/// are bytes. A queue group's own snapshot is read from a RocksDB snapshot
-/// piece by piece while it is sent, so it is never whole in the sender's
-/// memory, and one that is never sent (openraft asks for the current
-/// snapshot at start-up, for its position) is never read.
+/// A snapshot's data. The meta group's catalog is bytes. A queue group's own
+/// snapshot is read from a RocksDB snapshot piece by piece while it is sent,
+/// so it is never whole in the sender's memory, and one that is never sent
+/// (openraft asks for the current snapshot at start-up, for its position) is
+/// never read. What a node receives is spooled to a file ([`SnapshotSpool`]),
+/// so it is never whole in the receiver's memory either.
 pub enum SnapshotData {
     Bytes(Vec<u8>),
     Chunks(SnapshotChunks),
+    File(BufReader<File>),
 }
+
+/// A snapshot being received: its pieces are appended to an unnamed file in
+/// the database directory, gone when closed (also after a crash).
+pub struct SnapshotSpool {
+    file: BufWriter<File>,
+}
+
+impl SnapshotSpool {
+    pub(crate) fn create(dir: &Path) -> Result<SnapshotSpool, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StorageError::Io { what: format!("create {}", dir.display()), source })?;
+        let file = tempfile::tempfile_in(dir)
+            .map_err(|source| StorageError::Io { what: format!("create a file in {}", dir.display()), source })?;
+        Ok(SnapshotSpool { file: BufWriter::new(file) })
+    }
+
+    /// Appends the next piece (a write to the page cache; not synced: the
+    /// spool is read once, by the install, and never after a restart).
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), StorageError> {
+        self.file.write_all(piece).map_err(|source| StorageError::Io { what: "spool a snapshot".into(), source })
+    }
+
+    /// The data received, to read from the start.
+    pub fn finish(self) -> Result<SnapshotData, StorageError> {
+        let io = |source| StorageError::Io { what: "spool a snapshot".into(), source };
+        let mut file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        Ok(SnapshotData::File(BufReader::new(file)))
+    }
+}
+
+/// The most a piece read back from a spool holds.
+const SPOOL_READ_BYTES: usize = 1024 * 1024;
 
 /// The pieces of a snapshot, read by a blocking task that waits for the
 /// first request; dropping this unread stops the task before it reads.
@@ -45,6 +84,14 @@ impl SnapshotData {
             SnapshotData::Bytes(bytes) => {
                 let rest = bytes.split_off(max.min(bytes.len()));
                 Some(Ok(std::mem::replace(bytes, rest)))
+            }
+            SnapshotData::File(file) => {
+                let mut piece = Vec::new();
+                match file.by_ref().take(max.min(SPOOL_READ_BYTES) as u64).read_to_end(&mut piece) {
+                    Ok(0) => None,
+                    Ok(_) => Some(Ok(piece)),
+                    Err(source) => Some(Err(StorageError::Io { what: "read a spooled snapshot".into(), source })),
+                }
             }
             SnapshotData::Chunks(chunks) => {
                 if let Some(start) = chunks.start.take() {
