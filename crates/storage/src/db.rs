@@ -103,7 +103,28 @@ impl Storage {
         let db = Arc::new(db);
         let storage = Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db };
         storage.check_format_version()?;
+        storage.remove_unfinished_snapshot_files()?;
         Ok(storage)
+    }
+
+    /// An install that a crash interrupted while it wrote its SST file left
+    /// that file behind (as big as the snapshot); nothing installs before
+    /// open returns, so every file there is such a one. Spools are unnamed.
+    fn remove_unfinished_snapshot_files(&self) -> Result<(), StorageError> {
+        let dir = self.db.path().join(SNAPSHOT_DIR);
+        let io = |source| StorageError::Io { what: format!("clean {}", dir.display()), source };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io)?.path();
+            if path.is_file() {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     fn check_format_version(&self) -> Result<(), StorageError> {

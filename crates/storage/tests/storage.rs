@@ -305,6 +305,18 @@ async fn snapshot_install_replaces_what_the_replica_had() {
     assert_eq!(bodies(&replica).len(), 6);
 }
 
+/// The SST file of an install a crash interrupted is removed at the next open.
+#[test]
+fn an_unfinished_snapshot_file_is_removed_at_open() {
+    let dir = TempDir::new().unwrap();
+    drop(open(&dir));
+    let leftover = dir.path().join("db").join("snapshots").join("group-7-00000000000000aa.sst");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, b"half an sst").unwrap();
+    drop(open(&dir));
+    assert!(!leftover.exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_survive_reopen_and_snapshot_install() {
     let dir = TempDir::new().unwrap();
