@@ -1,6 +1,6 @@
 //! Opening the node's database: column families, options, format version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use raftmq_types::GroupId;
@@ -13,7 +13,7 @@ use crate::{SnapshotSpool, StorageError, WalSyncer};
 
 /// Snapshots received and SST files of snapshots being installed, inside the
 /// database directory (RocksDB leaves other names alone).
-pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Bump when the layout of keys or values changes, with upgrade code.
 /// 2: producer dedup ids (`QueueKind::Dedup`), `dedup_window_ms` in queue
@@ -103,28 +103,31 @@ impl Storage {
         let db = Arc::new(db);
         let storage = Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db };
         storage.check_format_version()?;
-        storage.remove_unfinished_snapshot_files()?;
+        storage.prepare_snapshot_dir()?;
         Ok(storage)
     }
 
-    /// An install that a crash interrupted while it wrote its SST file left
-    /// that file behind (as big as the snapshot); nothing installs before
-    /// open returns, so every file there is such a one. Spools are unnamed.
-    fn remove_unfinished_snapshot_files(&self) -> Result<(), StorageError> {
-        let dir = self.db.path().join(SNAPSHOT_DIR);
-        let io = |source| StorageError::Io { what: format!("clean {}", dir.display()), source };
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(e)),
-        };
-        for entry in entries {
+    /// Creates the snapshot directory, or empties it: an install that a crash
+    /// interrupted while it wrote its SST file left that file behind (as big
+    /// as the snapshot), and nothing installs before open returns, so every
+    /// file there is such a one. Spools are unnamed.
+    fn prepare_snapshot_dir(&self) -> Result<(), StorageError> {
+        let dir = self.snapshot_dir();
+        let io = |source| StorageError::Io { what: format!("prepare {}", dir.display()), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if path.is_file() {
                 std::fs::remove_file(&path).map_err(io)?;
             }
         }
         Ok(())
+    }
+
+    /// Where snapshots are received and their SST files written; it exists
+    /// once the database is open.
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.db.path().join(SNAPSHOT_DIR)
     }
 
     fn check_format_version(&self) -> Result<(), StorageError> {
@@ -155,7 +158,7 @@ impl Storage {
 
     /// A file to receive a snapshot into (see [`SnapshotSpool`]).
     pub fn snapshot_spool(&self) -> Result<SnapshotSpool, StorageError> {
-        SnapshotSpool::create(&self.db.path().join(SNAPSHOT_DIR))
+        SnapshotSpool::create(&self.snapshot_dir())
     }
 
     pub fn syncer(&self) -> &Arc<WalSyncer> {

@@ -252,44 +252,32 @@ fn encode_frame(records: &SnapshotRecords) -> Result<Vec<u8>, StorageError> {
 /// (the sender cuts frames at about [`SNAPSHOT_FRAME_BYTES`], plus one record).
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 
-/// The frames of a snapshot's data, read and decoded one by one.
-fn read_frames(mut data: impl io::Read) -> impl Iterator<Item = Result<SnapshotRecords, StorageError>> {
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let frame = read_frame(&mut data);
-        if !matches!(frame, Ok(Some(_))) {
-            done = true;
-        }
-        frame.transpose()
-    })
+/// The frames of a snapshot's data, read and decoded one by one (the
+/// install stops at the first error).
+fn read_frames(mut data: impl io::BufRead) -> impl Iterator<Item = Result<SnapshotRecords, StorageError>> {
+    std::iter::from_fn(move || read_frame(&mut data).transpose())
 }
 
 /// The next frame, `None` at the end of the data.
-fn read_frame(data: &mut impl io::Read) -> Result<Option<SnapshotRecords>, StorageError> {
+fn read_frame(data: &mut impl io::BufRead) -> Result<Option<SnapshotRecords>, StorageError> {
     let io = |source| StorageError::Io { what: "read a snapshot".into(), source };
-    let mut length = [0u8; 4];
-    let mut filled = 0;
-    while filled < length.len() {
-        match data.read(&mut length[filled..]) {
-            Ok(0) if filled == 0 => return Ok(None),
-            Ok(0) => return Err(StorageError::MalformedSnapshot("truncated frame length".into())),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
+    if data.fill_buf().map_err(io)?.is_empty() {
+        return Ok(None);
     }
+    let truncated = |what: String| {
+        move |e: io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof => StorageError::MalformedSnapshot(what),
+            _ => io(e),
+        }
+    };
+    let mut length = [0u8; 4];
+    data.read_exact(&mut length).map_err(truncated("truncated frame length".into()))?;
     let length = u32::from_le_bytes(length) as usize;
     if length > MAX_FRAME_BYTES {
         return Err(StorageError::MalformedSnapshot(format!("frame of {length} bytes")));
     }
     let mut body = vec![0u8; length];
-    data.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => StorageError::MalformedSnapshot(format!("frame of {length} bytes truncated")),
-        _ => io(e),
-    })?;
+    data.read_exact(&mut body).map_err(truncated(format!("frame of {length} bytes truncated")))?;
     decode("snapshot frame", &body).map(Some)
 }
 
@@ -304,10 +292,7 @@ pub(crate) fn ingest_snapshot(
     meta: &SnapshotMeta,
     frames: impl Iterator<Item = Result<SnapshotRecords, StorageError>>,
 ) -> Result<(), StorageError> {
-    let dir = storage.db().path().join(crate::db::SNAPSHOT_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| StorageError::Io { what: format!("create {}", dir.display()), source })?;
-    let path = dir.join(format!("group-{}-{:016x}.sst", group.0, rand::random::<u64>()));
+    let path = storage.snapshot_dir().join(format!("group-{}-{:016x}.sst", group.0, rand::random::<u64>()));
     let written = (|| {
         let mut options = rocksdb::Options::default();
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -597,19 +582,16 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
     /// position (in `raft_meta`) is written after that; a crash in between
     /// is finished on the next open (`finish_interrupted_install`).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let (storage, group, installing) = (self.storage.clone(), self.group, meta.clone());
-        let ingest = match snapshot {
-            SnapshotData::File(file) => {
-                tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, read_frames(file)))
-            }
-            other => {
-                let data = other.into_bytes().await?;
-                tokio::task::spawn_blocking(move || {
-                    ingest_snapshot(&storage, group, &installing, read_frames(data.as_slice()))
-                })
-            }
+        // What a follower receives is a file; other data (tests hand over a
+        // sender's stream) is read into memory first.
+        let data: Box<dyn io::BufRead + Send> = match snapshot {
+            SnapshotData::File(file) => Box::new(file),
+            other => Box::new(io::Cursor::new(other.into_bytes().await?)),
         };
-        ingest.await.map_err(io::Error::other)??;
+        let (storage, group, installing) = (self.storage.clone(), self.group, meta.clone());
+        tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, read_frames(data)))
+            .await
+            .map_err(io::Error::other)??;
         write_installed_position(&self.storage, self.group, meta)?;
         let state = load_state(&self.storage, self.group)?;
         *self.state.write().expect("queue state lock poisoned") = state;

@@ -39,8 +39,6 @@ pub struct SnapshotSpool {
 
 impl SnapshotSpool {
     pub(crate) fn create(dir: &Path) -> Result<SnapshotSpool, StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StorageError::Io { what: format!("create {}", dir.display()), source })?;
         let file = tempfile::tempfile_in(dir)
             .map_err(|source| StorageError::Io { what: format!("create a file in {}", dir.display()), source })?;
         Ok(SnapshotSpool { file: BufWriter::new(file) })
