@@ -967,6 +967,20 @@ impl QueueState {
             || self.cold.first_held_by(subscription).is_some()
     }
 
+    /// How many messages a lease of `subscription` would find available now
+    /// (evicted ones included, as in `has_available`), counting no further
+    /// than `limit`.
+    pub fn available_up_to(&self, subscription: SubscriptionId, now: TimestampMs, limit: u64) -> u64 {
+        let Some(sub) = self.subscriptions.get(&subscription) else {
+            return 0;
+        };
+        let hot = sub.available_up_to(now, usize::try_from(limit).unwrap_or(usize::MAX)) as u64;
+        if hot >= limit || self.cold.first_held_by(subscription).is_none() {
+            return hot;
+        }
+        (hot + self.cold.held_by(subscription)).min(limit)
+    }
+
     pub fn next_wakeup(&self, subscription: SubscriptionId, now: TimestampMs) -> Option<TimestampMs> {
         self.subscriptions.get(&subscription)?.next_wakeup(now)
     }

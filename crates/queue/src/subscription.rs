@@ -195,6 +195,16 @@ impl Subscription {
             || self.leased.first().is_some_and(|(at, _)| *at <= now)
     }
 
+    /// How many messages a lease would find available now, counting no
+    /// further than `limit`.
+    pub fn available_up_to(&self, now: TimestampMs, limit: usize) -> usize {
+        let due = (TimestampMs(now.0.saturating_add(1)), Offset(0));
+        let waiting = self.waiting.range(..due);
+        let leased = self.leased.range(..due);
+        let ready = self.ready.len().min(limit);
+        ready + waiting.chain(leased).take(limit - ready).count()
+    }
+
     /// Whether a lease would take the message at `offset` now.
     pub fn is_available(&self, now: TimestampMs, offset: Offset) -> bool {
         self.ready.contains(&offset)

@@ -392,6 +392,9 @@ fn stats_count_each_kind_of_message() {
     assert_eq!((s.in_flight, s.delayed, s.available), (0, 1, 3));
     let s = q.state.stats(TimestampMs(1020));
     assert_eq!((s.in_flight, s.delayed, s.available), (0, 0, 4));
+    let available = |now, limit| q.state.available_up_to(D, TimestampMs(now), limit);
+    assert_eq!((available(50, 10), available(110, 10), available(1020, 10)), (2, 3, 4));
+    assert_eq!((available(1020, 3), available(1020, 0)), (3, 0));
 }
 
 #[test]
@@ -607,6 +610,15 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         }
         assert_eq!(a.state.stats(TimestampMs(now)), b.state.stats(TimestampMs(now)), "seed {seed}");
         assert_eq!(a.state.subscriptions(TimestampMs(now)), b.state.subscriptions(TimestampMs(now)), "seed {seed}");
+        // The count the leader's consumers check before proposing a lease
+        // agrees with the stats, whatever is evicted, and stops at its limit.
+        for sub in a.state.subscriptions(TimestampMs(now)) {
+            for q in [&a, &b] {
+                let available = |limit| q.state.available_up_to(sub.id, TimestampMs(now), limit);
+                assert_eq!(available(u64::MAX), sub.available, "seed {seed}");
+                assert_eq!(available(3), sub.available.min(3), "seed {seed}");
+            }
+        }
     }
     println!("{evictions} commands evicted, {reloads} read back");
     assert!(evictions > 0 && reloads > 0, "the run never evicted or never read back (seed {seed})");

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod dead_letters;
 pub mod error;
 pub mod grpc;
+pub mod lease_claims;
 pub mod routing;
 
 use std::collections::BTreeMap;

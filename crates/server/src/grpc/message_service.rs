@@ -29,6 +29,7 @@ use crate::clock;
 use crate::convert;
 use crate::error::ApiError;
 use crate::grpc::{request_reply, stream_consume};
+use crate::lease_claims::{LeaseClaims, Turn};
 use raftmq_raft::QueueGroup;
 
 use crate::routing::{CallContext, LocalError, Router, propose};
@@ -36,13 +37,17 @@ use crate::routing::{CallContext, LocalError, Router, propose};
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_WAIT_MS: u64 = 60_000;
 
+#[derive(Clone)]
 pub struct MessageServiceImpl {
     router: Arc<Router>,
+    /// Leases proposed here and not yet answered, shared by every consume
+    /// and stream served by this node.
+    lease_claims: Arc<LeaseClaims>,
 }
 
 impl MessageServiceImpl {
     pub fn new(router: Arc<Router>) -> Self {
-        MessageServiceImpl { router }
+        MessageServiceImpl { router, lease_claims: Arc::default() }
     }
 }
 
@@ -127,33 +132,50 @@ impl MessageServiceImpl {
     }
 }
 
+/// What a consume asks a lease for.
+struct LeaseAsk {
+    subscription: SubscriptionName,
+    max_messages: u32,
+    max_bytes: u64,
+    correlation_id: Option<String>,
+    visibility_timeout_ms: u64,
+}
+
 /// Leases messages on the leader, waiting up to `wait_until` for some to
-/// become available. Proposes nothing while nothing is available.
+/// become available. Proposes nothing while nothing is available, nor while
+/// leases already on their way (from other consumers) ask for everything
+/// that is ([`crate::lease_claims`]).
 async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
-    subscription: SubscriptionName,
-    (max_messages, max_bytes): (u32, u64),
-    correlation_id: Option<String>,
-    visibility_timeout_ms: u64,
+    claims: Arc<LeaseClaims>,
+    ask: LeaseAsk,
     wait_until: Instant,
 ) -> Result<Vec<raftmq_proto::v1::Message>, LocalError> {
+    let LeaseAsk { subscription, max_messages, max_bytes, correlation_id, visibility_timeout_ms } = ask;
     let mut applied = group.reader.applied_index_watch();
     let own_id = group.raft.metrics().borrow_watched().id;
     loop {
         let now = clock::now();
-        let (available, wakeup) = {
+        let (lease_now, claim, mut answered, wakeup) = {
             let state = group.reader.state();
             let Some(id) = state.subscription_id(&subscription) else {
                 return Err(ApiError::SubscriptionNotFound { queue: group.queue.to_string(), subscription }.into());
             };
-            let available = match &correlation_id {
-                Some(correlation_id) => state.has_available_correlated(id, now, correlation_id),
-                None => state.has_available(id, now),
+            let (lease_now, claim, answered) = match &correlation_id {
+                // A correlated lease picks its own few messages: not claimed.
+                Some(correlation_id) => (state.has_available_correlated(id, now, correlation_id), None, None),
+                None => match claims
+                    .turn(group.group_id, &subscription, max_messages, |limit| state.available_up_to(id, now, limit))
+                {
+                    Turn::Propose(claim) => (true, Some(claim), None),
+                    Turn::Wait(answered) => (false, None, Some(answered)),
+                    Turn::Nothing => (false, None, None),
+                },
             };
-            (available, state.next_wakeup(id, now))
+            (lease_now, claim, answered, state.next_wakeup(id, now))
         };
-        if available {
+        if lease_now {
             let policy = config.delivery_policy(rand::random());
             let command = QueueCommand::Lease {
                 subscription: subscription.clone(),
@@ -165,6 +187,7 @@ async fn lease_on_leader(
             };
             match propose(&group, QueueRequest { now, command }).await? {
                 QueueResponse::Leased { messages } if !messages.is_empty() => {
+                    drop(claim);
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
                     let bodies = group
                         .reader
@@ -180,10 +203,13 @@ async fn lease_on_leader(
                 other => return Err(unexpected(other)),
             }
         }
+        // The lease is answered (or was never proposed): others may go.
+        drop(claim);
         if Instant::now() >= wait_until {
             return Ok(Vec::new());
         }
-        // Sleep until something is applied, a lease or delay runs out, or the wait ends.
+        // Sleep until something is applied, a lease in flight is answered, a
+        // lease or delay runs out, or the wait ends.
         let mut sleep_until = wait_until;
         if let Some(wakeup) = wakeup {
             let in_ms = wakeup.0.saturating_sub(now.0);
@@ -194,6 +220,15 @@ async fn lease_on_leader(
         if leader != Some(own_id) {
             return Err(LocalError::NotLeader(leader));
         }
+        let lease_answered = async {
+            match answered.as_mut() {
+                // Changed or closed (the last claim gone): either way, look again.
+                Some(receiver) => {
+                    let _ = receiver.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
@@ -201,6 +236,7 @@ async fn lease_on_leader(
                     return Err(ApiError::Unavailable(format!("queue {} is shutting down here", group.queue)).into());
                 }
             }
+            _ = lease_answered => {}
             _ = tokio::time::sleep_until(sleep_until) => {}
         }
     }
@@ -225,7 +261,7 @@ impl MessageService for MessageServiceImpl {
         request: Request<Streaming<StreamConsumeRequest>>,
     ) -> Result<Response<Self::StreamConsumeStream>, Status> {
         // The stream's tasks outlive this call; they share the router.
-        let messages = Arc::new(MessageServiceImpl::new(self.router.clone()));
+        let messages = Arc::new(self.clone());
         Ok(Response::new(stream_consume::serve(messages, request.into_inner()).await?))
     }
 
@@ -365,17 +401,14 @@ impl MessageService for MessageServiceImpl {
                         0 => entry.config.visibility_timeout_ms,
                         ms => ms,
                     };
-                    let limits = (request.max_messages, request.max_bytes);
-                    let correlation_id = (!request.correlation_id.is_empty()).then(|| request.correlation_id.clone());
-                    lease_on_leader(
-                        group,
-                        entry.config,
-                        subscription.clone(),
-                        limits,
-                        correlation_id,
+                    let ask = LeaseAsk {
+                        subscription: subscription.clone(),
+                        max_messages: request.max_messages,
+                        max_bytes: request.max_bytes,
+                        correlation_id: (!request.correlation_id.is_empty()).then(|| request.correlation_id.clone()),
                         visibility_timeout_ms,
-                        wait_until,
-                    )
+                    };
+                    lease_on_leader(group, entry.config, self.lease_claims.clone(), ask, wait_until)
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();
