@@ -963,19 +963,18 @@ impl QueueState {
     }
 
     pub fn has_available(&self, subscription: SubscriptionId, now: TimestampMs) -> bool {
-        self.subscriptions.get(&subscription).is_some_and(|sub| sub.has_available(now))
-            || self.cold.first_held_by(subscription).is_some()
+        self.available_up_to(subscription, now, 1) > 0
     }
 
     /// How many messages a lease of `subscription` would find available now
-    /// (evicted ones included, as in `has_available`), counting no further
+    /// (evicted ones included: never delivered, so due), counting no further
     /// than `limit`.
     pub fn available_up_to(&self, subscription: SubscriptionId, now: TimestampMs, limit: u64) -> u64 {
         let Some(sub) = self.subscriptions.get(&subscription) else {
             return 0;
         };
         let hot = sub.available_up_to(now, usize::try_from(limit).unwrap_or(usize::MAX)) as u64;
-        if hot >= limit || self.cold.first_held_by(subscription).is_none() {
+        if hot >= limit {
             return hot;
         }
         (hot + self.cold.held_by(subscription)).min(limit)

@@ -188,13 +188,6 @@ impl Subscription {
         offsets
     }
 
-    /// Whether a lease would get a message now.
-    pub fn has_available(&self, now: TimestampMs) -> bool {
-        !self.ready.is_empty()
-            || self.waiting.first().is_some_and(|(at, _)| *at <= now)
-            || self.leased.first().is_some_and(|(at, _)| *at <= now)
-    }
-
     /// How many messages a lease would find available now, counting no
     /// further than `limit`.
     pub fn available_up_to(&self, now: TimestampMs, limit: usize) -> usize {

@@ -185,9 +185,11 @@ async fn lease_on_leader(
                 policy,
                 correlation_id: correlation_id.clone(),
             };
-            match propose(&group, QueueRequest { now, command }).await? {
+            let response = propose(&group, QueueRequest { now, command }).await?;
+            // The lease is answered: consumers waiting on it may look again.
+            drop(claim);
+            match response {
                 QueueResponse::Leased { messages } if !messages.is_empty() => {
-                    drop(claim);
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
                     let bodies = group
                         .reader
@@ -203,8 +205,6 @@ async fn lease_on_leader(
                 other => return Err(unexpected(other)),
             }
         }
-        // The lease is answered (or was never proposed): others may go.
-        drop(claim);
         if Instant::now() >= wait_until {
             return Ok(Vec::new());
         }
