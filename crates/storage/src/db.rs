@@ -27,14 +27,14 @@ const SNAPSHOT_DIR: &str = "snapshots";
 pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
-/// The node's database and its WAL syncer; cheap to clone.
+/// The column families, all opened at once and flushed together.
+const ALL_CFS: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_QUEUE, CF_META];
 /// The memtables of every column family together are flushed above this.
 const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// Obsolete WAL files kept to be written over (see `Storage::open`).
-const WAL_FILES_RECYCLED: usize = 4;
 
+/// The node's database and its WAL syncer; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
@@ -54,8 +54,8 @@ impl Storage {
     }
 
     /// [`Storage::open`] with a given budget for the memtables of all column
-    /// families together: above it the largest is flushed and a new WAL
-    /// file begins. Tests use a small one to switch WAL files often.
+    /// families together: above it they are flushed (all at once) and a new
+    /// WAL file begins. Tests use a small one to switch WAL files often.
     pub fn open_with_memtable_budget(path: &Path, budget: usize) -> Result<Storage, StorageError> {
         // No space is preallocated for files (the Rust binding has no setter
         // for this one). RocksDB preallocated each WAL file (about 74 MiB
@@ -67,14 +67,15 @@ impl Storage {
         options.create_missing_column_families(true);
         // The WAL is synced explicitly (see WalSyncer), never on every write.
         options.set_manual_wal_flush(false);
-        // Obsolete WAL files are written over instead of new ones created:
-        // overwriting blocks that are already allocated and written lets an
-        // fdatasync flush the data without an inode update. This needs the
-        // default point-in-time recovery, which tells a recycled file's old
-        // records from new ones by their log number (RocksDB's fix #12403; we
-        // build 11.8). The stricter recovery modes turn recycling off, which
-        // tests/wal_crash.rs would notice.
-        options.set_recycle_log_file_num(WAL_FILES_RECYCLED);
+        // WAL files are not recycled (`recycle_log_file_num`): RocksDB refuses
+        // writes without the WAL when it recycles, and applying without the
+        // WAL halves what each fsync writes, which does more for the tail
+        // than recycling did (docs/performance.md, 2026-12-03, fourth session).
+        // Queue groups apply without the WAL (`ApplyWrite::Unlogged`): their
+        // data (`queue`) and applied position (`raft_meta`) survive a crash
+        // only as far as the last flush, so every flush is of all column
+        // families at once, and position and data always agree.
+        options.set_atomic_flush(true);
         // RocksDB's memory has a budget: the memtables of all column
         // families together, and one block cache for all of them (by
         // default each has its own). Index blocks are charged to the cache
@@ -98,8 +99,7 @@ impl Storage {
             cf_options.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(name, cf_options)
         };
-        let db =
-            DB::open_cf_descriptors(&options, path, [cf(CF_RAFT_LOG), cf(CF_RAFT_META), cf(CF_QUEUE), cf(CF_META)])?;
+        let db = DB::open_cf_descriptors(&options, path, ALL_CFS.map(cf))?;
         let db = Arc::new(db);
         let storage = Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db };
         storage.check_format_version()?;
@@ -149,6 +149,18 @@ impl Storage {
                 self.db.put_cf_opt(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &write)?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes every memtable to SST files (all column families at once) and
+    /// returns when they are durable: what was applied without the WAL
+    /// before this call survives a crash after it. Blocks for as long as the
+    /// flush takes (up to the memtable budget's worth of writes).
+    pub fn flush_memtables(&self) -> Result<(), StorageError> {
+        let cfs: Vec<&ColumnFamily> = ALL_CFS.iter().map(|name| self.cf(name)).collect();
+        let mut options = rocksdb::FlushOptions::default();
+        options.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &options)?;
         Ok(())
     }
 

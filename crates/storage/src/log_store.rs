@@ -189,7 +189,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Apply writes are not synced one by one. Before dropping log entries
-        // that could rebuild the applied state, make that state durable.
+        // that could rebuild the applied state, make that state durable: the
+        // meta group's apply writes are in the WAL, synced here; queue groups
+        // apply without the WAL, and flushed when their snapshot was built.
         self.storage.syncer().sync().await?;
         self.put_meta(MetaTag::LastPurged, "last purged log id", &log_id)?;
         let cf = self.storage.cf(CF_RAFT_LOG);

@@ -15,8 +15,8 @@ use tracing::warn;
 use crate::error::{decode, encode};
 use crate::keys::CF_META;
 use crate::sm_meta::{
-    LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
-    read_applied_state_at, read_snapshot, write_synced,
+    ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
+    read_applied_state, read_applied_state_at, read_snapshot, write_synced,
 };
 use crate::{Catalog, SnapshotData, Storage, StorageError, TypeConfig};
 
@@ -103,7 +103,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         }
         // The catalog is published after it is written and before the
         // answers: a create handler reads it as soon as its write returns.
-        applied.commit(&self.storage, batch, META_GROUP_ID, |_| {
+        applied.commit(&self.storage, batch, META_GROUP_ID, ApplyWrite::Logged, |_| {
             if changed {
                 self.catalog.send_replace(Arc::new(catalog));
             }

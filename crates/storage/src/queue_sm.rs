@@ -2,8 +2,10 @@
 //! commands with `raftmq-queue` and persists their changes.
 //!
 //! Apply writes every change of one apply call, plus the applied log id, in one
-//! WriteBatch without fsync: the log entries are already durable, and after a
-//! crash apply resumes from the persisted applied log id.
+//! WriteBatch, to the memtables only (`ApplyWrite::Unlogged`): the log entries
+//! are already durable, and after a crash apply resumes from the applied log id
+//! of the last flush. Building a snapshot flushes, so the log is never purged
+//! past what a crash would leave.
 //!
 //! A deep backlog stays on disk: after each write the state evicts messages
 //! past [`MESSAGES_IN_MEMORY`] that nobody has received yet, and reads them
@@ -23,7 +25,7 @@ use raftmq_queue::{
 use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, SubscriptionId, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::error::{decode, encode};
 use crate::keys::{
@@ -31,8 +33,8 @@ use crate::keys::{
     queue_kind_range, queue_offset, subscription_range,
 };
 use crate::sm_meta::{
-    LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot, read_applied_state,
-    read_applied_state_at, read_snapshot, write_synced,
+    ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
+    read_applied_state, read_applied_state_at, read_snapshot, write_synced,
 };
 use crate::stages::{self, Stage};
 use crate::type_config::SnapshotChunks;
@@ -166,9 +168,16 @@ impl QueueStateMachine {
     /// stored: the queue's data is in RocksDB already, so a snapshot's data
     /// is read when one is sent ([`Self::stream_snapshot`]), not copied into
     /// memory and the database every 20,000 entries. openraft uses only the
-    /// meta of a built snapshot, to purge the log behind it.
+    /// meta of a built snapshot, to purge the log behind it, so the state at
+    /// that position is flushed first: apply wrote it without the WAL
+    /// (`ApplyWrite::Unlogged`), and without the flush a crash after the
+    /// purge would leave the state behind the log's first entry. Blocks for
+    /// the flush.
     fn build(&self) -> Result<Snapshot, StorageError> {
         let (applied, membership) = read_applied_state(&self.storage, self.group)?;
+        let started = std::time::Instant::now();
+        self.storage.flush_memtables()?;
+        debug!(group = %self.group, ms = started.elapsed().as_millis() as u64, "memtables flushed for a snapshot");
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, self.group, &meta, &[])?;
@@ -527,7 +536,8 @@ impl RaftSnapshotBuilder<TypeConfig> for QueueStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        Ok(self.build()?)
+        let builder = self.clone();
+        Ok(tokio::task::spawn_blocking(move || builder.build()).await.map_err(io::Error::other)??)
     }
 }
 
@@ -560,7 +570,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         .await?;
         let mut batch = WriteBatch::default();
         self.write_changes(&mut batch, &changes)?;
-        applied.commit(&self.storage, batch, self.group, |applied| {
+        applied.commit(&self.storage, batch, self.group, ApplyWrite::Unlogged, |applied| {
             if let Some(log_id) = applied {
                 self.applied.send_replace(log_id.index());
             }

@@ -105,21 +105,40 @@ pub(crate) struct AppliedEntries {
     pub last_membership: Option<Membership>,
 }
 
+/// How an apply call's write reaches the disk. Never synced either way: the
+/// log entries are durable, and after a crash apply resumes from the
+/// persisted applied position.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ApplyWrite {
+    /// Through the WAL: RocksDB replays it after a crash. The meta group's
+    /// (rare) writes, whose snapshots carry their data and are not flushed.
+    Logged,
+    /// To the memtables only. After a crash the state and its applied
+    /// position are those of the last flush (the column families flush
+    /// atomically, `Storage::open`), and the log from there on is still
+    /// there because a snapshot flushes before openraft purges behind it
+    /// (`Storage::flush_memtables`). Queue groups: a body is written to the
+    /// WAL once, in its log entry, not a second time by apply.
+    Unlogged,
+}
+
 impl AppliedEntries {
-    /// Persists the applied position in `batch`, writes it (not synced: the
-    /// log is durable and apply resumes from the persisted position), runs
-    /// `publish` with the applied position (what readers see of the new
-    /// state must be there before a proposer hears back), then answers the
-    /// proposers.
+    /// Persists the applied position in `batch`, writes it as `write` says
+    /// (never synced), runs `publish` with the applied position (what
+    /// readers see of the new state must be there before a proposer hears
+    /// back), then answers the proposers.
     pub fn commit(
         self,
         storage: &Storage,
         mut batch: WriteBatch,
         group: GroupId,
+        write: ApplyWrite,
         publish: impl FnOnce(Option<&LogId>),
     ) -> Result<(), StorageError> {
         put_applied_state(storage, &mut batch, group, &self.last_applied, self.last_membership.as_ref())?;
-        storage.db().write(batch)?;
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(matches!(write, ApplyWrite::Unlogged));
+        storage.db().write_opt(batch, &options)?;
         publish(self.last_applied.as_ref());
         for (responder, response) in self.responses {
             responder.send(response);

@@ -1,0 +1,163 @@
+//! A crash (SIGKILL) of a node loses nothing a queue's state machine needs:
+//! apply writes without the WAL, so after a crash the state and its applied
+//! position are those of the last memtable flush, and the log from there on
+//! must still be there to apply again.
+//!
+//! The test runs itself as a child process that appends produce entries
+//! through `LogStore`, applies each through `QueueStateMachine`, and every
+//! `SNAPSHOT_EVERY` entries builds a snapshot and purges the whole log up to
+//! it (openraft keeps more; this is the harshest it could do). After a few
+//! snapshots the child applies some more entries and stops; the parent kills
+//! it with SIGKILL, reopens the database, and checks that the state agrees
+//! with its applied position, that the log still holds every entry after
+//! that position, and that applying them again gives every message once.
+//! It does so twice: with a memtable budget that never fills (only the
+//! snapshots flush), and with a small one (RocksDB also flushes on its own,
+//! between snapshots).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
+use raftmq_storage::{LogStore, QueueStateMachine, Storage, TypeConfig};
+use raftmq_types::{GroupId, NewMessage, QueueCommand, QueueRequest, RaftRequest, TimestampMs};
+use tempfile::TempDir;
+
+type Entry = openraft::alias::EntryOf<TypeConfig>;
+
+const GROUP: GroupId = GroupId(3);
+/// Set in the child's environment: the database directory to use.
+const CHILD_DIR: &str = "RAFTMQ_APPLY_CRASH_CHILD_DIR";
+/// Set in the child's environment: its memtable budget in bytes.
+const CHILD_BUDGET: &str = "RAFTMQ_APPLY_CRASH_CHILD_BUDGET";
+const TEST_NAME: &str = "a_crash_after_a_snapshot_and_purge_loses_no_applied_entry";
+/// Flushed on its own every 100 entries or so.
+const SMALL_BUDGET: usize = 1024 * 1024;
+/// Never full in this test: 1,337 entries write about 11 MB.
+const LARGE_BUDGET: usize = 64 * 1024 * 1024;
+const BODY_BYTES: usize = 4 * 1024;
+const SNAPSHOT_EVERY: u64 = 400;
+/// The child stops this many entries after its last snapshot, their apply
+/// written but not flushed.
+const STOP_AT: u64 = 3 * SNAPSHOT_EVERY + 137;
+
+fn entry(index: u64) -> Entry {
+    let body = vec![(index % 251) as u8; BODY_BYTES];
+    let command = QueueCommand::Produce {
+        messages: vec![NewMessage { body, ..Default::default() }],
+        dedup_window_ms: 0,
+        limits: Default::default(),
+    };
+    Entry::new(
+        openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        EntryPayload::Normal(RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command })),
+    )
+}
+
+async fn apply(sm: &mut QueueStateMachine, entries: Vec<Entry>) {
+    sm.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.expect("apply");
+}
+
+/// The child: appends and applies entries 1 to `STOP_AT`, snapshots and
+/// purges every `SNAPSHOT_EVERY`, then waits to be killed (bounded, in case
+/// the parent is gone).
+async fn child(dir: &Path, budget: usize) {
+    let storage = Storage::open_with_memtable_budget(dir, budget).expect("open storage");
+    let mut log = LogStore::new(storage.clone(), GROUP);
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("open the state machine");
+    for index in 1..=STOP_AT {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![entry(index)], IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("callback called").expect("append flushed");
+        apply(&mut sm, vec![entry(index)]).await;
+        if index % SNAPSHOT_EVERY == 0 {
+            let snapshot = sm.build_snapshot().await.expect("build a snapshot");
+            let upto = snapshot.meta.last_log_id.expect("a snapshot of applied entries");
+            assert_eq!(upto.index(), index);
+            log.purge(upto).await.expect("purge");
+        }
+    }
+    // Printed after the test harness's "test NAME ... " on the same line.
+    println!("stopped at {STOP_AT}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Kills the child if the parent fails before it means to.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_a_snapshot_and_purge_loses_no_applied_entry() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let budget = std::env::var(CHILD_BUDGET).expect("a budget").parse().expect("a number");
+        child(Path::new(&dir), budget).await;
+        return;
+    }
+    for budget in [LARGE_BUDGET, SMALL_BUDGET] {
+        crash_and_recover(budget).await;
+    }
+}
+
+async fn crash_and_recover(budget: usize) {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("db");
+    let process = Command::new(std::env::current_exe().unwrap())
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, &db)
+        .env(CHILD_BUDGET, budget.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child");
+    let mut process = Killed(process);
+    let stdout = process.0.stdout.take().unwrap();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("stopped at") {
+                let _ = stopped_tx.send(());
+            }
+        }
+    });
+    stopped_rx.recv_timeout(Duration::from_secs(120)).expect("the child stops within 120 s");
+    process.0.kill().expect("SIGKILL the child");
+    process.0.wait().unwrap();
+    reader.join().unwrap();
+
+    let storage = Storage::open(&db).expect("reopen after the crash");
+    let mut log = LogStore::new(storage.clone(), GROUP);
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("reopen the state machine");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    let applied = applied.map(|l| l.index()).unwrap_or(0);
+    let now = TimestampMs(STOP_AT + 1);
+    let depth = sm.reader().state().stats(now).depth;
+    let budget = format!("memtable budget {budget}");
+    assert_eq!(depth, applied, "{budget}: the state holds {depth} messages, but its applied position is {applied}");
+    let state = log.get_log_state().await.unwrap();
+    let purged = state.last_purged_log_id.map(|l| l.index()).unwrap_or(0);
+    let last = state.last_log_id.map(|l| l.index()).unwrap_or(0);
+    assert!(
+        purged <= applied,
+        "{budget}: the log is purged up to {purged}, but only {applied} is applied after the crash"
+    );
+    assert_eq!(last, STOP_AT, "{budget}: every append was durable");
+    assert!(applied >= 3 * SNAPSHOT_EVERY, "{budget}: applied {applied}, the last snapshot's position is lost");
+
+    let again = log.try_get_log_entries(applied + 1..=last).await.unwrap();
+    assert_eq!(again.len() as u64, last - applied, "{budget}: log entries missing after {applied}");
+    apply(&mut sm, again).await;
+    let stats = sm.reader().state().stats(now);
+    assert_eq!(stats.depth, STOP_AT, "{budget}: every produced message, once");
+    assert_eq!(stats.next_offset.0, STOP_AT);
+}
