@@ -2,6 +2,9 @@
 //! catches up from a snapshot: the leader reads the queue's state from
 //! RocksDB (a built snapshot stores only its position), sends it, and the
 //! follower's own replica then answers with exactly the leader's state.
+//! Then the leader, which applied without the WAL and purged its log behind
+//! its snapshot, is killed with SIGKILL and rebuilds the same state from
+//! what it flushed and the log it kept.
 
 use std::time::Duration;
 
@@ -60,5 +63,22 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     assert_eq!((replica.depth, replica.next_offset), (expected.depth, expected.next_offset));
     let log = std::fs::read_to_string(cluster.log_path(follower)).expect("read the follower's log");
     assert!(log.contains("install full snapshot"), "the follower caught up from the log, not a snapshot");
+
+    // The leader applied without the WAL, snapshotted and purged its log
+    // behind the snapshot. Killed with SIGKILL, it keeps only the state of
+    // its last memtable flush (the one its snapshot made, since these small
+    // messages never fill the memtable budget), and must rebuild the rest
+    // from the log it kept: its own replica, not one sent by the new leader.
+    cluster.kill(leader);
+    cluster.restart(leader);
+    poll_until(Duration::from_secs(60), "the restarted leader has applied its log again", async || {
+        let group = cluster.group_status(leader, QUEUE).await?;
+        (group.applied_index >= leader_status.last_log_index).then_some(())
+    })
+    .await;
+    let rebuilt = cluster.client(leader).get_queue(QUEUE).await.expect("get on the old leader").stats.expect("stats");
+    assert_eq!((rebuilt.depth, rebuilt.next_offset), (expected.depth, expected.next_offset));
+    let log = std::fs::read_to_string(cluster.log_path(leader)).expect("read the old leader's log");
+    assert!(!log.contains("install full snapshot"), "the old leader was sent a snapshot instead of replaying its log");
     cluster.assert_running();
 }
