@@ -307,7 +307,6 @@ impl MessageService for MessageServiceImpl {
                     .map_err(|status| Status::invalid_argument(format!("messages[{i}].{}", status.message())))?;
             }
         }
-        let messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
         // Relative delays and lifetimes count from the leader's clock when it proposes.
         let delays: Vec<(u64, u64)> = request.messages.iter().map(|m| (m.delay_ms, m.ttl_ms)).collect();
         let response = self
@@ -316,7 +315,10 @@ impl MessageService for MessageServiceImpl {
                 ctx,
                 &queue,
                 |group, entry| {
-                    let mut messages = messages.clone();
+                    // Converted on each attempt (a retry after a leader change
+                    // needs its own): one copy of the bodies, not a
+                    // conversion and then a clone.
+                    let mut messages: Vec<NewMessage> = request.messages.iter().map(convert::new_message).collect();
                     let queue = &queue;
                     let delays = &delays;
                     async move {
