@@ -15,20 +15,17 @@
 //! snapshots flush), and with a small one (RocksDB also flushes on its own,
 //! between snapshots).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use openraft::EntryPayload;
-use openraft::entry::RaftEntry;
+use common::{ChildTest, Entry, produce_entry};
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use raftmq_storage::{LogStore, QueueStateMachine, Storage, TypeConfig};
-use raftmq_types::{GroupId, NewMessage, QueueCommand, QueueRequest, RaftRequest, TimestampMs};
+use raftmq_types::{GroupId, TimestampMs};
 use tempfile::TempDir;
-
-type Entry = openraft::alias::EntryOf<TypeConfig>;
 
 const GROUP: GroupId = GroupId(3);
 /// Set in the child's environment: the database directory to use.
@@ -47,16 +44,7 @@ const SNAPSHOT_EVERY: u64 = 400;
 const STOP_AT: u64 = 3 * SNAPSHOT_EVERY + 137;
 
 fn entry(index: u64) -> Entry {
-    let body = vec![(index % 251) as u8; BODY_BYTES];
-    let command = QueueCommand::Produce {
-        messages: vec![NewMessage { body, ..Default::default() }],
-        dedup_window_ms: 0,
-        limits: Default::default(),
-    };
-    Entry::new(
-        openraft::testing::log_id::<TypeConfig>(1, 1, index),
-        EntryPayload::Normal(RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command })),
-    )
+    produce_entry(index, BODY_BYTES)
 }
 
 async fn apply(sm: &mut QueueStateMachine, entries: Vec<Entry>) {
@@ -82,19 +70,8 @@ async fn child(dir: &Path, budget: usize) {
             log.purge(upto).await.expect("purge");
         }
     }
-    // Printed after the test harness's "test NAME ... " on the same line.
     println!("stopped at {STOP_AT}");
     tokio::time::sleep(Duration::from_secs(60)).await;
-}
-
-/// Kills the child if the parent fails before it means to.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,28 +89,14 @@ async fn a_crash_after_a_snapshot_and_purge_loses_no_applied_entry() {
 async fn crash_and_recover(budget: usize) {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
-    let process = Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, &db)
-        .env(CHILD_BUDGET, budget.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the child");
-    let mut process = Killed(process);
-    let stdout = process.0.stdout.take().unwrap();
-    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("stopped at") {
-                let _ = stopped_tx.send(());
-            }
-        }
-    });
-    stopped_rx.recv_timeout(Duration::from_secs(120)).expect("the child stops within 120 s");
-    process.0.kill().expect("SIGKILL the child");
-    process.0.wait().unwrap();
-    reader.join().unwrap();
+    let budget_text = budget.to_string();
+    let child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str()), (CHILD_BUDGET, budget_text.as_ref())]);
+    // Printed after the test harness's "test NAME ... " on the same line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {
+        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
+    }
+    child.kill();
 
     let storage = Storage::open(&db).expect("reopen after the crash");
     let mut log = LogStore::new(storage.clone(), GROUP);

@@ -7,20 +7,17 @@
 //! fsync completed; the parent kills it with SIGKILL mid-stream, reopens the
 //! database and reads every entry up to the last one printed.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openraft::EntryPayload;
-use openraft::entry::RaftEntry;
+use common::{ChildTest, Entry, produce_entry};
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use raftmq_storage::{LogStore, Storage, TypeConfig};
-use raftmq_types::{GroupId, NewMessage, QueueCommand, QueueRequest, RaftRequest, TimestampMs};
+use raftmq_types::GroupId;
 use tempfile::TempDir;
-
-type Entry = openraft::alias::EntryOf<TypeConfig>;
 
 const GROUP: GroupId = GroupId(3);
 /// Set in the child's environment: the database directory to append to.
@@ -34,16 +31,7 @@ const DURABLE_BEFORE_KILL: u64 = 3_000;
 const WAL_SWITCHES_BEFORE_KILL: usize = 5;
 
 fn entry(index: u64) -> Entry {
-    let body = vec![(index % 251) as u8; BODY_BYTES];
-    let command = QueueCommand::Produce {
-        messages: vec![NewMessage { body, ..Default::default() }],
-        dedup_window_ms: 0,
-        limits: Default::default(),
-    };
-    Entry::new(
-        openraft::testing::log_id::<TypeConfig>(1, 1, index),
-        EntryPayload::Normal(RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command })),
-    )
+    produce_entry(index, BODY_BYTES)
 }
 
 /// The child: appends entries 1, 2, ... and prints each index once durable.
@@ -56,16 +44,6 @@ async fn child(dir: &Path) {
         log.append(vec![entry(index)], IOFlushed::signal(tx)).await.expect("append");
         rx.await.expect("callback called").expect("append flushed");
         println!("durable {index}");
-    }
-}
-
-/// Kills the child if the parent fails before it means to.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -82,23 +60,8 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
     }
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
-    let process = Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, &db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the child");
-    let mut process = Killed(process);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = process.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(index) = line.strip_prefix("durable ").and_then(|i| i.parse::<u64>().ok()) {
-                let _ = lines_tx.send(index);
-            }
-        }
-    });
+    let child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str())]);
+    let durable_index = |line: String| line.rsplit("durable ").next().and_then(|i| i.parse::<u64>().ok());
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut durable = 0;
@@ -108,15 +71,13 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
             "after 60 s: {durable} appends durable, {} WAL file switches",
             wal_switches(&db)
         );
-        if let Ok(index) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+        if let Some(index) = child.lines.recv_timeout(Duration::from_millis(100)).ok().and_then(durable_index) {
             durable = index;
         }
     }
-    process.0.kill().expect("SIGKILL the child");
-    process.0.wait().unwrap();
-    reader.join().unwrap();
+    let lines = child.kill();
     // What the child printed before it died was durable when printed.
-    durable = lines_rx.try_iter().last().unwrap_or(durable);
+    durable = lines.try_iter().filter_map(durable_index).last().unwrap_or(durable);
 
     let storage = Storage::open(&db).expect("reopen after the crash");
     let mut log = LogStore::new(storage, GROUP);
