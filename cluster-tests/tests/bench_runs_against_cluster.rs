@@ -56,6 +56,14 @@ async fn bench_runs_against_cluster() {
     let commits = nodes_with("produce_commit");
     assert_eq!(commits.len(), 1, "one leader: {summary}");
     assert_eq!(commits[0]["count"].as_u64(), Some(produced / 16), "one commit per produce call: {summary}");
+    // The bench calls the leader, so the leader's handler timed every call,
+    // once (a forwarded call would be timed where the client called only).
+    let calls = nodes_with("produce_call");
+    assert_eq!(calls.len(), 1, "only the node called: {summary}");
+    assert_eq!(
+        (calls[0]["node"].clone(), calls[0]["count"].as_u64()),
+        (commits[0]["node"].clone(), Some(produced / 16))
+    );
     // Replication to the followers is timed on the queue's leader.
     let replicate = nodes_with("replicate");
     assert!(replicate.iter().any(|s| s["node"] == commits[0]["node"]), "{summary}");

@@ -16,6 +16,12 @@ use hdrhistogram::serialization::{Serializer, V2Serializer};
 /// A stage of the write path, as seen on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The node a client called: a `Produce` call from its decoded request
+    /// reaching the handler to the handler's answer (validation, routing,
+    /// forwarding to the leader if this node does not lead, the commit).
+    /// Its difference to the client's own timing is the network, gRPC
+    /// encoding and decoding, and waiting for a core outside the handler.
+    ProduceCall,
     /// Leader: a `Produce` command from proposal to its answer (leader's
     /// fsync, a follower's acknowledgement and apply, plus any wait in
     /// between).
@@ -37,12 +43,20 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] =
-        [Stage::ProduceCommit, Stage::OtherCommit, Stage::LogFlush, Stage::Fsync, Stage::Replicate, Stage::Apply];
+    pub const ALL: [Stage; 7] = [
+        Stage::ProduceCall,
+        Stage::ProduceCommit,
+        Stage::OtherCommit,
+        Stage::LogFlush,
+        Stage::Fsync,
+        Stage::Replicate,
+        Stage::Apply,
+    ];
 
     /// The name reported in `GetClusterStatus`.
     pub fn name(self) -> &'static str {
         match self {
+            Stage::ProduceCall => "produce_call",
             Stage::ProduceCommit => "produce_commit",
             Stage::OtherCommit => "other_commit",
             Stage::LogFlush => "log_flush",

@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::grpc::{request_reply, stream_consume};
 use crate::lease_claims::{LeaseClaims, Turn};
 use raftmq_raft::QueueGroup;
+use raftmq_storage::stages::{self, Stage};
 
 use crate::routing::{CallContext, LocalError, Router, propose};
 
@@ -266,7 +267,9 @@ impl MessageService for MessageServiceImpl {
     }
 
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let started = Instant::now();
         let ctx = CallContext::from_metadata(request.metadata());
+        let from_client = ctx.hops == 0;
         let request = request.into_inner();
         let queue = queue_name(&request.queue)?;
         check_batch("messages", request.messages.len())?;
@@ -371,6 +374,10 @@ impl MessageService for MessageServiceImpl {
                 },
             )
             .await?;
+        // Where a client called, not again where the call was forwarded to.
+        if from_client {
+            stages::record(Stage::ProduceCall, started.elapsed());
+        }
         Ok(Response::new(response))
     }
 
