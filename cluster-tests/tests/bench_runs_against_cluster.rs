@@ -62,7 +62,8 @@ async fn bench_runs_against_cluster() {
     assert_eq!(calls.len(), 1, "only the node called: {summary}");
     assert_eq!(
         (calls[0]["node"].clone(), calls[0]["count"].as_u64()),
-        (commits[0]["node"].clone(), Some(produced / 16))
+        (commits[0]["node"].clone(), Some(produced / 16)),
+        "the leader times each call once: {summary}"
     );
     // Replication to the followers is timed on the queue's leader.
     let replicate = nodes_with("replicate");

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use raftmq_cluster_tests::pb::QueueConfig;
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, poll_until};
+use raftmq_cluster_tests::pb::{QueueConfig, QueueStats};
+use raftmq_cluster_tests::{NodeId, READY_TIMEOUT, TestCluster, poll_until};
 
 const QUEUE: &str = "far-behind";
 /// Log entries written while the follower is down: more than a snapshot's
@@ -17,6 +17,27 @@ const QUEUE: &str = "far-behind";
 const ENTRIES: usize = 26_000;
 const ACKED: usize = 500;
 const WORKERS: usize = 32;
+
+/// Starts `node` again, waits until it has applied up to `last_log_index`,
+/// checks that its own replica answers with `expected`'s depth and next
+/// offset, and returns its log.
+async fn restart_and_compare(
+    cluster: &mut TestCluster,
+    node: NodeId,
+    last_log_index: u64,
+    expected: &QueueStats,
+) -> String {
+    cluster.restart(node);
+    poll_until(Duration::from_secs(60), &format!("restarted node {node} has applied the log"), async || {
+        let group = cluster.group_status(node, QUEUE).await?;
+        (group.applied_index >= last_log_index).then_some(())
+    })
+    .await;
+    // A follower answers from its own replica.
+    let replica = cluster.client(node).get_queue(QUEUE).await.expect("get on the node").stats.expect("stats");
+    assert_eq!((replica.depth, replica.next_offset), (expected.depth, expected.next_offset), "node {node}");
+    std::fs::read_to_string(cluster.log_path(node)).expect("read the node's log")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_from_a_snapshot() {
@@ -52,16 +73,7 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     assert_eq!((expected.depth, expected.next_offset), ((ENTRIES - acked) as u64, ENTRIES as u64));
     let leader_status = cluster.group_status(leader, QUEUE).await.expect("leader's group");
 
-    cluster.restart(follower);
-    poll_until(Duration::from_secs(60), "the restarted follower has applied the leader's log", async || {
-        let group = cluster.group_status(follower, QUEUE).await?;
-        (group.applied_index >= leader_status.last_log_index).then_some(())
-    })
-    .await;
-    // A follower answers from its own replica.
-    let replica = cluster.client(follower).get_queue(QUEUE).await.expect("get on the follower").stats.expect("stats");
-    assert_eq!((replica.depth, replica.next_offset), (expected.depth, expected.next_offset));
-    let log = std::fs::read_to_string(cluster.log_path(follower)).expect("read the follower's log");
+    let log = restart_and_compare(&mut cluster, follower, leader_status.last_log_index, &expected).await;
     assert!(log.contains("install full snapshot"), "the follower caught up from the log, not a snapshot");
 
     // The leader applied without the WAL, snapshotted and purged its log
@@ -70,15 +82,7 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     // messages never fill the memtable budget), and must rebuild the rest
     // from the log it kept: its own replica, not one sent by the new leader.
     cluster.kill(leader);
-    cluster.restart(leader);
-    poll_until(Duration::from_secs(60), "the restarted leader has applied its log again", async || {
-        let group = cluster.group_status(leader, QUEUE).await?;
-        (group.applied_index >= leader_status.last_log_index).then_some(())
-    })
-    .await;
-    let rebuilt = cluster.client(leader).get_queue(QUEUE).await.expect("get on the old leader").stats.expect("stats");
-    assert_eq!((rebuilt.depth, rebuilt.next_offset), (expected.depth, expected.next_offset));
-    let log = std::fs::read_to_string(cluster.log_path(leader)).expect("read the old leader's log");
+    let log = restart_and_compare(&mut cluster, leader, leader_status.last_log_index, &expected).await;
     assert!(!log.contains("install full snapshot"), "the old leader was sent a snapshot instead of replaying its log");
     cluster.assert_running();
 }

@@ -962,6 +962,9 @@ impl QueueState {
             .is_some_and(|sub| self.table.correlated(id).any(|offset| sub.is_available(now, offset)))
     }
 
+    /// Whether a lease would get anything now (the server asks
+    /// `available_up_to`, which also says how much).
+    #[cfg(test)]
     pub fn has_available(&self, subscription: SubscriptionId, now: TimestampMs) -> bool {
         self.available_up_to(subscription, now, 1) > 0
     }

@@ -90,7 +90,7 @@ async fn crash_and_recover(budget: usize) {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
     let budget_text = budget.to_string();
-    let child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str()), (CHILD_BUDGET, budget_text.as_ref())]);
+    let mut child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str()), (CHILD_BUDGET, budget_text.as_ref())]);
     // Printed after the test harness's "test NAME ... " on the same line.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {

@@ -60,8 +60,9 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
     }
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
-    let child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str())]);
-    let durable_index = |line: String| line.rsplit("durable ").next().and_then(|i| i.parse::<u64>().ok());
+    let mut child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str())]);
+    // The first index is printed after the test harness's "test NAME ... ".
+    let durable_index = |line: String| line.rsplit_once("durable ").and_then(|(_, i)| i.parse::<u64>().ok());
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut durable = 0;
@@ -75,9 +76,9 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
             durable = index;
         }
     }
-    let lines = child.kill();
+    child.kill();
     // What the child printed before it died was durable when printed.
-    durable = lines.try_iter().filter_map(durable_index).last().unwrap_or(durable);
+    durable = child.lines.try_iter().filter_map(durable_index).last().unwrap_or(durable);
 
     let storage = Storage::open(&db).expect("reopen after the crash");
     let mut log = LogStore::new(storage, GROUP);

@@ -56,14 +56,9 @@ impl ChildTest {
         ChildTest { process, lines, reader: Some(reader) }
     }
 
-    /// SIGKILL, then waits for the process and for the last of its output.
-    pub fn kill(mut self) -> mpsc::Receiver<String> {
-        self.stop();
-        let (_, placeholder) = mpsc::channel();
-        std::mem::replace(&mut self.lines, placeholder)
-    }
-
-    fn stop(&mut self) {
+    /// SIGKILL, then waits for the process and for the last of its output,
+    /// which stays readable on `lines`. Dropping does the same.
+    pub fn kill(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
         if let Some(reader) = self.reader.take() {
@@ -74,6 +69,6 @@ impl ChildTest {
 
 impl Drop for ChildTest {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
