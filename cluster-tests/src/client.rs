@@ -41,7 +41,7 @@ pub fn request_with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 
 /// A message body as text; the tests only produce UTF-8 bodies.
 pub fn body_text(message: &Message) -> String {
-    String::from_utf8(message.body.clone())
+    String::from_utf8(message.body.to_vec())
         .unwrap_or_else(|_| panic!("offset {} has a body that is not UTF-8: {:?}", message.offset, message.body))
 }
 
@@ -110,8 +110,10 @@ impl Client {
         queue: &str,
         bodies: impl IntoIterator<Item = B>,
     ) -> Result<Vec<u64>, Status> {
-        let messages =
-            bodies.into_iter().map(|body| ProduceMessage { body: body.into(), ..Default::default() }).collect();
+        let messages = bodies
+            .into_iter()
+            .map(|body| ProduceMessage { body: Vec::from(body.into()).into(), ..Default::default() })
+            .collect();
         self.produce_messages(queue, messages).await
     }
 

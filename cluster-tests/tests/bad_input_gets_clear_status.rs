@@ -38,7 +38,7 @@ fn req<T>(message: T) -> tonic::Request<T> {
 }
 
 fn message(body: impl Into<Vec<u8>>) -> ProduceMessage {
-    ProduceMessage { body: body.into(), ..Default::default() }
+    ProduceMessage { body: Vec::from(body.into()).into(), ..Default::default() }
 }
 
 fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
@@ -304,7 +304,7 @@ async fn bad_input_gets_clear_status() {
     cluster.wait_ready(Duration::from_secs(10)).await;
     client.produce(QUEUE, ["still alive"]).await.expect("produce after the bad input");
     let after = client.consume(QUEUE, 10, 5000, 60_000).await.expect("consume after the bad input");
-    assert_eq!(after.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"still alive".as_slice()]);
+    assert_eq!(after.iter().map(|m| &m.body[..]).collect::<Vec<_>>(), vec![b"still alive".as_slice()]);
     client.ack(QUEUE, vec![after[0].receipt.clone()]).await.expect("ack after the bad input");
     poll_until(Duration::from_secs(10), "the queue's depth is 0", async || {
         let stats = client.get_queue(QUEUE).await.ok()?.stats?;

@@ -65,6 +65,13 @@ async fn bench_runs_against_cluster() {
         (commits[0]["node"].clone(), Some(produced / 16)),
         "the leader times each call once: {summary}"
     );
+    // Every node applies every produce entry, reading it back from memory
+    // (it was appended there and not yet applied); only replication of an
+    // entry the leader already applied reads RocksDB.
+    let from_memory = summary["log_reads_from_memory"].as_u64().expect("log reads from memory");
+    let from_disk = summary["log_reads_from_disk"].as_u64().expect("log reads from disk");
+    assert!(from_memory >= 3 * (produced / 16), "apply read entries from RocksDB: {summary}");
+    assert!(from_disk < from_memory, "{summary}");
     // Replication to the followers is timed on the queue's leader.
     let replicate = nodes_with("replicate");
     assert!(replicate.iter().any(|s| s["node"] == commits[0]["node"]), "{summary}");

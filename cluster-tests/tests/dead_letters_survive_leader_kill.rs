@@ -81,7 +81,7 @@ async fn dead_letters_survive_leader_kill() {
 
     let messages = (0..MESSAGES)
         .map(|i| ProduceMessage {
-            body: format!("job-{i}").into_bytes(),
+            body: format!("job-{i}").into(),
             headers: [("kind".to_string(), "test".to_string())].into(),
             ..Default::default()
         })
@@ -157,9 +157,9 @@ async fn dead_letters_survive_leader_kill() {
     // Messages redrive cannot move stay in the dead-letter queue, with a reason:
     // one without a source header, one whose source queue does not exist.
     let stray = vec![
-        ProduceMessage { body: b"no source".to_vec(), ..Default::default() },
+        ProduceMessage { body: b"no source".to_vec().into(), ..Default::default() },
         ProduceMessage {
-            body: b"gone source".to_vec(),
+            body: b"gone source".to_vec().into(),
             headers: [("raftmq-dlq-source-queue".to_string(), "deleted-queue".to_string())].into(),
             ..Default::default()
         },

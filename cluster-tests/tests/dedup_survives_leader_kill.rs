@@ -18,7 +18,7 @@ fn batch(ids: &[&str]) -> ProduceRequest {
         messages: ids
             .iter()
             .map(|id| ProduceMessage {
-                body: format!("body of {id}").into_bytes(),
+                body: format!("body of {id}").into(),
                 dedup_id: id.to_string(),
                 ..Default::default()
             })

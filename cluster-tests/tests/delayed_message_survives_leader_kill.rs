@@ -30,8 +30,8 @@ async fn delayed_message_survives_leader_kill() {
     let request = ProduceRequest {
         queue: QUEUE.into(),
         messages: vec![
-            ProduceMessage { body: b"later".to_vec(), delay_ms: DELAY_MS, ..Default::default() },
-            ProduceMessage { body: b"now".to_vec(), deliver_at_ms: sent_at_ms - 60_000, ..Default::default() },
+            ProduceMessage { body: b"later".to_vec().into(), delay_ms: DELAY_MS, ..Default::default() },
+            ProduceMessage { body: b"now".to_vec().into(), deliver_at_ms: sent_at_ms - 60_000, ..Default::default() },
         ],
     };
     let offsets = client

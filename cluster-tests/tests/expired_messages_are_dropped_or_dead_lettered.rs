@@ -33,7 +33,7 @@ async fn stored(client: &Client, queue: &str) -> BTreeMap<String, BTreeMap<Strin
 }
 
 fn message(body: &str, ttl_ms: u64) -> ProduceMessage {
-    ProduceMessage { body: body.as_bytes().to_vec(), ttl_ms, ..Default::default() }
+    ProduceMessage { body: body.as_bytes().to_vec().into(), ttl_ms, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +65,7 @@ async fn expired_messages_are_dropped_or_dead_lettered() {
     for queue in ["ttl-dlq", "ttl-drop", "ttl-own"] {
         let leased = client.consume(queue, 3, 1000, 60_000).await.expect("consume");
         assert_eq!(leased.len(), 3, "{queue}");
-        let (held, given_back): (Vec<_>, Vec<_>) = leased.into_iter().partition(|m| m.body == b"leased");
+        let (held, given_back): (Vec<_>, Vec<_>) = leased.into_iter().partition(|m| m.body[..] == b"leased"[..]);
         receipts.insert(queue, held[0].receipt.clone());
         let receipts = given_back.into_iter().map(|m| m.receipt).collect();
         let nack = NackRequest { queue: queue.into(), receipts, delay_ms: Some(0) };

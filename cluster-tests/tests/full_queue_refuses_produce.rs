@@ -13,7 +13,7 @@ fn request(queue: &str, bodies: &[&str], dedup: bool) -> ProduceRequest {
         messages: bodies
             .iter()
             .map(|b| ProduceMessage {
-                body: b.as_bytes().to_vec(),
+                body: b.as_bytes().to_vec().into(),
                 dedup_id: if dedup { b.to_string() } else { String::new() },
                 ..Default::default()
             })

@@ -29,8 +29,8 @@ async fn peek_browses_without_leasing() {
     let client = cluster.client(node);
     let messages = ["m0", "m1", "m2", "m3", "m4"]
         .iter()
-        .map(|b| ProduceMessage { body: b.as_bytes().to_vec(), ..Default::default() })
-        .chain([ProduceMessage { body: b"m5".to_vec(), delay_ms: 600_000, ..Default::default() }])
+        .map(|b| ProduceMessage { body: b.as_bytes().to_vec().into(), ..Default::default() })
+        .chain([ProduceMessage { body: b"m5".to_vec().into(), delay_ms: 600_000, ..Default::default() }])
         .collect();
     let produce = ProduceRequest { queue: QUEUE.into(), messages };
     client.messages.clone().produce(request_with_timeout(produce, CALL_TIMEOUT)).await.expect("produce");

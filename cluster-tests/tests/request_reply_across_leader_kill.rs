@@ -20,7 +20,7 @@ const REPLIES: &str = "rpc.replies";
 async fn call(client: &Client, body: &str, correlation_id: &str, timeout: Duration) -> Result<RequestResponse, Status> {
     let request = RequestRequest {
         queue: REQUESTS.into(),
-        message: Some(ProduceMessage { body: body.as_bytes().to_vec(), ..Default::default() }),
+        message: Some(ProduceMessage { body: body.as_bytes().to_vec().into(), ..Default::default() }),
         reply_queue: REPLIES.into(),
         correlation_id: correlation_id.into(),
     };
@@ -45,10 +45,7 @@ async fn serve_one(client: &Client, delay: Duration) -> String {
         let reply = ReplyRequest {
             reply_to,
             correlation_id: correlation_id.clone(),
-            message: Some(ProduceMessage {
-                body: format!("re: {}", body_text(&request)).into_bytes(),
-                ..Default::default()
-            }),
+            message: Some(ProduceMessage { body: format!("re: {}", body_text(&request)).into(), ..Default::default() }),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -139,7 +136,7 @@ async fn request_reply_across_leader_kill() {
     // Bad input.
     let missing = RequestRequest {
         queue: REQUESTS.into(),
-        message: Some(ProduceMessage { body: b"x".to_vec(), ..Default::default() }),
+        message: Some(ProduceMessage { body: b"x".to_vec().into(), ..Default::default() }),
         reply_queue: "no-such-queue".into(),
         correlation_id: String::new(),
     };
@@ -149,7 +146,7 @@ async fn request_reply_across_leader_kill() {
     let anonymous = ReplyRequest {
         reply_to: REPLIES.into(),
         correlation_id: String::new(),
-        message: Some(ProduceMessage { body: b"x".to_vec(), ..Default::default() }),
+        message: Some(ProduceMessage { body: b"x".to_vec().into(), ..Default::default() }),
     };
     let status = caller.messages.clone().reply(request_with_timeout(anonymous, CALL_TIMEOUT)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

@@ -123,9 +123,8 @@ async fn subscriptions_fan_out_and_seek_across_leader_kill() {
     let refused = client.queues.clone().delete_subscription(request_with_timeout(delete_default, CALL_TIMEOUT)).await;
     assert_eq!(refused.expect_err("default stays").code(), Code::FailedPrecondition);
 
-    let messages: Vec<ProduceMessage> = (0..MESSAGES)
-        .map(|i| ProduceMessage { body: format!("event-{i:02}").into_bytes(), ..Default::default() })
-        .collect();
+    let messages: Vec<ProduceMessage> =
+        (0..MESSAGES).map(|i| ProduceMessage { body: format!("event-{i:02}").into(), ..Default::default() }).collect();
     let offsets = client.produce_messages(QUEUE, messages).await.expect("produce");
     let all: BTreeSet<String> = (0..MESSAGES).map(|i| format!("event-{i:02}")).collect();
 

@@ -24,6 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
         .bytes(".raftmq.internal.v1.RaftMessage.payload")
+        // Bodies are shared from the request buffer on, never copied into
+        // vectors (raftmq_types::NewMessage::body).
+        .bytes(".raftmq.v1.ProduceMessage.body")
+        .bytes(".raftmq.v1.Message.body")
+        .bytes(".raftmq.v1.PeekedMessage.body")
         .compile_protos(&files, &[root])?;
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -167,7 +167,7 @@ async fn send_batch(process: &str, queue: &str, ids: &[String], endpoints: &mut 
             queue: queue.to_string(),
             messages: ids
                 .iter()
-                .map(|id| ProduceMessage { body: id.clone().into_bytes(), dedup_id: id.clone(), ..Default::default() })
+                .map(|id| ProduceMessage { body: id.clone().into(), dedup_id: id.clone(), ..Default::default() })
                 .collect(),
         };
         let result = bounded(client.messages.clone().produce(request_with_timeout(request, CALL_TIMEOUT))).await;

@@ -23,7 +23,7 @@ const BACKLOG: usize = 100_000;
 fn batch(first: usize, dedup: bool) -> Vec<NewMessage> {
     (first..first + BATCH)
         .map(|i| NewMessage {
-            body: vec![b'x'; BODY],
+            body: vec![b'x'; BODY].into(),
             dedup_id: dedup.then(|| format!("id-{i}")),
             ..Default::default()
         })

@@ -26,7 +26,7 @@ struct Harness {
     stored_deliveries: BTreeMap<(SubscriptionId, Offset), DeliveryState>,
     stored_infos: BTreeMap<Offset, MessageInfo>,
     stored_subscriptions: Option<SubscriptionList>,
-    stored_bodies: BTreeMap<Offset, Vec<u8>>,
+    stored_bodies: BTreeMap<Offset, bytes::Bytes>,
     stored_next: Offset,
     stored_dedup: BTreeMap<Offset, (String, TimestampMs)>,
     stored_correlations: BTreeMap<Offset, String>,
@@ -127,7 +127,7 @@ impl Harness {
 
     fn produce(&mut self, now: u64, bodies: &[&str]) -> (u64, u32) {
         let messages =
-            bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec(), ..Default::default() }).collect();
+            bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec().into(), ..Default::default() }).collect();
         let offsets = self.produce_messages(now, messages, 0);
         assert!(offsets.iter().all(|(_, duplicate)| !duplicate));
         (offsets.first().map(|(o, _)| *o).unwrap_or(self.state.next_offset().0), offsets.len() as u32)
@@ -146,7 +146,7 @@ impl Harness {
         let messages = messages
             .iter()
             .map(|(body, id)| NewMessage {
-                body: body.as_bytes().to_vec(),
+                body: body.as_bytes().to_vec().into(),
                 dedup_id: Some(id.to_string()),
                 ..Default::default()
             })
@@ -482,7 +482,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             0..=2 => QueueCommand::Produce {
                 messages: (0..rng.random_range(0..5))
                     .map(|i| NewMessage {
-                        body: vec![i as u8 + 1],
+                        body: vec![i as u8 + 1].into(),
                         deliver_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..2000))),
                         expires_at: rng.random_bool(0.2).then(|| TimestampMs(now + rng.random_range(0..3000))),
                         correlation_id: rng.random_bool(0.3).then(|| format!("c-{}", rng.random_range(0..5))),
@@ -625,7 +625,7 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
 }
 
 fn deduped(body: &str, id: &str) -> NewMessage {
-    NewMessage { body: body.as_bytes().to_vec(), dedup_id: Some(id.to_string()), ..Default::default() }
+    NewMessage { body: body.as_bytes().to_vec().into(), dedup_id: Some(id.to_string()), ..Default::default() }
 }
 
 #[test]
@@ -699,7 +699,7 @@ fn produce_limited(q: &mut Harness, now: u64, messages: Vec<NewMessage>, limits:
 }
 
 fn body(text: &str) -> NewMessage {
-    NewMessage { body: text.as_bytes().to_vec(), ..Default::default() }
+    NewMessage { body: text.as_bytes().to_vec().into(), ..Default::default() }
 }
 
 #[test]
@@ -1314,8 +1314,9 @@ fn seek_by_time_replays_from_the_first_message_published_then_and_ends_leases() 
 #[test]
 fn a_seek_keeps_delivery_times_and_skips_expired_messages() {
     let mut q = Harness { retention: Retention { max_age_ms: 0, max_bytes: 1000 }, ..Harness::new() };
-    let delayed = NewMessage { body: b"later".to_vec(), deliver_at: Some(TimestampMs(5000)), ..Default::default() };
-    let short = NewMessage { body: b"short".to_vec(), expires_at: Some(TimestampMs(50)), ..Default::default() };
+    let delayed =
+        NewMessage { body: b"later".to_vec().into(), deliver_at: Some(TimestampMs(5000)), ..Default::default() };
+    let short = NewMessage { body: b"short".to_vec().into(), expires_at: Some(TimestampMs(50)), ..Default::default() };
     q.produce_messages(0, vec![delayed, short, body("now")], 0);
     assert_eq!(q.seek(100, "default", SeekTarget::Offset(Offset(0))), QueueResponse::Sought { pending: 2 });
     let now = q.lease_from(110, "default", 10);
@@ -1353,8 +1354,8 @@ fn dead_letters_are_per_subscription() {
 fn a_message_for_one_subscription_reaches_only_it() {
     let mut q = Harness::new();
     q.subscribe(0, "a", SubscriptionStart::Latest);
-    let only_a = NewMessage { body: b"x".to_vec(), subscription: Some(sub("a")), ..Default::default() };
-    let gone = NewMessage { body: b"y".to_vec(), subscription: Some(sub("deleted")), ..Default::default() };
+    let only_a = NewMessage { body: b"x".to_vec().into(), subscription: Some(sub("a")), ..Default::default() };
+    let gone = NewMessage { body: b"y".to_vec().into(), subscription: Some(sub("deleted")), ..Default::default() };
     q.produce_messages(1, vec![only_a, gone], 0);
     assert_eq!(offsets(&q.lease_from(2, "a", 10)), vec![0, 1]);
     assert_eq!(offsets(&q.lease_from(2, "default", 10)), vec![1], "a missing subscription means every one");
@@ -1364,7 +1365,7 @@ fn a_message_for_one_subscription_reaches_only_it() {
 fn expiry_reaches_every_subscription() {
     let mut q = Harness::new();
     q.subscribe(0, "b", SubscriptionStart::Latest);
-    let short = NewMessage { body: b"x".to_vec(), expires_at: Some(TimestampMs(100)), ..Default::default() };
+    let short = NewMessage { body: b"x".to_vec().into(), expires_at: Some(TimestampMs(100)), ..Default::default() };
     q.produce_messages(1, vec![short], 0);
     let leased = q.lease_from(2, "b", 1);
     assert_eq!(leased.len(), 1);

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 
 pub fn new_message(message: &pb::ProduceMessage) -> NewMessage {
     NewMessage {
-        body: message.body.to_vec(),
+        body: message.body.clone(),
         headers: message.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         dedup_id: (!message.dedup_id.is_empty()).then(|| message.dedup_id.clone()),
         // delay_ms is turned into a time by the leader, from its own clock.

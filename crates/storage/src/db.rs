@@ -9,6 +9,7 @@ use rocksdb::{
 };
 
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, group_range};
+use crate::log_cache::{LogCache, LogCaches, LogReads};
 use crate::{SnapshotSpool, StorageError, WalSyncer};
 
 /// Snapshots received and SST files of snapshots being installed, inside the
@@ -34,11 +35,13 @@ const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The node's database and its WAL syncer; cheap to clone.
+/// The node's database, its WAL syncer and the newest log entries of each
+/// group in memory; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
     syncer: Arc<WalSyncer>,
+    log_caches: Arc<LogCaches>,
 }
 
 impl Storage {
@@ -101,7 +104,8 @@ impl Storage {
         };
         let db = DB::open_cf_descriptors(&options, path, ALL_CFS.map(cf))?;
         let db = Arc::new(db);
-        let storage = Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db };
+        let storage =
+            Storage { syncer: Arc::new(WalSyncer::start(db.clone())), db, log_caches: Arc::new(LogCaches::default()) };
         storage.check_format_version()?;
         storage.prepare_snapshot_dir()?;
         Ok(storage)
@@ -177,6 +181,18 @@ impl Storage {
         &self.syncer
     }
 
+    /// The newest log entries of `group`, shared by its log store (which
+    /// fills it) and its state machine (which empties it as it applies).
+    pub(crate) fn log_cache(&self, group: GroupId) -> Arc<LogCache> {
+        self.log_caches.group(group)
+    }
+
+    /// How the node's log reads were served since it started: from the
+    /// in-memory cache of the newest entries, or from RocksDB.
+    pub fn log_reads(&self) -> &LogReads {
+        self.log_caches.reads()
+    }
+
     pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are created at open")
     }
@@ -191,6 +207,7 @@ impl Storage {
         let mut write = rocksdb::WriteOptions::default();
         write.set_sync(true);
         self.db.write_opt(batch, &write)?;
+        self.log_caches.remove(group);
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! - [`Storage`] opens the database (four column families, a format version)
 //!   and owns the [`WalSyncer`] that turns concurrent log appends of all groups
 //!   into one fsync.
-//! - [`LogStore`] is openraft's log storage for one group.
+//! - [`LogStore`] is openraft's log storage for one group; it keeps the
+//!   entries not yet applied in memory too, for replication and apply.
 //! - [`QueueStateMachine`] applies queue commands through `raftmq-queue` and
 //!   persists the changes; [`QueueReader`] gives the server read access.
 //! - [`MetaStateMachine`] applies the [`Catalog`] of the meta group.
@@ -14,6 +15,7 @@ mod catalog;
 mod db;
 mod error;
 mod keys;
+mod log_cache;
 mod log_store;
 mod meta_sm;
 mod queue_sm;
@@ -25,6 +27,7 @@ mod wal_syncer;
 pub use catalog::{Catalog, CatalogQueue};
 pub use db::{FORMAT_VERSION, Storage};
 pub use error::StorageError;
+pub use log_cache::LogReads;
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;
 pub use queue_sm::{MESSAGES_IN_MEMORY, QueueReader, QueueStateMachine};

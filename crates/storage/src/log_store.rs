@@ -4,10 +4,15 @@
 //! Durability: `append` completes its callback only after the WAL holding the
 //! entries is fsynced (through the node's [`WalSyncer`], shared by all
 //! groups); `save_vote` returns only after the vote is fsynced.
+//!
+//! Reads: the entries appended and not yet applied are also kept in memory
+//! (`LogCache`), so replication and apply get them without reading RocksDB
+//! and decoding; older ones are read from RocksDB.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::OptionalSend;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -18,6 +23,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::error::{decode, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
+use crate::log_cache::LogCache;
 use crate::stages::{self, Stage};
 use crate::{Storage, StorageError, TypeConfig};
 
@@ -29,11 +35,14 @@ type Vote = VoteOf<TypeConfig>;
 pub struct LogStore {
     storage: Storage,
     group: GroupId,
+    /// Shared with the group's state machine, which releases what it applied.
+    cache: Arc<LogCache>,
 }
 
 impl LogStore {
     pub fn new(storage: Storage, group: GroupId) -> LogStore {
-        LogStore { storage, group }
+        let cache = storage.log_cache(group);
+        LogStore { storage, group, cache }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -54,7 +63,25 @@ impl LogStore {
         Ok(())
     }
 
+    /// The entries in `start..end_exclusive`: those in memory from the
+    /// cache, the rest from RocksDB (the part before the cache's first entry,
+    /// and, should an append land between the two reads, any after its last).
     fn read_range(&self, start: u64, end_exclusive: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let cached = self.cache.get(start, end_exclusive);
+        let Some(first_cached) = cached.first else {
+            return self.read_range_from_disk(start, end_exclusive);
+        };
+        let mut entries =
+            if start < first_cached { self.read_range_from_disk(start, Some(first_cached))? } else { Vec::new() };
+        let after_cached = first_cached + cached.entries.len() as u64;
+        entries.extend(cached.entries);
+        if end_exclusive.is_some_and(|end| end > after_cached) {
+            entries.extend(self.read_range_from_disk(after_cached, end_exclusive)?);
+        }
+        Ok(entries)
+    }
+
+    fn read_range_from_disk(&self, start: u64, end_exclusive: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let db = self.storage.db();
         let cf = self.storage.cf(CF_RAFT_LOG);
         let mut options = ReadOptions::default();
@@ -74,6 +101,7 @@ impl LogStore {
             }
             entries.push(entry);
         }
+        self.cache.reads().count_from_disk(entries.len());
         Ok(entries)
     }
 
@@ -158,12 +186,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = std::time::Instant::now();
         let cf = self.storage.cf(CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
+        let mut cached = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, log_key(self.group, entry.index()), encode("log entry", &entry)?);
+            let encoded = encode("log entry", &entry)?;
+            batch.put_cf(cf, log_key(self.group, entry.index()), &encoded);
+            cached.push((entry, encoded.len()));
         }
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.
         self.storage.db().write(batch).map_err(StorageError::from)?;
+        self.cache.append(cached);
         self.storage.syncer().sync_then(move |result| {
             stages::record(Stage::LogFlush, started.elapsed());
             callback.io_completed(result.map_err(io::Error::other))
@@ -182,6 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db()
             .delete_range_cf(cf, log_key(self.group, from).as_slice(), end.as_slice())
             .map_err(StorageError::from)?;
+        self.cache.truncate_after(last_log_id.map(|log_id| log_id.index()));
         // Truncated entries were never committed; if the deletion is lost in a
         // crash, openraft truncates them again when the leader's log disagrees.
         Ok(())
@@ -199,6 +232,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db()
             .delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1))
             .map_err(StorageError::from)?;
+        self.cache.release_through(log_id.index());
         Ok(())
     }
 }

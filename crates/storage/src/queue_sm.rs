@@ -635,7 +635,7 @@ mod tests {
     const GROUP: GroupId = GroupId(3);
 
     fn produce(term: u64, index: u64, bodies: &[&str]) -> openraft::alias::EntryOf<TypeConfig> {
-        let messages = bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec(), ..Default::default() });
+        let messages = bodies.iter().map(|b| NewMessage { body: b.as_bytes().to_vec().into(), ..Default::default() });
         let command =
             QueueCommand::Produce { messages: messages.collect(), dedup_window_ms: 0, limits: Default::default() };
         let request = RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command });
@@ -681,7 +681,7 @@ mod tests {
             .read_messages(&[Offset(0), Offset(1), Offset(2)])
             .unwrap()
             .into_iter()
-            .map(|m| m.body)
+            .map(|m| m.body.to_vec())
             .collect();
         assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(*reopened.applied.borrow(), 2);

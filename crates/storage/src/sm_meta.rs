@@ -124,7 +124,8 @@ pub(crate) enum ApplyWrite {
 
 impl AppliedEntries {
     /// Persists the applied position in `batch`, writes it as `write` says
-    /// (never synced), runs `publish` with the applied position (what
+    /// (never synced), drops the applied entries from the log's memory
+    /// (`LogCache`), runs `publish` with the applied position (what
     /// readers see of the new state must be there before a proposer hears
     /// back), then answers the proposers.
     pub fn commit(
@@ -139,6 +140,11 @@ impl AppliedEntries {
         let mut options = rocksdb::WriteOptions::default();
         options.disable_wal(matches!(write, ApplyWrite::Unlogged));
         storage.db().write_opt(batch, &options)?;
+        if let Some(applied) = &self.last_applied {
+            // Applied entries are read again only by a follower far behind
+            // (from RocksDB), so the log's memory can let them go.
+            storage.log_cache(group).release_through(applied.index());
+        }
         publish(self.last_applied.as_ref());
         for (responder, response) in self.responses {
             responder.send(response);

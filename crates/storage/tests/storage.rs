@@ -85,7 +85,7 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
 
 fn produce(n: usize) -> QueueCommand {
     QueueCommand::Produce {
-        messages: (0..n).map(|i| NewMessage { body: format!("m{i}").into_bytes(), ..Default::default() }).collect(),
+        messages: (0..n).map(|i| NewMessage { body: format!("m{i}").into(), ..Default::default() }).collect(),
         dedup_window_ms: 0,
         limits: Default::default(),
     }
@@ -96,7 +96,11 @@ fn produce_deduped(ids: &[&str]) -> QueueCommand {
     QueueCommand::Produce {
         messages: ids
             .iter()
-            .map(|id| NewMessage { body: id.as_bytes().to_vec(), dedup_id: Some(id.to_string()), ..Default::default() })
+            .map(|id| NewMessage {
+                body: id.as_bytes().to_vec().into(),
+                dedup_id: Some(id.to_string()),
+                ..Default::default()
+            })
             .collect(),
         dedup_window_ms: 60_000,
         limits: Default::default(),
@@ -182,6 +186,42 @@ async fn concurrent_appends_of_many_groups_share_fsyncs() {
     // Each group still reads back exactly its own entries.
     let mut log = LogStore::new(storage, GroupId(17));
     assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+}
+
+/// Replication and apply read back entries that were just appended: those
+/// not yet applied come from memory, applied ones from RocksDB, and a range
+/// across the two is read whole and in order either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_not_yet_applied_are_read_from_memory() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let reads = || (storage.log_reads().from_memory(), storage.log_reads().from_disk());
+    let mut log = LogStore::new(storage.clone(), GROUP);
+    let entries: Vec<_> = (1..=10).map(|index| queue_entry(1, index, index, produce(2))).collect();
+    append(&mut log, entries.clone()).await;
+    assert_eq!(log.try_get_log_entries(1..=10).await.unwrap(), entries);
+    assert_eq!(reads(), (10, 0));
+
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    apply(&mut sm, entries[..4].to_vec()).await;
+    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries, "4 from disk, 6 from memory");
+    assert_eq!(reads(), (16, 4));
+    assert_eq!(log.try_get_log_entries(2..4).await.unwrap(), entries[1..3]);
+    assert_eq!(reads(), (16, 6));
+
+    // Truncated entries are gone from memory too; their replacements are read.
+    let replaced: Vec<_> = (8..=9).map(|index| queue_entry(2, index, 100 + index, produce(1))).collect();
+    log.truncate_after(Some(entries[6].log_id())).await.unwrap();
+    append(&mut log, replaced.clone()).await;
+    let mut expected = entries[4..7].to_vec();
+    expected.extend(replaced);
+    assert_eq!(log.try_get_log_entries(5..20).await.unwrap(), expected);
+    assert_eq!(reads(), (21, 6));
+
+    // Purged entries are not read from memory either.
+    log.purge(entries[5].log_id()).await.unwrap();
+    assert_eq!(log.try_get_log_entries(1..=9).await.unwrap(), expected[2..]);
+    assert_eq!(reads(), (24, 6));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,7 +315,7 @@ async fn snapshot_install_replaces_what_the_replica_had() {
     let target = open(&target_dir);
     let mut replica = QueueStateMachine::open(target.clone(), GROUP).await.unwrap();
     let other = QueueCommand::Produce {
-        messages: (0..8).map(|i| NewMessage { body: format!("old{i}").into_bytes(), ..Default::default() }).collect(),
+        messages: (0..8).map(|i| NewMessage { body: format!("old{i}").into(), ..Default::default() }).collect(),
         dedup_window_ms: 0,
         limits: Default::default(),
     };
@@ -287,7 +327,7 @@ async fn snapshot_install_replaces_what_the_replica_had() {
     assert_eq!(replica.reader().state().stats(TimestampMs(500)), expected);
     let bodies = |r: &QueueStateMachine| -> Vec<Vec<u8>> {
         let offsets: Vec<Offset> = (0..8).map(Offset).collect();
-        r.reader().read_messages(&offsets).unwrap().into_iter().map(|m| m.body).collect()
+        r.reader().read_messages(&offsets).unwrap().into_iter().map(|m| m.body.to_vec()).collect()
     };
     let want: Vec<Vec<u8>> = ["m0", "m1", "m2", "m0", "m1"].iter().map(|b| b.as_bytes().to_vec()).collect();
     assert_eq!(bodies(&replica), want, "the replica's own messages are gone, the snapshot's are there");

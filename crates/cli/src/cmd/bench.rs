@@ -217,13 +217,15 @@ async fn prefer_leader(client: &Client, queue: &str) {
     }
 }
 
-/// One node's write-ahead log counters.
+/// One node's write-ahead log counters, and how it read its log back.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Wal {
     node: u64,
     syncs: u64,
     requests: u64,
     micros: u64,
+    log_reads_from_memory: u64,
+    log_reads_from_disk: u64,
 }
 
 /// What one node reported: its WAL counters and its write-path stage
@@ -253,6 +255,8 @@ async fn node_readings(endpoints: &[String]) -> Vec<NodeReading> {
                 syncs: status.wal_syncs,
                 requests: status.wal_sync_requests,
                 micros: status.wal_sync_micros,
+                log_reads_from_memory: status.log_entries_read_from_memory,
+                log_reads_from_disk: status.log_entries_read_from_disk,
             };
             readings.push(NodeReading { wal, stages });
         }
@@ -314,6 +318,8 @@ fn wal_delta(before: &[NodeReading], after: &[NodeReading]) -> Wal {
             delta.syncs += now.syncs.saturating_sub(then.syncs);
             delta.requests += now.requests.saturating_sub(then.requests);
             delta.micros += now.micros.saturating_sub(then.micros);
+            delta.log_reads_from_memory += now.log_reads_from_memory.saturating_sub(then.log_reads_from_memory);
+            delta.log_reads_from_disk += now.log_reads_from_disk.saturating_sub(then.log_reads_from_disk);
             delta.node += 1;
         }
     }
@@ -372,7 +378,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         let (client, queue, produced, budget, samples) =
             (clients[q].clone(), queues[q].clone(), produced.clone(), budget.clone(), samples.clone());
         let batch: Vec<pb::ProduceMessage> = (0..args.batch)
-            .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size], ..Default::default() })
+            .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size].into(), ..Default::default() })
             .collect();
         let producer = Producer { client, queue, batch, budget, produced, until: produce_until };
         // Producer i starts i / producers of a period in, so the calls of all
@@ -491,6 +497,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "end_to_end_ms": {"p50": percentile(&samples.end_to_end, 50.0), "p99": percentile(&samples.end_to_end, 99.0), "p999": percentile(&samples.end_to_end, 99.9)},
         "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes, "fsync_mean_ms": fsync_mean_ms,
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
+        "log_reads_from_memory": wal.log_reads_from_memory, "log_reads_from_disk": wal.log_reads_from_disk,
         "stages_ms": stages.iter().map(|s| json!({
             "node": s.node, "stage": s.stage, "count": s.count,
             "p50": s.p50, "p99": s.p99, "p999": s.p999, "max": s.max,
@@ -528,6 +535,11 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "fsyncs on {nodes} nodes: {fsyncs} for {fsync_requests} appends and votes, {:.1} per 1000 produced messages \
          (consume and ack entries included), {fsync_mean_ms:.1} ms each on average",
         fsyncs as f64 * 1000.0 / p.max(1) as f64
+    );
+    outln!(
+        "log entries read back to replicate and apply, on {nodes} nodes: {} from memory, {} from RocksDB",
+        wal.log_reads_from_memory,
+        wal.log_reads_from_disk
     );
     if !stages.is_empty() {
         outln!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
@@ -677,10 +689,12 @@ mod tests {
 
     #[test]
     fn wal_delta_counts_only_nodes_read_twice() {
-        let wal =
-            |node, syncs, requests, micros| NodeReading { wal: Wal { node, syncs, requests, micros }, stages: vec![] };
-        let before = [wal(1, 10, 20, 1000), wal(2, 5, 5, 0)];
-        let after = [wal(1, 15, 40, 4000), wal(2, 6, 9, 500), wal(3, 100, 100, 9)];
-        assert_eq!(wal_delta(&before, &after), wal(2, 6, 24, 3500).wal);
+        let wal = |node, syncs, requests, micros, memory| NodeReading {
+            wal: Wal { node, syncs, requests, micros, log_reads_from_memory: memory, log_reads_from_disk: memory / 10 },
+            stages: vec![],
+        };
+        let before = [wal(1, 10, 20, 1000, 100), wal(2, 5, 5, 0, 0)];
+        let after = [wal(1, 15, 40, 4000, 300), wal(2, 6, 9, 500, 50), wal(3, 100, 100, 9, 1000)];
+        assert_eq!(wal_delta(&before, &after), wal(2, 6, 24, 3500, 250).wal);
     }
 }

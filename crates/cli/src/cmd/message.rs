@@ -93,7 +93,7 @@ pub async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
     let dedup_id = args.dedup_id.clone().unwrap_or_default();
     let (delay_ms, ttl_ms) = (args.delay_ms, args.ttl_ms);
     let message = |body: String| pb::ProduceMessage {
-        body: body.into_bytes(),
+        body: body.into(),
         headers: headers.clone(),
         dedup_id: dedup_id.clone(),
         delay_ms,

@@ -153,7 +153,7 @@ mod tests {
     fn message_text_shows_offset_attempt_body_headers() {
         let m = pb::Message {
             offset: 7,
-            body: b"hi".to_vec(),
+            body: b"hi".to_vec().into(),
             headers: [("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())].into(),
             delivery_attempt: 2,
             receipt: "r1-7-9".into(),

@@ -48,6 +48,8 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         wal_syncs: syncer.sync_count(),
         wal_sync_requests: syncer.request_count(),
         wal_sync_micros: syncer.sync_micros(),
+        log_entries_read_from_memory: manager.storage().log_reads().from_memory(),
+        log_entries_read_from_disk: manager.storage().log_reads().from_disk(),
         process_cpu_micros: usage.cpu_micros,
         process_rss_bytes: usage.rss_bytes,
         stage_latencies: stages::serialized()

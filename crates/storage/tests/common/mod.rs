@@ -18,7 +18,7 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub fn produce_entry(index: u64, body_bytes: usize) -> Entry {
     let body = vec![(index % 251) as u8; body_bytes];
     let command = QueueCommand::Produce {
-        messages: vec![NewMessage { body, ..Default::default() }],
+        messages: vec![NewMessage { body: body.into(), ..Default::default() }],
         dedup_window_ms: 0,
         limits: Default::default(),
     };
