@@ -12,7 +12,7 @@ use raftmq_proto::v1::cluster_service_client::ClusterServiceClient;
 use raftmq_proto::v1::message_service_client::MessageServiceClient;
 use raftmq_proto::v1::queue_service_client::QueueServiceClient;
 use raftmq_proto::v1::{
-    AckRequest, ConsumeRequest, CreateQueueRequest, DeleteQueueRequest, GetClusterStatusRequest,
+    AckRequest, ConsumeRequest, ConsumeResponse, CreateQueueRequest, DeleteQueueRequest, GetClusterStatusRequest,
     GetClusterStatusResponse, GetQueueRequest, Message, ProduceMessage, ProduceRequest, QueueConfig, QueueInfo,
     SettleResponse,
 };
@@ -138,9 +138,15 @@ impl Client {
             visibility_timeout_ms,
             ..Default::default()
         };
-        let timeout = CALL_TIMEOUT + Duration::from_millis(wait_time_ms);
+        Ok(self.consume_with(request).await?.messages)
+    }
+
+    /// Consume with every field of the request (an ack, a subscription, ...),
+    /// answered whole.
+    pub async fn consume_with(&self, request: ConsumeRequest) -> Result<ConsumeResponse, Status> {
+        let timeout = CALL_TIMEOUT + Duration::from_millis(request.wait_time_ms);
         let mut client = self.messages.clone();
-        Ok(bounded(timeout, client.consume(request_with_timeout(request, timeout))).await?.messages)
+        bounded(timeout, client.consume(request_with_timeout(request, timeout))).await
     }
 
     pub async fn ack(&self, queue: &str, receipts: Vec<String>) -> Result<SettleResponse, Status> {

@@ -348,6 +348,35 @@ impl Client {
         .await
     }
 
+    /// Acks `ack` (receipts of messages received earlier) and leases up to
+    /// `max` messages of the `default` subscription in one call and one Raft
+    /// entry, waiting up to `wait` for messages; `acked` in the answer says
+    /// which receipts took effect. A retried call acks again: receipts that
+    /// took effect the first time then fail as gone.
+    pub async fn consume_and_ack(
+        &self,
+        queue: &str,
+        max: u32,
+        wait: Duration,
+        ack: Vec<String>,
+    ) -> Result<pb::ConsumeResponse, ClientError> {
+        let message = pb::ConsumeRequest {
+            queue: queue.to_string(),
+            max_messages: max,
+            wait_time_ms: wait.as_millis() as u64,
+            ack,
+            ..Default::default()
+        };
+        self.retry(wait, |channel, timeout| {
+            let message = message.clone();
+            async move {
+                let mut client = MessageServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                Ok(client.consume(Self::request(message, timeout)).await?.into_inner())
+            }
+        })
+        .await
+    }
+
     /// Consume with every field of the request (a subscription, a byte limit, …).
     pub async fn consume_with(&self, message: pb::ConsumeRequest) -> Result<Vec<pb::Message>, ClientError> {
         let wait = Duration::from_millis(message.wait_time_ms);

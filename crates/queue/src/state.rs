@@ -417,6 +417,19 @@ impl QueueState {
         changes: &mut Vec<Change>,
         store: &impl ColdStore,
     ) -> Result<QueueResponse, ColdError> {
+        if let QueueCommand::Batch(commands) = &request.command {
+            // Each command reads back what it needs when its turn comes, as
+            // if it were its own entry. Should a read-back fail midway, the
+            // commands before it are applied in memory only: the error stops
+            // the group before anything is persisted, and a restart rebuilds
+            // the state from storage and applies the whole entry again.
+            let mut responses = Vec::with_capacity(commands.len());
+            for command in commands {
+                let part = QueueRequest { now: request.now, command: command.clone() };
+                responses.push(self.apply_with(log_index, &part, changes, store)?);
+            }
+            return Ok(QueueResponse::Batch(responses));
+        }
         self.reload_for(request, store)?;
         Ok(self.apply_in_memory(log_index, request, changes))
     }
@@ -671,6 +684,7 @@ impl QueueState {
                 }
                 None => QueueResponse::SubscriptionNotFound,
             },
+            QueueCommand::Batch(_) => unreachable!("apply_with applies a batch one command at a time"),
         };
         self.checked(response)
     }

@@ -266,6 +266,48 @@ fn acked_message_never_comes_back() {
     }
 }
 
+/// A batch applies its commands in order, as separate entries would: the
+/// same responses, state and stored changes.
+#[test]
+fn a_batch_is_its_commands_one_after_another() {
+    let mut batched = Harness::new();
+    let mut separate = Harness::new();
+    for q in [&mut batched, &mut separate] {
+        q.produce(10, &["a", "b", "c", "d"]);
+    }
+    let first = batched.lease(20, 2, 1000);
+    assert_eq!(separate.lease(20, 2, 1000), first);
+    let ack =
+        QueueCommand::Ack { receipts: first.iter().map(|m| m.receipt).collect(), retention: Retention::default() };
+    let lease = QueueCommand::Lease {
+        subscription: default_sub(),
+        max_messages: 5,
+        max_bytes: 0,
+        visibility_timeout_ms: 1000,
+        policy: DeliveryPolicy::default(),
+        correlation_id: None,
+    };
+    let response = batched.apply(30, QueueCommand::Batch(vec![ack.clone(), lease.clone()]));
+    let acked = separate.apply(30, ack);
+    // Lease ids are log indexes: the separate lease at the batch's index.
+    separate.index -= 1;
+    let one_by_one = vec![acked, separate.apply(30, lease)];
+    match &one_by_one[..] {
+        [QueueResponse::Settled { succeeded: 2, failures }, QueueResponse::Leased { messages }] => {
+            assert!(failures.is_empty());
+            assert_eq!(offsets(messages), [2, 3], "the acked messages are not leased again");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(response, QueueResponse::Batch(one_by_one));
+    assert_eq!(batched.state.stats(TimestampMs(30)), separate.state.stats(TimestampMs(30)));
+    assert_eq!(
+        (&batched.stored_deliveries, &batched.stored_bodies),
+        (&separate.stored_deliveries, &separate.stored_bodies)
+    );
+    assert!(!batched.stored_bodies.contains_key(&Offset(0)), "the acked bodies are deleted");
+}
+
 #[test]
 fn double_ack_reports_message_gone() {
     let mut q = Harness::new();
@@ -509,7 +551,21 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
             },
             5..=6 if !receipts.is_empty() => {
                 let n = rng.random_range(1..=receipts.len().min(4));
-                QueueCommand::Ack { receipts: receipts.split_off(receipts.len() - n), retention }
+                let ack = QueueCommand::Ack { receipts: receipts.split_off(receipts.len() - n), retention };
+                // What a consume that acks its last batch proposes.
+                if rng.random_bool(0.5) {
+                    let lease = QueueCommand::Lease {
+                        subscription: name.clone(),
+                        max_messages: rng.random_range(1..8),
+                        max_bytes: 0,
+                        visibility_timeout_ms: rng.random_range(1..1000),
+                        policy,
+                        correlation_id: None,
+                    };
+                    QueueCommand::Batch(vec![ack, lease])
+                } else {
+                    ack
+                }
             }
             7 if !receipts.is_empty() => QueueCommand::Nack {
                 receipts: vec![receipts.swap_remove(rng.random_range(0..receipts.len()))],
@@ -576,33 +632,42 @@ fn random_commands_are_deterministic_and_never_redeliver_acked() {
         let (from, max) = (rng.random_range(0..=a.state.next_offset().0), rng.random_range(1..6));
         let peek_sub = a.state.subscription_id(&name).unwrap_or(D);
         assert_eq!(a.peek(peek_sub, from, u64::MAX, max), b.peek(peek_sub, from, u64::MAX, max), "seed {seed}");
-        match (&command, &ra) {
-            (_, QueueResponse::Leased { messages }) => {
-                for m in messages {
-                    let key = (m.receipt.subscription, m.offset);
-                    assert!(!acked.contains(&key), "acked {key:?} leased again (seed {seed})");
-                    assert!(
-                        max_deliveries == 0 || m.delivery_attempt <= max_deliveries,
-                        "{} delivered {} times (seed {seed})",
-                        m.offset,
-                        m.delivery_attempt
-                    );
-                    receipts.push(m.receipt);
-                }
+        let parts = match (&command, &ra) {
+            (QueueCommand::Batch(commands), QueueResponse::Batch(responses)) => {
+                assert_eq!(commands.len(), responses.len(), "one response per command (seed {seed})");
+                commands.iter().zip(responses).collect::<Vec<_>>()
             }
-            (QueueCommand::Ack { receipts: sent, .. }, QueueResponse::Settled { failures, .. }) => {
-                for r in sent {
-                    if !failures.iter().any(|f| f.receipt == *r) {
-                        acked.insert((r.subscription, r.offset));
+            _ => vec![(&command, &ra)],
+        };
+        for part in parts {
+            match part {
+                (_, QueueResponse::Leased { messages }) => {
+                    for m in messages {
+                        let key = (m.receipt.subscription, m.offset);
+                        assert!(!acked.contains(&key), "acked {key:?} leased again (seed {seed})");
+                        assert!(
+                            max_deliveries == 0 || m.delivery_attempt <= max_deliveries,
+                            "{} delivered {} times (seed {seed})",
+                            m.offset,
+                            m.delivery_attempt
+                        );
+                        receipts.push(m.receipt);
                     }
                 }
+                (QueueCommand::Ack { receipts: sent, .. }, QueueResponse::Settled { failures, .. }) => {
+                    for r in sent {
+                        if !failures.iter().any(|f| f.receipt == *r) {
+                            acked.insert((r.subscription, r.offset));
+                        }
+                    }
+                }
+                // A seek is a replay: acked messages may come again.
+                (QueueCommand::Seek { .. }, QueueResponse::Sought { .. }) => {
+                    acked.retain(|(sub, _)| Some(*sub) != sought);
+                }
+                (QueueCommand::Purge, _) => {}
+                _ => {}
             }
-            // A seek is a replay: acked messages may come again.
-            (QueueCommand::Seek { .. }, QueueResponse::Sought { .. }) => {
-                acked.retain(|(sub, _)| Some(*sub) != sought);
-            }
-            (QueueCommand::Purge, _) => {}
-            _ => {}
         }
         if rng.random_range(0..100) == 0 {
             b.state = b.restored();

@@ -134,6 +134,11 @@ pub enum QueueCommand {
     /// message at or after `target`, and is done with every earlier one.
     /// Outstanding leases of the subscription end.
     Seek { subscription: SubscriptionName, target: SeekTarget, retention: Retention },
+    /// Several commands in one entry, applied in order as if each were its
+    /// own entry, with the same `now`: a consume that acks what the consumer
+    /// received before and leases the next messages ([`QueueCommand::Ack`]
+    /// then [`QueueCommand::Lease`]) costs one replication and fsync, not two.
+    Batch(Vec<QueueCommand>),
 }
 
 /// Where a new subscription starts.
@@ -265,6 +270,8 @@ pub enum QueueResponse {
         depth: u64,
         bytes: u64,
     },
+    /// Result of Batch: one response per command, in order.
+    Batch(Vec<QueueResponse>),
 }
 
 /// A queue's size limits, as of the produce; 0 is no limit.
@@ -340,6 +347,14 @@ impl std::fmt::Display for RaftRequest {
                 QueueCommand::DeleteSubscription { name, .. } => write!(f, "delete subscription {name} at {now}"),
                 QueueCommand::Seek { subscription, target, .. } => {
                     write!(f, "seek {subscription} to {target:?} at {now}")
+                }
+                QueueCommand::Batch(commands) => {
+                    write!(f, "{} commands:", commands.len())?;
+                    for command in commands {
+                        let request = RaftRequest::Queue(QueueRequest { now: *now, command: command.clone() });
+                        write!(f, " [{request}]")?;
+                    }
+                    Ok(())
                 }
             },
         }

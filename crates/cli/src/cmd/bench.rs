@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// After the producers stop, how long consumers may take to drain.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
+    /// Ack each batch with an Ack call of its own. By default a consumer
+    /// acks a batch with its next Consume (`ConsumeRequest.ack`): one Raft
+    /// entry per batch instead of two.
+    #[arg(long)]
+    separate_acks: bool,
     /// Send every call to the first endpoint, whichever node leads the queue,
     /// instead of to the leader: measures the forwarding hop.
     #[arg(long)]
@@ -407,9 +412,10 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
             producing.clone(),
             samples.clone(),
         );
-        let drain = Duration::from_secs(args.drain_secs);
+        let (drain, separate_acks) = (Duration::from_secs(args.drain_secs), args.separate_acks);
         consumers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut unacked: Vec<String> = Vec::new();
             // Set when this consumer first sees that the producers stopped.
             let mut drain_until = None;
             loop {
@@ -421,16 +427,31 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
                         break;
                     }
                 }
-                let messages = client.consume(&queue, 256, Duration::from_millis(200), None).await?;
+                // The receipts of the last batch ride on this consume, unless
+                // acks go separately.
+                let response = client
+                    .consume_and_ack(&queue, 256, Duration::from_millis(200), std::mem::take(&mut unacked))
+                    .await?;
+                let acked = response.acked.map_or(0, |acked| acked.succeeded);
+                consumed.fetch_add(u64::from(acked), Ordering::Relaxed);
+                let messages = response.messages;
                 if messages.is_empty() {
                     continue;
                 }
                 let received = now_ms();
                 latencies
                     .extend(messages.iter().map(|m| Duration::from_millis(received.saturating_sub(m.publish_time_ms))));
-                let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
-                client.ack(&queue, receipts).await?;
-                consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+                if separate_acks {
+                    let acked = client.ack(&queue, receipts).await?;
+                    consumed.fetch_add(u64::from(acked.succeeded), Ordering::Relaxed);
+                } else {
+                    unacked = receipts;
+                }
+            }
+            if !unacked.is_empty() {
+                // The drain ran out with a batch received and not yet acked.
+                client.ack(&queue, unacked).await?;
             }
             samples.lock().await.end_to_end.extend(latencies);
             anyhow::Ok(())
@@ -489,7 +510,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     let summary = json!({
         "queue": args.queue, "producers": args.producers, "consumers": args.consumers,
         "message_size": args.message_size, "batch": args.batch,
-        "queues": args.queues, "rate": args.rate, "count": args.count,
+        "queues": args.queues, "rate": args.rate, "count": args.count, "separate_acks": args.separate_acks,
         "produced": p, "consumed": c,
         "produce_msgs_per_sec": p as f64 / produce_secs,
         "consume_msgs_per_sec": c as f64 / total_secs,

@@ -76,6 +76,26 @@ fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>, Status> {
     receipts.iter().map(|r| r.parse::<Receipt>().map_err(|e| ApiError::from(e).into())).collect()
 }
 
+/// A consume's receipts to ack with its lease: none is no ack.
+fn parse_consume_acks(receipts: &[String]) -> Result<Option<Vec<Receipt>>, Status> {
+    if receipts.is_empty() {
+        return Ok(None);
+    }
+    if receipts.len() > MAX_BATCH {
+        return Err(ApiError::InvalidArgument(format!("ack: got {}, send 0 to {MAX_BATCH}", receipts.len())).into());
+    }
+    let parse = |r: &String| r.parse::<Receipt>().map_err(|e| ApiError::InvalidArgument(format!("ack: {e}")).into());
+    receipts.iter().map(parse).collect::<Result<_, Status>>().map(Some)
+}
+
+/// A settle command's answer, as the API gives it.
+fn settled(response: QueueResponse) -> Result<SettleResponse, LocalError> {
+    match response {
+        QueueResponse::Settled { succeeded, failures } => Ok(convert::settle_response(succeeded, &failures)),
+        other => Err(unexpected(other)),
+    }
+}
+
 fn check_duration(field: &str, ms: u64, allow_zero: bool) -> Result<(), Status> {
     if (!allow_zero && ms == 0) || ms > MAX_VISIBILITY_TIMEOUT_MS {
         let low = if allow_zero { 0 } else { 1 };
@@ -118,14 +138,7 @@ impl MessageServiceImpl {
                 queue,
                 |group, entry| {
                     let command = command(&entry.config);
-                    async move {
-                        match propose(&group, QueueRequest { now: clock::now(), command }).await? {
-                            QueueResponse::Settled { succeeded, failures } => {
-                                Ok(convert::settle_response(succeeded, &failures))
-                            }
-                            other => Err(unexpected(other)),
-                        }
-                    }
+                    async move { settled(propose(&group, QueueRequest { now: clock::now(), command }).await?) }
                 },
                 |channel, ctx| remote(client(channel), ctx),
             )
@@ -145,15 +158,20 @@ struct LeaseAsk {
 /// Leases messages on the leader, waiting up to `wait_until` for some to
 /// become available. Proposes nothing while nothing is available, nor while
 /// leases already on their way (from other consumers) ask for everything
-/// that is ([`crate::lease_claims`]).
+/// that is ([`crate::lease_claims`]). Receipts in `ack` are acked in the
+/// same entry as the lease (`QueueCommand::Batch`), or alone before the
+/// wait when there is nothing to lease.
 async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
     claims: Arc<LeaseClaims>,
     ask: LeaseAsk,
+    ack: Option<Vec<Receipt>>,
     wait_until: Instant,
-) -> Result<Vec<raftmq_proto::v1::Message>, LocalError> {
+) -> Result<ConsumeResponse, LocalError> {
     let LeaseAsk { subscription, max_messages, max_bytes, correlation_id, visibility_timeout_ms } = ask;
+    let mut ack = ack.map(|receipts| QueueCommand::Ack { receipts, retention: config.retention() });
+    let mut acked = None;
     let mut applied = group.reader.applied_index_watch();
     let own_id = group.raft.metrics().borrow_watched().id;
     loop {
@@ -178,7 +196,7 @@ async fn lease_on_leader(
         };
         if lease_now {
             let policy = config.delivery_policy(rand::random());
-            let command = QueueCommand::Lease {
+            let lease = QueueCommand::Lease {
                 subscription: subscription.clone(),
                 max_messages,
                 max_bytes,
@@ -186,7 +204,22 @@ async fn lease_on_leader(
                 policy,
                 correlation_id: correlation_id.clone(),
             };
-            let response = propose(&group, QueueRequest { now, command }).await?;
+            let response = match ack.take() {
+                None => propose(&group, QueueRequest { now, command: lease }).await?,
+                Some(ack) => {
+                    let command = QueueCommand::Batch(vec![ack, lease]);
+                    match propose(&group, QueueRequest { now, command }).await? {
+                        QueueResponse::Batch(responses) => match <[_; 2]>::try_from(responses) {
+                            Ok([ack, lease]) => {
+                                acked = Some(settled(ack)?);
+                                lease
+                            }
+                            Err(responses) => return Err(unexpected(QueueResponse::Batch(responses))),
+                        },
+                        other => return Err(unexpected(other)),
+                    }
+                }
+            };
             // The lease is answered: consumers waiting on it may look again.
             drop(claim);
             match response {
@@ -196,7 +229,7 @@ async fn lease_on_leader(
                         .reader
                         .read_messages(&offsets)
                         .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
-                    return Ok(convert::delivered(&messages, bodies));
+                    return Ok(ConsumeResponse { messages: convert::delivered(&messages, bodies), acked });
                 }
                 QueueResponse::Leased { .. } => {}
                 QueueResponse::SubscriptionNotFound => {
@@ -205,9 +238,13 @@ async fn lease_on_leader(
                 }
                 other => return Err(unexpected(other)),
             }
+        } else if let Some(ack) = ack.take() {
+            // Nothing to lease yet: the ack does not wait for messages.
+            acked = Some(settled(propose(&group, QueueRequest { now, command: ack }).await?)?);
+            continue;
         }
         if Instant::now() >= wait_until {
-            return Ok(Vec::new());
+            return Ok(ConsumeResponse { messages: Vec::new(), acked });
         }
         // Sleep until something is applied, a lease in flight is answered, a
         // lease or delay runs out, or the wait ends.
@@ -397,10 +434,11 @@ impl MessageService for MessageServiceImpl {
             check_duration("visibility_timeout_ms", request.visibility_timeout_ms, false)?;
         }
         let subscription = subscription_name(&request.subscription)?;
+        let ack = parse_consume_acks(&request.ack)?;
         // The long poll must fit in the caller's deadline, with room for the answer.
         let wait_until = (Instant::now() + Duration::from_millis(request.wait_time_ms))
             .min(ctx.deadline.checked_sub(Duration::from_millis(200)).unwrap_or(ctx.deadline));
-        let messages = self
+        let response = self
             .router
             .on_queue_leader(
                 ctx,
@@ -417,18 +455,18 @@ impl MessageService for MessageServiceImpl {
                         correlation_id: (!request.correlation_id.is_empty()).then(|| request.correlation_id.clone()),
                         visibility_timeout_ms,
                     };
-                    lease_on_leader(group, entry.config, self.lease_claims.clone(), ask, wait_until)
+                    lease_on_leader(group, entry.config, self.lease_claims.clone(), ask, ack.clone(), wait_until)
                 },
                 |channel, ctx| {
                     let mut forwarded = request.clone();
                     // The time already spent here counts against the wait.
                     forwarded.wait_time_ms = wait_until.saturating_duration_since(Instant::now()).as_millis() as u64;
                     let forwarded = ctx.forward(forwarded);
-                    async move { Ok(client(channel).consume(forwarded).await?.into_inner().messages) }
+                    async move { Ok(client(channel).consume(forwarded).await?.into_inner()) }
                 },
             )
             .await?;
-        Ok(Response::new(ConsumeResponse { messages }))
+        Ok(Response::new(response))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<SettleResponse>, Status> {
