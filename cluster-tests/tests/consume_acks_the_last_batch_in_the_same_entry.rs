@@ -1,8 +1,9 @@
 //! A consumer can ack the batch it received with its next Consume
 //! (`ConsumeRequest.ack`): the ack and the next lease are one Raft entry
 //! instead of two, acked messages are gone for good, and the answer says
-//! which receipts took effect. With nothing to lease the ack still goes at
-//! once, alone. A bad receipt in `ack` is refused before anything happens.
+//! which receipts took effect. With nothing to lease the ack waits with the
+//! call for messages (up to 100 ms), and then goes alone. A bad receipt in
+//! `ack` is refused before anything happens.
 
 use std::time::Duration;
 
@@ -56,13 +57,30 @@ async fn consume_acks_the_last_batch_in_the_same_entry() {
     assert_eq!((acked.succeeded, acked.failed.len()), (2, 0));
     assert_eq!(settled_log_index(&cluster, leader).await - before, 1, "ack and lease in one entry");
 
-    // Nothing left to lease: the ack of m2 and m3 goes alone, at once, and
-    // the call still waits its time for messages that do not come.
+    // Nothing left to lease: the ack of m2 and m3 waits for messages with
+    // the call, then goes alone, and the call waits out its time.
     let before = settled_log_index(&cluster, leader).await;
-    let third = client.consume_with(consume(10, 300, receipts(&second))).await.expect("ack with an empty consume");
+    let started = std::time::Instant::now();
+    let third = client.consume_with(consume(10, 1_500, receipts(&second))).await.expect("ack with an empty consume");
     assert!(third.messages.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(1_500), "the call waited for messages");
     assert_eq!(third.acked.clone().map(|a| a.succeeded), Some(2));
     assert_eq!(settled_log_index(&cluster, leader).await - before, 1, "the ack alone");
+
+    // A message that arrives while the ack is held is leased with it: one
+    // entry for both.
+    client.produce(QUEUE, ["m5"]).await.expect("produce");
+    let fourth = client.consume_with(consume(10, 1_000, vec![])).await.expect("consume");
+    let before = settled_log_index(&cluster, leader).await;
+    let producer = cluster.client(leader);
+    // Before or after the consume reaches the leader, within the hold.
+    let late = tokio::spawn(async move { producer.produce(QUEUE, ["m6"]).await });
+    let fifth = client.consume_with(consume(10, 1_000, receipts(&fourth))).await.expect("consume and ack");
+    late.await.expect("producer task").expect("produce");
+    assert_eq!(fifth.messages.iter().map(body_text).collect::<Vec<_>>(), ["m6"]);
+    assert_eq!(fifth.acked.clone().map(|a| a.succeeded), Some(1));
+    assert_eq!(settled_log_index(&cluster, leader).await - before, 2, "the produce, and the ack with the lease");
+    client.ack(QUEUE, receipts(&fifth)).await.expect("ack");
 
     // The same receipts again: already acked, reported as failed.
     let again = client.consume_with(consume(10, 0, receipts(&second))).await.expect("ack twice");

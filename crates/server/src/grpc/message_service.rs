@@ -155,12 +155,18 @@ struct LeaseAsk {
     visibility_timeout_ms: u64,
 }
 
+/// How long a consume holds the ack it carries while it waits for messages
+/// to lease with it, before it proposes the ack alone.
+const MAX_ACK_HOLD: Duration = Duration::from_millis(100);
+
 /// Leases messages on the leader, waiting up to `wait_until` for some to
 /// become available. Proposes nothing while nothing is available, nor while
 /// leases already on their way (from other consumers) ask for everything
 /// that is ([`crate::lease_claims`]). Receipts in `ack` are acked in the
-/// same entry as the lease (`QueueCommand::Batch`), or alone before the
-/// wait when there is nothing to lease.
+/// same entry as the lease (`QueueCommand::Batch`): a consumer that keeps
+/// up with its producers finds nothing to lease when it acks, so the ack
+/// waits for messages too, for up to [`MAX_ACK_HOLD`] (and never past the
+/// wait), and then goes alone.
 async fn lease_on_leader(
     group: QueueGroup,
     config: QueueConfig,
@@ -171,6 +177,7 @@ async fn lease_on_leader(
 ) -> Result<ConsumeResponse, LocalError> {
     let LeaseAsk { subscription, max_messages, max_bytes, correlation_id, visibility_timeout_ms } = ask;
     let mut ack = ack.map(|receipts| QueueCommand::Ack { receipts, retention: config.retention() });
+    let ack_until = wait_until.min(Instant::now() + MAX_ACK_HOLD);
     let mut acked = None;
     let mut applied = group.reader.applied_index_watch();
     let own_id = group.raft.metrics().borrow_watched().id;
@@ -238,9 +245,10 @@ async fn lease_on_leader(
                 }
                 other => return Err(unexpected(other)),
             }
-        } else if let Some(ack) = ack.take() {
-            // Nothing to lease yet: the ack does not wait for messages.
-            acked = Some(settled(propose(&group, QueueRequest { now, command: ack }).await?)?);
+        } else if ack.is_some() && Instant::now() >= ack_until {
+            // Nothing came to lease while the ack was held: it goes alone.
+            let command = ack.take().expect("checked above");
+            acked = Some(settled(propose(&group, QueueRequest { now, command }).await?)?);
             continue;
         }
         if Instant::now() >= wait_until {
@@ -248,7 +256,7 @@ async fn lease_on_leader(
         }
         // Sleep until something is applied, a lease in flight is answered, a
         // lease or delay runs out, or the wait ends.
-        let mut sleep_until = wait_until;
+        let mut sleep_until = if ack.is_some() { ack_until } else { wait_until };
         if let Some(wakeup) = wakeup {
             let in_ms = wakeup.0.saturating_sub(now.0);
             sleep_until = sleep_until.min(Instant::now() + Duration::from_millis(in_ms));
