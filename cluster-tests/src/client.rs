@@ -112,7 +112,10 @@ impl Client {
     ) -> Result<Vec<u64>, Status> {
         let messages = bodies
             .into_iter()
-            .map(|body| ProduceMessage { body: Vec::from(body.into()).into(), ..Default::default() })
+            .map(|body| {
+                let body: Vec<u8> = body.into();
+                ProduceMessage { body: body.into(), ..Default::default() }
+            })
             .collect();
         self.produce_messages(queue, messages).await
     }

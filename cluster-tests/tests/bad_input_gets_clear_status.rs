@@ -38,7 +38,8 @@ fn req<T>(message: T) -> tonic::Request<T> {
 }
 
 fn message(body: impl Into<Vec<u8>>) -> ProduceMessage {
-    ProduceMessage { body: Vec::from(body.into()).into(), ..Default::default() }
+    let body: Vec<u8> = body.into();
+    ProduceMessage { body: body.into(), ..Default::default() }
 }
 
 fn produce(queue: &str, messages: Vec<ProduceMessage>) -> ProduceRequest {
