@@ -151,7 +151,8 @@ def main():
                "fsyncs every 2 minutes; `sync_interval: always` makes it sync every write before acknowledging.")
     out.append("- every consumer acks each message individually; RabbitMQ: prefetch 256 per consumer, NATS: "
                "one durable pull consumer, batches of 256, max_ack_pending 256 × consumers; raftmq: Consume of "
-               "up to 256 and one Ack call with their receipts.")
+               "up to 256, whose receipts are acked by the consumer's next Consume (`ConsumeRequest.ack`: "
+               "ack and next lease in one Raft entry).")
     if meta.get("any_node"):
         out.append("- clients use any node: `raftmq bench --any-node` sends every call to node 1, which forwards "
                    "to the queue's leader; peerbench `--any-node` spreads its connections over the three nodes.")

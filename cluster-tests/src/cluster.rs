@@ -243,6 +243,21 @@ impl TestCluster {
         status.groups.into_iter().find(|g| g.group_id != 0 && g.queue == queue)
     }
 
+    /// `queue`'s last log index on `leader`, once every node has applied
+    /// all of it: how many entries a step cost is the difference of two.
+    pub async fn settled_log_index(&self, leader: NodeId, queue: &str) -> u64 {
+        crate::poll_until(Duration::from_secs(10), "the queue's log to settle", async || {
+            let last = self.group_status(leader, queue).await?.last_log_index;
+            for node in self.node_ids() {
+                if self.group_status(node, queue).await?.applied_index != last {
+                    return None;
+                }
+            }
+            Some(last)
+        })
+        .await
+    }
+
     /// kill -9: `Child::kill` sends SIGKILL on unix. Waits for the process.
     pub fn kill(&mut self, node: NodeId) {
         let child = self.node_mut(node).process.take();

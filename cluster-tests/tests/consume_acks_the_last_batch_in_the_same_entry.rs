@@ -8,25 +8,10 @@
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::{ConsumeRequest, QueueConfig};
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text, poll_until};
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text};
 use tonic::Code;
 
 const QUEUE: &str = "acknext";
-
-/// The queue's last log index on its leader, once every replica has
-/// applied all of it.
-async fn settled_log_index(cluster: &TestCluster, leader: u64) -> u64 {
-    poll_until(Duration::from_secs(10), "the queue's log to settle", async || {
-        let last = cluster.group_status(leader, QUEUE).await?.last_log_index;
-        for node in cluster.node_ids() {
-            if cluster.group_status(node, QUEUE).await?.applied_index != last {
-                return None;
-            }
-        }
-        Some(last)
-    })
-    .await
-}
 
 fn consume(max_messages: u32, wait_time_ms: u64, ack: Vec<String>) -> ConsumeRequest {
     ConsumeRequest { queue: QUEUE.to_string(), max_messages, wait_time_ms, ack, ..Default::default() }
@@ -50,28 +35,28 @@ async fn consume_acks_the_last_batch_in_the_same_entry() {
     };
 
     // Ack m0 and m1 and lease the next two: one entry.
-    let before = settled_log_index(&cluster, leader).await;
+    let before = cluster.settled_log_index(leader, QUEUE).await;
     let second = client.consume_with(consume(2, 1_000, receipts(&first))).await.expect("consume and ack");
     assert_eq!(second.messages.iter().map(body_text).collect::<Vec<_>>(), ["m2", "m3"]);
     let acked = second.acked.clone().expect("an ack result");
     assert_eq!((acked.succeeded, acked.failed.len()), (2, 0));
-    assert_eq!(settled_log_index(&cluster, leader).await - before, 1, "ack and lease in one entry");
+    assert_eq!(cluster.settled_log_index(leader, QUEUE).await - before, 1, "ack and lease in one entry");
 
     // Nothing left to lease: the ack of m2 and m3 waits for messages with
     // the call, then goes alone, and the call waits out its time.
-    let before = settled_log_index(&cluster, leader).await;
+    let before = cluster.settled_log_index(leader, QUEUE).await;
     let started = std::time::Instant::now();
     let third = client.consume_with(consume(10, 1_500, receipts(&second))).await.expect("ack with an empty consume");
     assert!(third.messages.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(1_500), "the call waited for messages");
     assert_eq!(third.acked.clone().map(|a| a.succeeded), Some(2));
-    assert_eq!(settled_log_index(&cluster, leader).await - before, 1, "the ack alone");
+    assert_eq!(cluster.settled_log_index(leader, QUEUE).await - before, 1, "the ack alone");
 
     // A message that arrives while the ack is held is leased with it: one
     // entry for both.
     client.produce(QUEUE, ["m5"]).await.expect("produce");
     let fourth = client.consume_with(consume(10, 1_000, vec![])).await.expect("consume");
-    let before = settled_log_index(&cluster, leader).await;
+    let before = cluster.settled_log_index(leader, QUEUE).await;
     let producer = cluster.client(leader);
     // Before or after the consume reaches the leader, within the hold.
     let late = tokio::spawn(async move { producer.produce(QUEUE, ["m6"]).await });
@@ -79,7 +64,7 @@ async fn consume_acks_the_last_batch_in_the_same_entry() {
     late.await.expect("producer task").expect("produce");
     assert_eq!(fifth.messages.iter().map(body_text).collect::<Vec<_>>(), ["m6"]);
     assert_eq!(fifth.acked.clone().map(|a| a.succeeded), Some(1));
-    assert_eq!(settled_log_index(&cluster, leader).await - before, 2, "the produce, and the ack with the lease");
+    assert_eq!(cluster.settled_log_index(leader, QUEUE).await - before, 2, "the produce, and the ack with the lease");
     client.ack(QUEUE, receipts(&fifth)).await.expect("ack");
 
     // The same receipts again: already acked, reported as failed.

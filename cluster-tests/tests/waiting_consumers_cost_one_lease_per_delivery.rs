@@ -8,33 +8,17 @@
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::QueueConfig;
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text, poll_until};
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text};
 
 const QUEUE: &str = "trickle";
 const CONSUMERS_PER_NODE: usize = 2;
-
-/// The queue's last log index on its leader, once every replica has
-/// applied all of it.
-async fn settled_log_index(cluster: &TestCluster, leader: u64) -> u64 {
-    poll_until(Duration::from_secs(10), "the queue's log to settle", async || {
-        let last = cluster.group_status(leader, QUEUE).await?.last_log_index;
-        for node in cluster.node_ids() {
-            let group = cluster.group_status(node, QUEUE).await?;
-            if group.applied_index != last {
-                return None;
-            }
-        }
-        Some(last)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_consumers_cost_one_lease_per_delivery() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
-    let before = settled_log_index(&cluster, leader).await;
+    let before = cluster.settled_log_index(leader, QUEUE).await;
 
     let mut consumers = Vec::new();
     for node in cluster.node_ids() {
@@ -56,7 +40,7 @@ async fn waiting_consumers_cost_one_lease_per_delivery() {
     assert_eq!(delivered[0].delivery_attempt, 1);
     client.ack(QUEUE, vec![delivered[0].receipt.clone()]).await.expect("ack");
 
-    let after = settled_log_index(&cluster, leader).await;
+    let after = cluster.settled_log_index(leader, QUEUE).await;
     assert_eq!(
         after - before,
         3,
