@@ -360,31 +360,29 @@ impl Client {
         wait: Duration,
         ack: Vec<String>,
     ) -> Result<pb::ConsumeResponse, ClientError> {
-        let message = pb::ConsumeRequest {
+        self.consume_answer(pb::ConsumeRequest {
             queue: queue.to_string(),
             max_messages: max,
             wait_time_ms: wait.as_millis() as u64,
             ack,
             ..Default::default()
-        };
-        self.retry(wait, |channel, timeout| {
-            let message = message.clone();
-            async move {
-                let mut client = MessageServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                Ok(client.consume(Self::request(message, timeout)).await?.into_inner())
-            }
         })
         .await
     }
 
     /// Consume with every field of the request (a subscription, a byte limit, …).
     pub async fn consume_with(&self, message: pb::ConsumeRequest) -> Result<Vec<pb::Message>, ClientError> {
+        Ok(self.consume_answer(message).await?.messages)
+    }
+
+    /// A Consume call, retried, answered whole.
+    async fn consume_answer(&self, message: pb::ConsumeRequest) -> Result<pb::ConsumeResponse, ClientError> {
         let wait = Duration::from_millis(message.wait_time_ms);
         self.retry(wait, |channel, timeout| {
             let message = message.clone();
             async move {
                 let mut client = MessageServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                Ok(client.consume(Self::request(message, timeout)).await?.into_inner().messages)
+                Ok(client.consume(Self::request(message, timeout)).await?.into_inner())
             }
         })
         .await

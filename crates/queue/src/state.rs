@@ -417,34 +417,49 @@ impl QueueState {
         changes: &mut Vec<Change>,
         store: &impl ColdStore,
     ) -> Result<QueueResponse, ColdError> {
-        if let QueueCommand::Batch(commands) = &request.command {
+        self.apply_command(log_index, request.now, &request.command, changes, store)
+    }
+
+    fn apply_command(
+        &mut self,
+        log_index: u64,
+        now: TimestampMs,
+        command: &QueueCommand,
+        changes: &mut Vec<Change>,
+        store: &impl ColdStore,
+    ) -> Result<QueueResponse, ColdError> {
+        if let QueueCommand::Batch(commands) = command {
             // Each command reads back what it needs when its turn comes, as
             // if it were its own entry. Should a read-back fail midway, the
             // commands before it are applied in memory only: the error stops
             // the group before anything is persisted, and a restart rebuilds
             // the state from storage and applies the whole entry again.
-            let mut responses = Vec::with_capacity(commands.len());
-            for command in commands {
-                let part = QueueRequest { now: request.now, command: command.clone() };
-                responses.push(self.apply_with(log_index, &part, changes, store)?);
-            }
+            let responses = commands
+                .iter()
+                .map(|command| self.apply_command(log_index, now, command, changes, store))
+                .collect::<Result<_, _>>()?;
             return Ok(QueueResponse::Batch(responses));
         }
-        self.reload_for(request, store)?;
-        Ok(self.apply_in_memory(log_index, request, changes))
+        self.reload_for(now, command, store)?;
+        Ok(self.apply_in_memory(log_index, now, command, changes))
     }
 
-    /// Reads back the evicted messages `request` could touch. Only a lease
+    /// Reads back the evicted messages `command` could touch. Only a lease
     /// takes evicted messages as they come; the commands that change every
     /// message of a subscription read all of them back.
-    fn reload_for(&mut self, request: &QueueRequest, store: &impl ColdStore) -> Result<(), ColdError> {
+    fn reload_for(
+        &mut self,
+        now: TimestampMs,
+        command: &QueueCommand,
+        store: &impl ColdStore,
+    ) -> Result<(), ColdError> {
         if self.cold.is_empty() {
             return Ok(());
         }
-        match &request.command {
+        match command {
             QueueCommand::Lease { subscription, max_messages, policy, correlation_id: None, .. } => {
                 match self.subscription_id(subscription) {
-                    Some(id) => self.reload_for_lease(id, *max_messages, request.now, policy, store),
+                    Some(id) => self.reload_for_lease(id, *max_messages, now, policy, store),
                     None => Ok(()),
                 }
             }
@@ -579,9 +594,14 @@ impl QueueState {
         (self.table.len() as u64, self.cold.totals().0)
     }
 
-    fn apply_in_memory(&mut self, log_index: u64, request: &QueueRequest, changes: &mut Vec<Change>) -> QueueResponse {
-        let now = request.now;
-        let response = match &request.command {
+    fn apply_in_memory(
+        &mut self,
+        log_index: u64,
+        now: TimestampMs,
+        command: &QueueCommand,
+        changes: &mut Vec<Change>,
+    ) -> QueueResponse {
+        let response = match command {
             QueueCommand::Produce { messages, dedup_window_ms, limits } => {
                 self.produce(now, messages, *dedup_window_ms, *limits, changes)
             }
@@ -684,7 +704,7 @@ impl QueueState {
                 }
                 None => QueueResponse::SubscriptionNotFound,
             },
-            QueueCommand::Batch(_) => unreachable!("apply_with applies a batch one command at a time"),
+            QueueCommand::Batch(_) => unreachable!("apply_command applies a batch one command at a time"),
         };
         self.checked(response)
     }

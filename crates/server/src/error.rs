@@ -1,6 +1,6 @@
 //! Request errors of the server and their one mapping to gRPC status codes.
 
-use raftmq_types::{ConfigError, QueueNameError, ReceiptParseError, SubscriptionName};
+use raftmq_types::{ConfigError, QueueNameError, SubscriptionName};
 use tonic::{Code, Status};
 
 /// A request error: something the caller can act on. Fatal errors (storage
@@ -44,12 +44,6 @@ impl From<QueueNameError> for ApiError {
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         ApiError::InvalidArgument(format!("config: {e}"))
-    }
-}
-
-impl From<ReceiptParseError> for ApiError {
-    fn from(e: ReceiptParseError) -> Self {
-        ApiError::InvalidArgument(format!("receipts: {e}"))
     }
 }
 

@@ -111,15 +111,6 @@ impl CachedEntries {
     }
 }
 
-/// What the cache holds of a range of indexes.
-pub(crate) struct CachedRange {
-    /// The entries of the range that are in memory, in order.
-    pub entries: Vec<Entry>,
-    /// The index of the first of them; the range's part before it is not in
-    /// memory. `None`: nothing of the range is.
-    pub first: Option<u64>,
-}
-
 impl LogCache {
     /// Adds entries just written to the log, each with its encoded size; the
     /// first of them follows the last entry the log holds. Entries the cache
@@ -165,14 +156,12 @@ impl LogCache {
     }
 
     /// Clones of the cached entries with indexes in `start..end` (`None`: no
-    /// end).
-    pub fn get(&self, start: u64, end: Option<u64>) -> CachedRange {
+    /// end), in order; the range's part before the first of them is not in
+    /// memory.
+    pub fn get(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
         let cached = self.entries.lock().expect("log cache lock poisoned");
-        let Some(first_cached) = cached.first_index() else {
-            return CachedRange { entries: Vec::new(), first: None };
-        };
-        let from = start.max(first_cached);
-        let skip = (from - first_cached) as usize;
+        let Some(first_cached) = cached.first_index() else { return Vec::new() };
+        let skip = (start.max(first_cached) - first_cached) as usize;
         let entries: Vec<Entry> = cached
             .entries
             .iter()
@@ -181,8 +170,7 @@ impl LogCache {
             .map(|(e, _)| e.clone())
             .collect();
         self.reads.from_memory.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let first = entries.first().map(|e| e.index());
-        CachedRange { entries, first }
+        entries
     }
 
     /// The index after the last cached entry, if any is cached.
@@ -207,8 +195,8 @@ mod tests {
         (Entry::new(openraft::testing::log_id::<TypeConfig>(1, 1, index), EntryPayload::Blank), 10)
     }
 
-    fn indexes(range: &CachedRange) -> Vec<u64> {
-        range.entries.iter().map(|e| e.index()).collect()
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.index()).collect()
     }
 
     fn cache() -> Arc<LogCache> {
@@ -219,12 +207,10 @@ mod tests {
     fn serves_the_part_of_a_range_it_holds() {
         let cache = cache();
         cache.append((5..10).map(entry).collect());
-        let range = cache.get(3, Some(8));
-        assert_eq!(range.first, Some(5));
-        assert_eq!(indexes(&range), [5, 6, 7]);
+        assert_eq!(indexes(&cache.get(3, Some(8))), [5, 6, 7]);
         assert_eq!(indexes(&cache.get(7, None)), [7, 8, 9]);
-        assert_eq!(cache.get(10, None).first, None);
-        assert_eq!(cache.get(0, Some(5)).first, None);
+        assert!(cache.get(10, None).is_empty());
+        assert!(cache.get(0, Some(5)).is_empty());
         assert_eq!(cache.reads().from_memory(), 3 + 3);
     }
 

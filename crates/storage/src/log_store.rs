@@ -68,13 +68,13 @@ impl LogStore {
     /// and, should an append land between the two reads, any after its last).
     fn read_range(&self, start: u64, end_exclusive: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let cached = self.cache.get(start, end_exclusive);
-        let Some(first_cached) = cached.first else {
+        let Some(first_cached) = cached.first().map(|e| e.index()) else {
             return self.read_range_from_disk(start, end_exclusive);
         };
         let mut entries =
             if start < first_cached { self.read_range_from_disk(start, Some(first_cached))? } else { Vec::new() };
-        let after_cached = first_cached + cached.entries.len() as u64;
-        entries.extend(cached.entries);
+        let after_cached = first_cached + cached.len() as u64;
+        entries.extend(cached);
         if end_exclusive.is_some_and(|end| end > after_cached) {
             entries.extend(self.read_range_from_disk(after_cached, end_exclusive)?);
         }

@@ -103,7 +103,9 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         }
         // The catalog is published after it is written and before the
         // answers: a create handler reads it as soon as its write returns.
-        applied.commit(&self.storage, batch, META_GROUP_ID, ApplyWrite::Logged, |_| {
+        // The meta group applies rarely: its cache is looked up each time.
+        let log_cache = self.storage.log_cache(META_GROUP_ID);
+        applied.commit(&self.storage, batch, META_GROUP_ID, &log_cache, ApplyWrite::Logged, |_| {
             if changed {
                 self.catalog.send_replace(Arc::new(catalog));
             }

@@ -32,6 +32,7 @@ use crate::keys::{
     CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key, queue_key,
     queue_kind_range, queue_offset, subscription_range,
 };
+use crate::log_cache::LogCache;
 use crate::sm_meta::{
     ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
     read_applied_state, read_applied_state_at, read_snapshot, write_synced,
@@ -66,6 +67,8 @@ pub struct QueueStateMachine {
     state: Arc<RwLock<QueueState>>,
     /// The last applied log index, for long-polling consumers to wait on.
     applied: Arc<watch::Sender<u64>>,
+    /// The group's log entries in memory, released as they are applied.
+    log_cache: Arc<LogCache>,
 }
 
 /// Read access to a queue group's applied state, for the server.
@@ -86,6 +89,7 @@ impl QueueStateMachine {
         let (applied, _) = read_applied_state(&storage, group)?;
         let index = applied.map(|l| l.index()).unwrap_or(0);
         Ok(QueueStateMachine {
+            log_cache: storage.log_cache(group),
             storage,
             group,
             state: Arc::new(RwLock::new(state)),
@@ -570,7 +574,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         .await?;
         let mut batch = WriteBatch::default();
         self.write_changes(&mut batch, &changes)?;
-        applied.commit(&self.storage, batch, self.group, ApplyWrite::Unlogged, |applied| {
+        applied.commit(&self.storage, batch, self.group, &self.log_cache, ApplyWrite::Unlogged, |applied| {
             if let Some(log_id) = applied {
                 self.applied.send_replace(log_id.index());
             }

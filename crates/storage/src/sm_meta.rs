@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{decode, encode};
 use crate::keys::{CF_RAFT_META, MetaTag, meta_key};
+use crate::log_cache::LogCache;
 use crate::{SnapshotData, Storage, StorageError, TypeConfig};
 
 pub(crate) type LogId = LogIdOf<TypeConfig>;
@@ -133,6 +134,7 @@ impl AppliedEntries {
         storage: &Storage,
         mut batch: WriteBatch,
         group: GroupId,
+        log_cache: &LogCache,
         write: ApplyWrite,
         publish: impl FnOnce(Option<&LogId>),
     ) -> Result<(), StorageError> {
@@ -143,7 +145,7 @@ impl AppliedEntries {
         if let Some(applied) = &self.last_applied {
             // Applied entries are read again only by a follower far behind
             // (from RocksDB), so the log's memory can let them go.
-            storage.log_cache(group).release_through(applied.index());
+            log_cache.release_through(applied.index());
         }
         publish(self.last_applied.as_ref());
         for (responder, response) in self.responses {

@@ -324,39 +324,44 @@ impl std::fmt::Display for RaftRequest {
             RaftRequest::Meta(MetaCommand::UpdateQueue { name, update }) => {
                 write!(f, "update queue {name}: {update:?}")
             }
-            RaftRequest::Queue(QueueRequest { now, command }) => match command {
-                QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
-                QueueCommand::Lease { subscription, max_messages, visibility_timeout_ms, .. } => {
-                    write!(f, "lease up to {max_messages} of {subscription} for {visibility_timeout_ms} ms at {now}")
-                }
-                QueueCommand::Ack { receipts, .. } => write!(f, "ack {} receipts at {now}", receipts.len()),
-                QueueCommand::Nack { receipts, delay_ms, .. } => {
-                    write!(f, "nack {} receipts, delay {delay_ms:?} ms, at {now}", receipts.len())
-                }
-                QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
-                    write!(f, "extend {} leases by {visibility_timeout_ms} ms at {now}", receipts.len())
-                }
-                QueueCommand::Purge => write!(f, "purge at {now}"),
-                QueueCommand::Sweep { .. } => write!(f, "sweep at {now}"),
-                QueueCommand::RemoveDead { subscription, offsets, .. } => {
-                    write!(f, "remove {} dead-lettered of {subscription} at {now}", offsets.len())
-                }
-                QueueCommand::CreateSubscription { name, start } => {
-                    write!(f, "create subscription {name} at {start:?}, at {now}")
-                }
-                QueueCommand::DeleteSubscription { name, .. } => write!(f, "delete subscription {name} at {now}"),
-                QueueCommand::Seek { subscription, target, .. } => {
-                    write!(f, "seek {subscription} to {target:?} at {now}")
-                }
-                QueueCommand::Batch(commands) => {
-                    write!(f, "{} commands:", commands.len())?;
-                    for command in commands {
-                        let request = RaftRequest::Queue(QueueRequest { now: *now, command: command.clone() });
-                        write!(f, " [{request}]")?;
-                    }
-                    Ok(())
-                }
-            },
+            RaftRequest::Queue(QueueRequest { now, command }) => fmt_queue_command(f, now, command),
+        }
+    }
+}
+
+fn fmt_queue_command(f: &mut std::fmt::Formatter<'_>, now: &TimestampMs, command: &QueueCommand) -> std::fmt::Result {
+    match command {
+        QueueCommand::Produce { messages, .. } => write!(f, "produce {} messages at {now}", messages.len()),
+        QueueCommand::Lease { subscription, max_messages, visibility_timeout_ms, .. } => {
+            write!(f, "lease up to {max_messages} of {subscription} for {visibility_timeout_ms} ms at {now}")
+        }
+        QueueCommand::Ack { receipts, .. } => write!(f, "ack {} receipts at {now}", receipts.len()),
+        QueueCommand::Nack { receipts, delay_ms, .. } => {
+            write!(f, "nack {} receipts, delay {delay_ms:?} ms, at {now}", receipts.len())
+        }
+        QueueCommand::ExtendLease { receipts, visibility_timeout_ms } => {
+            write!(f, "extend {} leases by {visibility_timeout_ms} ms at {now}", receipts.len())
+        }
+        QueueCommand::Purge => write!(f, "purge at {now}"),
+        QueueCommand::Sweep { .. } => write!(f, "sweep at {now}"),
+        QueueCommand::RemoveDead { subscription, offsets, .. } => {
+            write!(f, "remove {} dead-lettered of {subscription} at {now}", offsets.len())
+        }
+        QueueCommand::CreateSubscription { name, start } => {
+            write!(f, "create subscription {name} at {start:?}, at {now}")
+        }
+        QueueCommand::DeleteSubscription { name, .. } => write!(f, "delete subscription {name} at {now}"),
+        QueueCommand::Seek { subscription, target, .. } => {
+            write!(f, "seek {subscription} to {target:?} at {now}")
+        }
+        QueueCommand::Batch(commands) => {
+            write!(f, "{} commands:", commands.len())?;
+            for command in commands {
+                write!(f, " [")?;
+                fmt_queue_command(f, now, command)?;
+                write!(f, "]")?;
+            }
+            Ok(())
         }
     }
 }

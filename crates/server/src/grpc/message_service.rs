@@ -71,9 +71,15 @@ fn check_batch(field: &str, n: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// Each receipt of a request's `field`, parsed.
+fn parse_each_receipt(field: &str, receipts: &[String]) -> Result<Vec<Receipt>, Status> {
+    let parse = |r: &String| r.parse::<Receipt>().map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")));
+    receipts.iter().map(|r| parse(r).map_err(Status::from)).collect()
+}
+
 fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>, Status> {
     check_batch("receipts", receipts.len())?;
-    receipts.iter().map(|r| r.parse::<Receipt>().map_err(|e| ApiError::from(e).into())).collect()
+    parse_each_receipt("receipts", receipts)
 }
 
 /// A consume's receipts to ack with its lease: none is no ack.
@@ -84,8 +90,18 @@ fn parse_consume_acks(receipts: &[String]) -> Result<Option<Vec<Receipt>>, Statu
     if receipts.len() > MAX_BATCH {
         return Err(ApiError::InvalidArgument(format!("ack: got {}, send 0 to {MAX_BATCH}", receipts.len())).into());
     }
-    let parse = |r: &String| r.parse::<Receipt>().map_err(|e| ApiError::InvalidArgument(format!("ack: {e}")).into());
-    receipts.iter().map(parse).collect::<Result<_, Status>>().map(Some)
+    parse_each_receipt("ack", receipts).map(Some)
+}
+
+/// The two answers of a `Batch` of an ack and a lease.
+fn ack_and_lease(response: QueueResponse) -> Result<(QueueResponse, QueueResponse), LocalError> {
+    match response {
+        QueueResponse::Batch(responses) => match <[_; 2]>::try_from(responses) {
+            Ok([ack, lease]) => Ok((ack, lease)),
+            Err(responses) => Err(unexpected(QueueResponse::Batch(responses))),
+        },
+        other => Err(unexpected(other)),
+    }
 }
 
 /// A settle command's answer, as the API gives it.
@@ -215,16 +231,9 @@ async fn lease_on_leader(
                 None => propose(&group, QueueRequest { now, command: lease }).await?,
                 Some(ack) => {
                     let command = QueueCommand::Batch(vec![ack, lease]);
-                    match propose(&group, QueueRequest { now, command }).await? {
-                        QueueResponse::Batch(responses) => match <[_; 2]>::try_from(responses) {
-                            Ok([ack, lease]) => {
-                                acked = Some(settled(ack)?);
-                                lease
-                            }
-                            Err(responses) => return Err(unexpected(QueueResponse::Batch(responses))),
-                        },
-                        other => return Err(unexpected(other)),
-                    }
+                    let (ack, lease) = ack_and_lease(propose(&group, QueueRequest { now, command }).await?)?;
+                    acked = Some(settled(ack)?);
+                    lease
                 }
             };
             // The lease is answered: consumers waiting on it may look again.
@@ -245,9 +254,8 @@ async fn lease_on_leader(
                 }
                 other => return Err(unexpected(other)),
             }
-        } else if ack.is_some() && Instant::now() >= ack_until {
+        } else if let Some(command) = ack.take_if(|_| Instant::now() >= ack_until) {
             // Nothing came to lease while the ack was held: it goes alone.
-            let command = ack.take().expect("checked above");
             acked = Some(settled(propose(&group, QueueRequest { now, command }).await?)?);
             continue;
         }
