@@ -357,6 +357,32 @@ fn an_unfinished_snapshot_file_is_removed_at_open() {
     assert!(!leftover.exists());
 }
 
+/// The memtables of the log, Raft metadata and queue data keep an insert
+/// position per key prefix (group, or group and kind), as the OPTIONS file
+/// RocksDB writes at open records it; the node metadata keeps none.
+#[test]
+fn memtables_keep_an_insert_hint_per_group_prefix() {
+    let dir = TempDir::new().unwrap();
+    drop(open(&dir));
+    let db = dir.path().join("db");
+    let newest = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("OPTIONS-"))
+        .max_by_key(|name| name.trim_start_matches("OPTIONS-").parse::<u64>().unwrap())
+        .expect("RocksDB writes an OPTIONS file");
+    let text = std::fs::read_to_string(db.join(newest)).unwrap();
+    let hint_of = |cf: &str| {
+        let section = text.split("[CFOptions \"").find(|s| s.starts_with(&format!("{cf}\"]"))).expect(cf);
+        let line = section.lines().find(|l| l.trim().starts_with("memtable_insert_with_hint_prefix_extractor="));
+        line.map(|l| l.trim().split_once('=').unwrap().1.to_string())
+    };
+    assert_eq!(hint_of("raft_log").as_deref(), Some("rocksdb.FixedPrefix.8"));
+    assert_eq!(hint_of("raft_meta").as_deref(), Some("rocksdb.FixedPrefix.9"));
+    assert_eq!(hint_of("queue").as_deref(), Some("rocksdb.FixedPrefix.9"));
+    assert!(matches!(hint_of("meta").as_deref(), None | Some("nullptr")), "{:?}", hint_of("meta"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_survive_reopen_and_snapshot_install() {
     let dir = TempDir::new().unwrap();
