@@ -79,6 +79,7 @@ def summarize(runs):
         "pp99": pick("produce_call_ms", "p99"),
         "ep50": pick("end_to_end_ms", "p50"),
         "ep99": pick("end_to_end_ms", "p99"),
+        "rate": pick("rate"),
     }
 
 
@@ -118,15 +119,21 @@ def main():
     for row in rows:
         ours = summarize([r for r in runs if r["row"] == row and r["target"] == "raftmq"])
         for t in targets:
-            s = summarize([r for r in runs if r["row"] == row and r["target"] == t])
+            row_runs = [r for r in runs if r["row"] == row and r["target"] == t]
+            if not row_runs:
+                continue  # the half row is raftmq's alone
+            s = summarize(row_runs)
             name = names[t]
             if s["bad"]:
                 name += f" ({s['bad']} of {s['n']} runs failed or left messages unconsumed)"
                 flagged = True
             ratio_p = "–" if t == "raftmq" else fmt_ratio(ours["produce"], s["produce"])
             ratio_c = "–" if t == "raftmq" else fmt_ratio(ours["consume"], s["consume"])
+            title = titles.get(row, row)
+            if s["rate"]:
+                title += f" ({s['rate']:,.0f} msg/s offered)"
             out.append(
-                f"| {titles.get(row, row)} | {name} | {fmt_rate(s['produce'])} | {fmt_rate(s['consume'])} | "
+                f"| {title} | {name} | {fmt_rate(s['produce'])} | {fmt_rate(s['consume'])} | "
                 f"{fmt_ms(s['pp50'])} / {fmt_ms(s['pp99'])} | {fmt_ms(s['ep50'])} / {fmt_ms(s['ep99'])} | "
                 f"{ratio_p} | {ratio_c} |"
             )
@@ -145,6 +152,10 @@ def main():
     out.append("- end-to-end latency: raftmq from the leader's publish_time_ms (when the leader took the Produce; "
                "ms resolution) to receipt; RabbitMQ and NATS from the producer's clock just before the publish "
                "(in the body's first 8 bytes, µs) to receipt, so theirs also counts the client-to-server hop.")
+    if any(r.get("rate") for r in runs):
+        out.append("- offered rate: raftmq alone, `raftmq bench --rate R` with R half the median of this run's "
+                   "raftmq headline runs before it: an open loop, calls go out on schedule whatever is unanswered "
+                   "(up to 16 per producer), and a call's latency counts from when it was due.")
     out.append("- ratio: raftmq's median ÷ the target's median; above 1× raftmq is faster.")
     out.append("- durability: raftmq and RabbitMQ quorum queues fsync before acknowledging a publish "
                "(on a majority); NATS by default acknowledges once a majority has the message in memory and "
