@@ -12,7 +12,7 @@
 #   DRAIN=30        seconds consumers may take to drain after that
 #   REPEATS=3       runs of each row and target (the table shows medians)
 #   TARGETS="raftmq rabbitmq nats nats-sync"
-#   ROWS="headline latency small large half"   (defined in ROW_SPECS below;
+#   ROWS="headline half latency small large"   (defined in ROW_SPECS below;
 #                   half: raftmq alone, at half its headline rate of this run)
 #   PEER_MODE=batch batch: W publishes then wait for all W confirms, like
 #                   raftmq bench's Produce call of W; window: W in flight always
@@ -35,7 +35,7 @@ DURATION="${DURATION:-10}"
 DRAIN="${DRAIN:-30}"
 REPEATS="${REPEATS:-3}"
 TARGETS="${TARGETS:-raftmq rabbitmq nats nats-sync}"
-ROWS="${ROWS:-headline latency small large half}"
+ROWS="${ROWS:-headline half latency small large}"
 PEER_MODE="${PEER_MODE:-batch}"
 ANY_NODE="${ANY_NODE:-}"
 RAFTMQ_BIN="${RAFTMQ_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/raftmq/target}/debug/raftmq}"
