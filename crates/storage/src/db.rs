@@ -117,7 +117,7 @@ impl Storage {
             table.set_pin_top_level_index_and_filter(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut cf_options = match memtable_hint_prefix(name) {
-                Some(len) => Options::default().get_options_from_string(&format!(
+                Some(len) => Options::default().get_options_from_string(format!(
                     "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.{len}"
                 ))?,
                 None => Options::default(),
