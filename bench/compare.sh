@@ -446,9 +446,9 @@ start_target() {
 
 # ------------------------------------------------------------ main
 
-for row in $ROWS; do [ -n "${ROW_SPECS[$row]:-}" ] || die "unknown row $row (known: ${!ROW_SPECS[*]})"; done
 seen_headline=""
 for row in $ROWS; do
+    [ -n "${ROW_SPECS[$row]:-}" ] || die "unknown row $row (known: ${!ROW_SPECS[*]})"
     case "$row" in
         headline) seen_headline=1 ;;
         half) [ -n "$seen_headline" ] || die "the half row needs the headline row before it" ;;

@@ -8,7 +8,7 @@ use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
 };
 
-use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, group_range};
+use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
 use crate::log_cache::{LogCache, LogCaches, LogReads};
 use crate::{SnapshotSpool, StorageError, WalSyncer};
 
@@ -48,8 +48,8 @@ const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// whose batches it inserts concurrently.
 fn memtable_hint_prefix(cf: &str) -> Option<usize> {
     match cf {
-        CF_RAFT_LOG => Some(8),
-        CF_QUEUE | CF_RAFT_META => Some(9),
+        CF_RAFT_LOG => Some(GROUP_PREFIX_LEN),
+        CF_QUEUE | CF_RAFT_META => Some(GROUP_KIND_PREFIX_LEN),
         _ => None,
     }
 }

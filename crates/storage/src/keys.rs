@@ -15,6 +15,11 @@ pub const CF_RAFT_META: &str = "raft_meta";
 pub const CF_QUEUE: &str = "queue";
 pub const CF_META: &str = "meta";
 
+/// Every key's first bytes: the big-endian group id.
+pub const GROUP_PREFIX_LEN: usize = 8;
+/// The group id and the one-byte kind (`queue`) or tag (`raft_meta`) after it.
+pub const GROUP_KIND_PREFIX_LEN: usize = GROUP_PREFIX_LEN + 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MetaTag {
