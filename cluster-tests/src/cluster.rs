@@ -90,12 +90,21 @@ pub struct TestCluster {
     /// Deleted on drop, unless the test is panicking: then the data and logs
     /// are kept for a post-mortem and their path is printed.
     root: Option<TempDir>,
+    /// Settings given to every node as environment variables
+    /// (`RAFTMQ_RAFT__ELECTION_TIMEOUT_MIN_MS`, …).
+    env: Vec<(String, String)>,
 }
 
 impl TestCluster {
     /// Starts `n` nodes that know each other as peers. Returns at once; call
     /// [`TestCluster::wait_ready`] before using the cluster.
     pub fn start(n: usize) -> TestCluster {
+        TestCluster::start_with_env(n, &[])
+    }
+
+    /// Like [`TestCluster::start`], with `env` set for every node, on every
+    /// start.
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> TestCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let binary = raftmq_binary();
         let root = tempfile::Builder::new().prefix("raftmq-cluster-").tempdir().expect("create the cluster's temp dir");
@@ -109,7 +118,8 @@ impl TestCluster {
                 Node { id, addr, dir, process: None, starts: 0 }
             })
             .collect();
-        let mut cluster = TestCluster { nodes, binary, root: Some(root) };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cluster = TestCluster { nodes, binary, root: Some(root), env };
         for id in cluster.node_ids() {
             cluster.spawn(id);
         }
@@ -386,6 +396,7 @@ impl TestCluster {
     fn spawn(&mut self, id: NodeId) {
         let peers = self.peers_flag();
         let binary = self.binary.clone();
+        let env = self.env.clone();
         let node = self.node_mut(id);
         node.starts += 1;
         let mut log = OpenOptions::new()
@@ -410,6 +421,7 @@ impl TestCluster {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_for_stderr));
         remove_raftmq_env(&mut command);
+        command.envs(env);
         command.env("RUST_BACKTRACE", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
