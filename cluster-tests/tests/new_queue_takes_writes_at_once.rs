@@ -74,7 +74,10 @@ async fn new_queue_takes_writes_at_once() {
     for i in 0..3 {
         let queue = format!("degraded-{i}");
         let elapsed = create_then_produce(&client, &queue, WITH_A_REPLICA_DOWN).await;
-        assert!(elapsed < AT_ONCE, "{queue}, created with node 3 down, took its first write {elapsed:?} after creation");
+        assert!(
+            elapsed < AT_ONCE,
+            "{queue}, created with node 3 down, took its first write {elapsed:?} after creation"
+        );
     }
     for i in 0..3 {
         let queue = format!("degraded-{i}");
