@@ -16,7 +16,7 @@ pub enum CodecError {
 }
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
-    postcard::to_stdvec(value).map_err(|source| CodecError::Encode { what, source })
+    raftmq_storage::to_vec_sized(value).map_err(|source| CodecError::Encode { what, source })
 }
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {

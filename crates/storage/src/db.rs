@@ -236,3 +236,14 @@ impl Storage {
         Ok(())
     }
 }
+
+/// A write batch with room for `records` puts whose values total
+/// `value_bytes`, allocated once: a batch grows by copying itself at each
+/// doubling, which for large values (64 KiB bodies) is a copy more of
+/// everything written. Room per record: its tag, column family, key and the
+/// lengths' varints (our keys are under 32 bytes).
+pub(crate) fn sized_batch(records: usize, value_bytes: usize) -> rocksdb::WriteBatch {
+    const HEADER: usize = 12;
+    const PER_RECORD: usize = 64;
+    rocksdb::WriteBatch::with_capacity_bytes(HEADER + records * PER_RECORD + value_bytes)
+}

@@ -26,7 +26,7 @@ mod wal_syncer;
 
 pub use catalog::{Catalog, CatalogQueue};
 pub use db::{FORMAT_VERSION, Storage};
-pub use error::StorageError;
+pub use error::{StorageError, to_vec_sized};
 pub use log_cache::LogReads;
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;

@@ -19,8 +19,9 @@ use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use raftmq_types::GroupId;
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{Direction, IteratorMode, ReadOptions};
 
+use crate::db::sized_batch;
 use crate::error::{decode, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
 use crate::log_cache::LogCache;
@@ -185,12 +186,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let started = std::time::Instant::now();
         let cf = self.storage.cf(CF_RAFT_LOG);
-        let mut batch = WriteBatch::default();
-        let mut cached = Vec::new();
+        let mut encoded = Vec::new();
         for entry in entries {
-            let encoded = encode("log entry", &entry)?;
-            batch.put_cf(cf, log_key(self.group, entry.index()), &encoded);
-            cached.push((entry, encoded.len()));
+            let bytes = encode("log entry", &entry)?;
+            encoded.push((entry, bytes));
+        }
+        let mut batch = sized_batch(encoded.len(), encoded.iter().map(|(_, bytes)| bytes.len()).sum());
+        let mut cached = Vec::with_capacity(encoded.len());
+        for (entry, bytes) in encoded {
+            batch.put_cf(cf, log_key(self.group, entry.index()), &bytes);
+            cached.push((entry, bytes.len()));
         }
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.

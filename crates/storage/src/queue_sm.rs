@@ -27,6 +27,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
+use crate::db::sized_batch;
 use crate::error::{decode, encode};
 use crate::keys::{
     CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key, queue_key,
@@ -536,6 +537,20 @@ impl QueueReader {
     }
 }
 
+/// The bytes of the messages `changes` store, to size their write batch.
+fn stored_bytes(changes: &[Change]) -> usize {
+    changes
+        .iter()
+        .map(|change| match change {
+            Change::PutMessage { message, .. } => {
+                let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+                message.body.len() + headers
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for QueueStateMachine {
     type SnapshotData = SnapshotData;
 
@@ -572,7 +587,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
             }
         })
         .await?;
-        let mut batch = WriteBatch::default();
+        let mut batch = sized_batch(2 * changes.len(), stored_bytes(&changes));
         self.write_changes(&mut batch, &changes)?;
         applied.commit(&self.storage, batch, self.group, &self.log_cache, ApplyWrite::Unlogged, |applied| {
             if let Some(log_id) = applied {
