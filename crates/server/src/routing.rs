@@ -22,7 +22,7 @@ use raftmq_types::{
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::ApiError;
 
@@ -33,6 +33,44 @@ const MAX_HOPS: u32 = 2;
 /// Used when the caller sets no deadline.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// A call that paused this long in all for a queue's leader is logged.
+const SLOW_ROUTING: Duration = Duration::from_millis(500);
+
+/// The pauses one call made while the queue's leader was unknown, moving or
+/// unreachable. Logged when the call ends, on whatever path, if they added
+/// up to [`SLOW_ROUTING`]: a client sees such a wait only as a slow call.
+struct RoutingPauses<'a> {
+    queue: &'a QueueName,
+    started: Instant,
+    pauses: u32,
+    last_reason: &'static str,
+}
+
+impl<'a> RoutingPauses<'a> {
+    fn new(queue: &'a QueueName) -> Self {
+        RoutingPauses { queue, started: Instant::now(), pauses: 0, last_reason: "" }
+    }
+
+    async fn pause(&mut self, reason: &'static str) {
+        self.pauses += 1;
+        self.last_reason = reason;
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+impl Drop for RoutingPauses<'_> {
+    fn drop(&mut self) {
+        if RETRY_PAUSE * self.pauses >= SLOW_ROUTING {
+            warn!(
+                queue = %self.queue,
+                pauses = self.pauses,
+                call_ms = self.started.elapsed().as_millis() as u64,
+                last_reason = self.last_reason,
+                "a call waited for the queue's leader"
+            );
+        }
+    }
+}
 
 /// Per-call routing context, taken from the incoming request's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +204,7 @@ impl Router {
     {
         let mut hint: Option<NodeId> = None;
         let mut replica_cursor = 0usize;
+        let mut pauses = RoutingPauses::new(queue);
         loop {
             let Some(entry) = self.catalog_entry(queue) else {
                 // The local catalog may trail the meta leader by a moment right
@@ -202,7 +241,7 @@ impl Router {
                     Err(LocalError::NotLeader(leader)) => {
                         hint = leader.filter(|id| *id != self.node_id());
                         if hint.is_none() {
-                            tokio::time::sleep(RETRY_PAUSE).await;
+                            pauses.pause("this node stopped leading, no new leader known").await;
                         }
                     }
                 },
@@ -210,7 +249,7 @@ impl Router {
                     Err(status) if is_retryable(&status) => {
                         debug!(%queue, node, error = %status.message(), "forwarded call failed; retrying");
                         hint = None;
-                        tokio::time::sleep(RETRY_PAUSE).await;
+                        pauses.pause("a forwarded call failed").await;
                     }
                     other => return other,
                 },
@@ -221,7 +260,7 @@ impl Router {
                     ))
                     .into());
                 }
-                Target::Wait => tokio::time::sleep(RETRY_PAUSE).await,
+                Target::Wait => pauses.pause("no leader known").await,
             }
             if ctx.expired() {
                 return Err(ApiError::Unavailable(format!(
