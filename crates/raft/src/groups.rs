@@ -292,7 +292,28 @@ impl GroupManager {
             })?;
             nodes.insert(*id, node);
         }
-        initialize_once(group_id, &raft, nodes).await?;
+        // The replica with the highest id initialises at once and, its first
+        // log id being the greatest, is elected within a round trip. The
+        // others wait a moment first: by then they normally hold its log
+        // or have voted for it, and openraft refuses their initialisation.
+        // Were all to initialise at once, one that saw the new queue late
+        // (its catalog a few milliseconds behind) would campaign against the
+        // leader just elected and leave the queue without one for an
+        // election timeout (1.3 s seen, docs/performance.md). If the highest
+        // replica is down, the others initialise after the wait and elect
+        // among themselves.
+        let highest = replicas.iter().max() == Some(&self.node_id);
+        if highest {
+            initialize_once(group_id, &raft, nodes).await?;
+        } else {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FOLLOWER_INITIALISE_DELAY).await;
+                if let Err(e) = initialize_once(group_id, &raft, nodes).await {
+                    warn!(%group_id, error = %e, "could not initialise the queue group");
+                }
+            });
+        }
         Ok(QueueGroup { group_id, queue, raft, reader, quiet: Arc::default() })
     }
 
@@ -303,6 +324,10 @@ impl GroupManager {
         let _ = self.meta.shutdown().await;
     }
 }
+
+/// How long a new queue group's replicas other than the highest wait before
+/// they initialise it (see `start_queue_group`).
+const FOLLOWER_INITIALISE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Every initial member initialises the group with the same membership; openraft
 /// allows that, and refuses (`NotAllowed`) once a node has any log or vote, which
