@@ -12,6 +12,7 @@
 //! Queue rules live in `raftmq-queue`; this crate only stores.
 
 mod catalog;
+mod codec;
 mod db;
 mod error;
 mod keys;
@@ -25,8 +26,9 @@ mod type_config;
 mod wal_syncer;
 
 pub use catalog::{Catalog, CatalogQueue};
+pub use codec::to_vec_sized;
 pub use db::{FORMAT_VERSION, Storage};
-pub use error::{StorageError, to_vec_sized};
+pub use error::StorageError;
 pub use log_cache::LogReads;
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;
