@@ -139,6 +139,9 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     // Far below the rate would mean the pacing holds producers back (this
     // cluster takes 2000 msg/s with ease).
     assert!(produce_rate >= RATE * 0.5, "producers were held far below --rate: {summary}");
+    // Paced calls report how late they went out (the bench's own share).
+    let send_delay_p50 = summary["send_delay_ms"]["p50"].as_f64().expect("send delay under --rate");
+    assert!(send_delay_p50 < 1000.0, "calls went out a second late at the median: {summary}");
 
     // Both queues got messages, all of them between the two; the base name
     // was not used.
