@@ -24,6 +24,7 @@ mod sm_meta;
 pub mod stages;
 mod type_config;
 mod wal_syncer;
+mod wal_trimmer;
 
 pub use catalog::{Catalog, CatalogQueue};
 pub use codec::to_vec_sized;
@@ -35,3 +36,4 @@ pub use meta_sm::MetaStateMachine;
 pub use queue_sm::{MESSAGES_IN_MEMORY, QueueReader, QueueStateMachine};
 pub use type_config::{SnapshotData, SnapshotSpool, TypeConfig};
 pub use wal_syncer::WalSyncer;
+pub use wal_trimmer::WalTrimmer;

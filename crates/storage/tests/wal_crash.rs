@@ -5,7 +5,8 @@
 //! `LogStore` with a 1 MiB memtable budget, so that the WAL file switches
 //! every few hundred entries. The child prints the index of every append whose
 //! fsync completed; the parent kills it with SIGKILL mid-stream, reopens the
-//! database and reads every entry up to the last one printed.
+//! database and reads every entry up to the last one printed. And the WAL
+//! files the switches leave behind are freed by the `WalTrimmer`.
 
 mod common;
 
@@ -90,4 +91,62 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
     for (i, read) in entries.iter().enumerate() {
         assert_eq!(*read, entry(i as u64 + 1), "entry {} differs after the crash", i + 1);
     }
+}
+
+/// Appends of the trim test.
+const TRIM_APPENDS: u64 = 2_000;
+
+/// WAL files (`NNNNNN.log`) directly in `dir`.
+fn wal_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|name| name.ends_with(".log")).collect()
+}
+
+/// Obsolete WAL files are archived and freed a chunk at a time by the
+/// `WalTrimmer`, never deleted whole by RocksDB: one deletion of tens of MiB
+/// on a file system with online discard stalls every fsync on the disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn obsolete_wal_files_are_trimmed_not_deleted_whole() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("db");
+    let storage = Storage::open_with_memtable_budget(&db, MEMTABLE_BUDGET).expect("open storage");
+    let mut log = LogStore::new(storage.clone(), GroupId(5));
+    for index in 1..=TRIM_APPENDS {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![produce_entry(index, BODY_BYTES)], IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("callback called").expect("append flushed");
+    }
+    let rocksdb_log = std::fs::read_to_string(db.join("LOG")).unwrap();
+    let switches = rocksdb_log.matches("New memtable created with log file").count();
+    assert!(switches >= 5, "only {switches} WAL file switches: the test wrote too little");
+
+    // Every obsolete WAL file goes through the archive and is freed there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let archived = wal_files(&db.join("archive"));
+        if archived.is_empty() && storage.wal_trimmed_bytes() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s the archive still holds {archived:?}; {} bytes trimmed",
+            storage.wal_trimmed_bytes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // About the bytes of the appends, less the live WAL files'.
+    let written = TRIM_APPENDS * BODY_BYTES as u64;
+    assert!(storage.wal_trimmed_bytes() >= written / 2, "{} of {written} bytes trimmed", storage.wal_trimmed_bytes());
+    let live = wal_files(&db);
+    assert!(live.len() <= 2, "obsolete WAL files left live: {live:?}");
+    let rocksdb_log = std::fs::read_to_string(db.join("LOG")).unwrap();
+    let deleted_whole: Vec<&str> =
+        rocksdb_log.lines().filter(|line| line.contains("Deleted file") && line.contains(".log ")).collect();
+    assert!(deleted_whole.is_empty(), "RocksDB deleted WAL files itself: {deleted_whole:?}");
+
+    // The log itself is untouched.
+    let entries = log.try_get_log_entries(1..=TRIM_APPENDS).await.unwrap();
+    assert_eq!(entries.len() as u64, TRIM_APPENDS);
+    assert_eq!(entries[0], produce_entry(1, BODY_BYTES));
+    assert_eq!(entries[TRIM_APPENDS as usize - 1], produce_entry(TRIM_APPENDS, BODY_BYTES));
 }
