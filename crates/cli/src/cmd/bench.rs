@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// instead of to the leader: measures the forwarding hop.
     #[arg(long)]
     any_node: bool,
+    /// One connection per queue for all its producers and consumers, instead
+    /// of one per producer and one per consumer (as separate client
+    /// processes would have, and as bench/peers connects to RabbitMQ and NATS).
+    #[arg(long)]
+    shared_connection: bool,
 }
 
 #[derive(Default)]
@@ -403,6 +408,20 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
             prefer_leader(client, queue).await;
         }
     }
+    // A producer's or consumer's client: its queue's own, or one with
+    // connections of its own that sends its calls where that one does.
+    let connection = async |queue_client: &Client, queue: &str| -> anyhow::Result<Client> {
+        if args.shared_connection {
+            return Ok(queue_client.clone());
+        }
+        let client = Client::connect(endpoints)?;
+        if !args.any_node && !client.prefer_leader_of(queue).await? {
+            eprintln!("the leader of {queue} is not among the endpoints; calls are forwarded");
+        }
+        // Connects now (channels connect lazily), not in the first timed call.
+        client.get_queue(queue).await?;
+        Ok(client)
+    };
     let nodes_before = node_readings(endpoints).await;
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
@@ -417,8 +436,8 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     let mut producers = Vec::new();
     for i in 0..args.producers {
         let q = (i % args.queues) as usize;
-        let (client, queue, produced, budget, samples) =
-            (clients[q].clone(), queues[q].clone(), produced.clone(), budget.clone(), samples.clone());
+        let client = connection(&clients[q], &queues[q]).await?;
+        let (queue, produced, budget, samples) = (queues[q].clone(), produced.clone(), budget.clone(), samples.clone());
         let batch: Vec<pb::ProduceMessage> = (0..args.batch)
             .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size].into(), ..Default::default() })
             .collect();
@@ -442,14 +461,9 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
     let mut consumers = Vec::new();
     for j in 0..args.consumers {
         let q = (j % args.queues) as usize;
-        let (client, queue, produced, consumed, producing, samples) = (
-            clients[q].clone(),
-            queues[q].clone(),
-            produced.clone(),
-            consumed.clone(),
-            producing.clone(),
-            samples.clone(),
-        );
+        let client = connection(&clients[q], &queues[q]).await?;
+        let (queue, produced, consumed, producing, samples) =
+            (queues[q].clone(), produced.clone(), consumed.clone(), producing.clone(), samples.clone());
         let (drain, separate_acks) = (Duration::from_secs(args.drain_secs), args.separate_acks);
         consumers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -550,6 +564,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "queue": args.queue, "producers": args.producers, "consumers": args.consumers,
         "message_size": args.message_size, "batch": args.batch,
         "queues": args.queues, "rate": args.rate, "count": args.count, "separate_acks": args.separate_acks,
+        "shared_connection": args.shared_connection,
         "produced": p, "consumed": c,
         "produce_msgs_per_sec": p as f64 / produce_secs,
         "consume_msgs_per_sec": c as f64 / total_secs,
