@@ -187,14 +187,16 @@ impl Producer {
 /// median (more than a third of a produce call's median at half load), a
 /// delay of the bench, not of the servers. Slots whose time has passed
 /// while the receiver was slow are sent at once, so the offered load stays
-/// what was asked for.
-fn pace(first_call: Instant, period: Duration, until: Instant) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
-    let (slots, receiver) = tokio::sync::mpsc::unbounded_channel();
+/// what was asked for; at most [`PACED_SLOTS_QUEUED`] wait in the channel
+/// (a rate far above what the producer can send must not fill memory), and
+/// each carries its scheduled time, so a late call still counts from it.
+fn pace(first_call: Instant, period: Duration, until: Instant) -> tokio::sync::mpsc::Receiver<Instant> {
+    let (slots, receiver) = tokio::sync::mpsc::channel(PACED_SLOTS_QUEUED);
     std::thread::spawn(move || {
         let mut slot = first_call;
         while slot < until {
             std::thread::sleep(slot.saturating_duration_since(Instant::now()));
-            if slots.send(slot).is_err() {
+            if slots.blocking_send(slot).is_err() {
                 break;
             }
             slot += period;
@@ -202,6 +204,9 @@ fn pace(first_call: Instant, period: Duration, until: Instant) -> tokio::sync::m
     });
     receiver
 }
+
+/// Slots of an open loop sent and not yet taken, at most.
+const PACED_SLOTS_QUEUED: usize = 1024;
 
 impl ProducerRun {
     fn record(&mut self, (latency, send_delay): (Duration, Duration)) {
