@@ -112,8 +112,8 @@ impl Storage {
         // Obsolete WAL files go to `archive/` (a rename) rather than being
         // deleted at once; the `WalTrimmer` frees them a few MiB at a time,
         // so that no single deletion discards tens of MiB while fsyncs wait.
+        // (No size limit on the archive, RocksDB's default: only the TTL.)
         options.set_wal_ttl_seconds(ARCHIVE_TTL_SECS);
-        options.set_wal_size_limit_mb(0);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {
             let mut table = BlockBasedOptions::default();
@@ -213,7 +213,7 @@ impl Storage {
         SnapshotSpool::create(&self.snapshot_dir())
     }
 
-    /// Bytes of obsolete WAL files the [`WalTrimmer`] has freed so far.
+    /// Bytes of obsolete WAL files the WAL trimmer has freed so far.
     pub fn wal_trimmed_bytes(&self) -> u64 {
         self.trimmer.trimmed_bytes()
     }

@@ -36,4 +36,3 @@ pub use meta_sm::MetaStateMachine;
 pub use queue_sm::{MESSAGES_IN_MEMORY, QueueReader, QueueStateMachine};
 pub use type_config::{SnapshotData, SnapshotSpool, TypeConfig};
 pub use wal_syncer::WalSyncer;
-pub use wal_trimmer::WalTrimmer;

@@ -39,7 +39,7 @@ pub(crate) const ARCHIVE_TTL_SECS: u64 = 600;
 /// RocksDB's name for the directory under the WAL directory.
 const ARCHIVE_DIR: &str = "archive";
 
-pub struct WalTrimmer {
+pub(crate) struct WalTrimmer {
     /// `None` only while dropping: closing the channel stops the thread.
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
