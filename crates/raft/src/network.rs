@@ -40,6 +40,19 @@ type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// gets near tonic's 4 MiB default limit.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// How many times openraft's `soft_ttl` (3/4 of the heartbeat interval) an
+/// open stream waits for the next answer that is due. The follower answers
+/// each request once its entries are fsynced, in order, so with many MiB in
+/// flight to a busy node the next answer can take longer than one `soft_ttl`
+/// (187 ms by default) while the follower is healthy. Giving up then cost
+/// more than the wait: openraft backs off for 200 ms and sends again from
+/// the follower's last acknowledged entry, all the entries that were in
+/// flight a second time, read back from RocksDB once the leader has applied
+/// them (docs/performance.md, tenth session). A follower
+/// that is gone closes the connection and fails the stream at once; only a
+/// silent one waits this long.
+pub const ANSWER_PATIENCE: u32 = 4;
+
 pub struct GroupNetworkFactory {
     group_id: GroupId,
     peers: PeerChannels,
@@ -148,9 +161,9 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
     /// Pipelined replication: every request goes out as soon as openraft
     /// produces it; answers come back in order as the follower makes the
     /// entries durable. The gRPC stream opens with the first request, and
-    /// failing to open it is the first answer. `soft_ttl` bounds opening
-    /// and, while an answer is due, the wait for the next one; an idle
-    /// stream never times out.
+    /// failing to open it is the first answer. `soft_ttl` bounds opening,
+    /// and [`ANSWER_PATIENCE`] times it, while an answer is due, the wait
+    /// for the next one; an idle stream never times out.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{network_error, status_to_rpc_error, unreachable};
+use super::{ANSWER_PATIENCE, network_error, status_to_rpc_error, unreachable};
 use crate::codec;
 use crate::transport::GROUP_ID_HEADER;
 
@@ -37,7 +37,8 @@ pub(super) type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeCon
 /// out its backoff after a failure inside its request stream, so connecting
 /// first would retry a node that refuses connections in a tight loop.
 /// Opening must succeed within `soft_ttl`; after that, whenever an answer is
-/// due and none arrives for `soft_ttl`, the answers end with an error.
+/// due and none arrives for [`ANSWER_PATIENCE`] times `soft_ttl`, the
+/// answers end with an error.
 ///
 /// The answers end after the last one when `requests` ends, and right after
 /// anything but a success: an error of the follower's (a conflict, a higher
@@ -229,7 +230,7 @@ impl Answers {
             let due = self.n_answered < n_requests || finished;
             self.deadline = match (due, self.deadline) {
                 (false, _) => None,
-                (true, None) => Some(Instant::now() + self.soft_ttl),
+                (true, None) => Some(Instant::now() + self.soft_ttl * ANSWER_PATIENCE),
                 (true, Some(deadline)) => Some(deadline),
             };
             let deadline = self.deadline;
@@ -255,7 +256,9 @@ impl Answers {
                     };
                     return Some(Err(network_error(format!(
                         "node {} sent nothing on the append stream of group {} for {:?}, awaiting {awaited}",
-                        self.target, self.group_id, self.soft_ttl
+                        self.target,
+                        self.group_id,
+                        self.soft_ttl * ANSWER_PATIENCE
                     ))));
                 }
             }
