@@ -48,9 +48,9 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// more than the wait: openraft backs off for 200 ms and sends again from
 /// the follower's last acknowledged entry, all the entries that were in
 /// flight a second time, read back from RocksDB once the leader has applied
-/// them (docs/performance.md, tenth session). A follower
-/// that is gone closes the connection and fails the stream at once; only a
-/// silent one waits this long.
+/// them (docs/performance.md, tenth session). A follower that is gone
+/// closes the connection and fails the stream at once; only a silent one
+/// waits this long.
 pub const ANSWER_PATIENCE: u32 = 4;
 
 pub struct GroupNetworkFactory {

@@ -1,9 +1,8 @@
 //! The leader's side of `AppendStream` (`GroupConnection::stream_append`)
 //! against a scripted follower on 127.0.0.1: requests are pipelined, an
 //! answer overdue by its patience (`ANSWER_PATIENCE` times soft_ttl) ends
-//! the stream with an error, an idle stream
-//! never times out, and thousands of idle streams on one peer connection do
-//! not hold up other calls.
+//! the stream with an error, an idle stream never times out, and thousands
+//! of idle streams on one peer connection do not hold up other calls.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
