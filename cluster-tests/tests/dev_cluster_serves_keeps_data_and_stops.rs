@@ -80,20 +80,29 @@ impl Dev {
         }
     }
 
-    fn interrupt(&self) {
+    fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    fn interrupt(&self) {
+        self.signal(libc::SIGINT);
     }
 
     /// Ctrl-C, then waits for the exit; returns its success and what it printed.
-    fn stop(mut self) -> (bool, Vec<String>) {
-        self.interrupt();
+    fn stop(self) -> (bool, Vec<String>) {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// `signal` (SIGINT or SIGTERM), then waits for the exit.
+    fn stop_with(mut self, signal: libc::c_int) -> (bool, Vec<String>) {
+        self.signal(signal);
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "raftmq dev still running {STOP_TIMEOUT:?} after SIGINT");
+            assert!(Instant::now() < deadline, "raftmq dev still running {STOP_TIMEOUT:?} after signal {signal}");
             std::thread::sleep(Duration::from_millis(100));
         };
         let mut printed = std::mem::take(&mut self.printed);
@@ -143,9 +152,11 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
     let peek = raftmq_cli(&endpoints, &["peek", QUEUE, "--json"], None).await;
     let out = &peek.assert_success().stdout;
     assert!(out.contains("one") && out.contains("two"), "peek after a restart of raftmq dev: {peek}");
-    let (stopped, _) = dev.stop();
-    assert!(stopped, "the second raftmq dev did not exit 0 on SIGINT");
-    assert!(ports_free(base), "a node still holds its port after the second raftmq dev stopped");
+    // SIGTERM (kill, a process manager) stops the nodes as Ctrl-C does.
+    let (stopped, printed) = dev.stop_with(libc::SIGTERM);
+    assert!(stopped, "the second raftmq dev did not exit 0 on SIGTERM; it printed {printed:?}");
+    assert!(printed.iter().any(|l| l.contains("stopping the cluster")), "printed {printed:?}");
+    assert!(ports_free(base), "a node still holds its port after the second raftmq dev stopped on SIGTERM");
 
     // Standard output closed: nothing is read, so the cluster is up when the
     // CLI gets an answer.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use raftmq_client::Client;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 const NODES: u16 = 3;
 
@@ -52,11 +53,11 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("find the raftmq executable")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    // Listening for Ctrl-C before any node starts: a SIGINT during start-up
-    // would otherwise end this process by default and leave the nodes running.
-    let mut interrupt = {
+    // Listening for Ctrl-C and SIGTERM before any node starts: either would
+    // otherwise end this process by default and leave the nodes running.
+    let mut stop_signals = {
         let _runtime = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("listen for Ctrl-C")?
+        StopSignals::listen()?
     };
 
     let mut nodes = Vec::new();
@@ -79,7 +80,7 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     let ready = runtime.block_on(async {
         tokio::select! {
             ready = wait_ready(&addrs, &mut nodes) => Some(ready),
-            _ = interrupt.recv() => None,
+            () = stop_signals.recv() => None,
         }
     });
     match ready {
@@ -108,14 +109,14 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     say(format_args!("  raftmq cluster status"));
     say(format_args!(""));
     say(format_args!(
-        "Ctrl-C stops the cluster; its data stays in {} (use --clean to start over).",
+        "Ctrl-C (or SIGTERM) stops the cluster; its data stays in {} (use --clean to start over).",
         args.data_dir.display()
     ));
 
     let exit = runtime.block_on(async {
         loop {
             tokio::select! {
-                _ = interrupt.recv() => return None,
+                () = stop_signals.recv() => return None,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if let Some(code) = exited(&mut nodes) {
                         return Some(code);
@@ -133,6 +134,31 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     say(format_args!("stopping the cluster"));
     stop(&mut nodes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What stops the cluster: Ctrl-C (SIGINT) at the terminal, or SIGTERM
+/// from `kill`, a process manager or a script. Each is handled by stopping
+/// the nodes first, never by the default of ending this process alone.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<StopSignals> {
+        use anyhow::Context;
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("listen for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 /// Prints a line for the person at the terminal. A closed standard output
