@@ -116,7 +116,7 @@ where
         requests_gone: false,
         n_answered: 0,
         deadline: None,
-        soft_ttl,
+        patience: soft_ttl * ANSWER_PATIENCE,
         group_id,
         target,
     };
@@ -195,7 +195,9 @@ struct Answers {
     /// While an answer (or the end, once the requests are finished) is due:
     /// when the follower counts as stuck. Each answer restarts it.
     deadline: Option<Instant>,
-    soft_ttl: Duration,
+    /// How long an answer that is due may take ([`ANSWER_PATIENCE`] times
+    /// openraft's `soft_ttl`).
+    patience: Duration,
     group_id: GroupId,
     target: NodeId,
 }
@@ -230,7 +232,7 @@ impl Answers {
             let due = self.n_answered < n_requests || finished;
             self.deadline = match (due, self.deadline) {
                 (false, _) => None,
-                (true, None) => Some(Instant::now() + self.soft_ttl * ANSWER_PATIENCE),
+                (true, None) => Some(Instant::now() + self.patience),
                 (true, Some(deadline)) => Some(deadline),
             };
             let deadline = self.deadline;
@@ -256,9 +258,7 @@ impl Answers {
                     };
                     return Some(Err(network_error(format!(
                         "node {} sent nothing on the append stream of group {} for {:?}, awaiting {awaited}",
-                        self.target,
-                        self.group_id,
-                        self.soft_ttl * ANSWER_PATIENCE
+                        self.target, self.group_id, self.patience
                     ))));
                 }
             }
