@@ -16,6 +16,9 @@
 #                   half: raftmq alone, at half its headline rate of this run)
 #   PEER_MODE=batch batch: W publishes then wait for all W confirms, like
 #                   raftmq bench's Produce call of W; window: W in flight always
+#   BODIES=x        x: every body is the letter x repeated (after peerbench's
+#                   time and id); random: random bytes (raftmq bench and
+#                   peerbench --random-bodies), which RocksDB cannot compress
 #   ANY_NODE=1      clients use any node (raftmq bench --any-node, peerbench
 #                   --any-node) instead of the leaders
 #   RAFTMQ_BIN      default ${CARGO_TARGET_DIR:-~/.cache/raftmq/target}/debug/raftmq,
@@ -40,6 +43,7 @@ TARGETS="${TARGETS:-raftmq rabbitmq nats nats-sync}"
 ROWS="${ROWS:-headline half latency small large}"
 PEER_MODE="${PEER_MODE:-batch}"
 ANY_NODE="${ANY_NODE:-}"
+BODIES="${BODIES:-x}"
 RAFTMQ_BIN_GIVEN="${RAFTMQ_BIN:+1}"
 RAFTMQ_BIN="${RAFTMQ_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/raftmq/target}/debug/raftmq}"
 BENCH_VENV="${BENCH_VENV:-$HOME/.cache/raftmq/bench-venv}"
@@ -388,6 +392,7 @@ run_one() {
     local common=(--queue "$queue" --producers "$producers" --consumers "$consumers"
         --message-size "$size" --batch "$batch" --duration-secs "$DURATION" --drain-secs "$DRAIN")
     [ -z "$ANY_NODE" ] || common+=(--any-node)
+    [ "$BODIES" != random ] || common+=(--random-bodies)
     local rate=""
     if [ "$row" = half ]; then
         # The latency target: raftmq's produce p99 at half its peak.
@@ -468,6 +473,7 @@ for target in $TARGETS; do
     case "$target" in raftmq | rabbitmq | nats | nats-sync) ;; *) die "unknown target $target" ;; esac
 done
 case "$PEER_MODE" in batch | window) ;; *) die "PEER_MODE must be batch or window" ;; esac
+case "$BODIES" in x | random) ;; *) die "BODIES must be x or random" ;; esac
 mkdir -p "$WORK/logs" "$RESULTS_DIR"
 : >"$RAW"
 
@@ -534,7 +540,7 @@ OUT_MD="$RESULTS_DIR/$STAMP.md"
 OUT_JSONL="$RESULTS_DIR/$STAMP.jsonl"
 
 timeout 60 python3 "$BENCH_DIR/table.py" "$RAW" "$OUT_JSONL" \
-    --meta "started=$STARTED_AT" "duration=$DURATION" "drain=$DRAIN" "repeats=$REPEATS" "peer_mode=$PEER_MODE" "any_node=${ANY_NODE:-}" \
+    --meta "started=$STARTED_AT" "duration=$DURATION" "drain=$DRAIN" "repeats=$REPEATS" "peer_mode=$PEER_MODE" "any_node=${ANY_NODE:-}" "bodies=$BODIES" \
     "raftmq=$RAFTMQ_REV (debug build of ${RAFTMQ_BUILT:-?})" "rabbitmq=RabbitMQ $RABBIT_VERSION" "nats=$NATS_SERVER_VERSION" \
     "machine=$(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB" "load_before=$LOAD_BEFORE" \
     "load_after=$LOAD_AFTER" "busy_before=${BUSY_BEFORE:-none}" "rounds_cpu=${ROUNDS_CPU:-}" \

@@ -156,6 +156,13 @@ def main():
         out.append("- offered rate: raftmq alone, `raftmq bench --rate R` with R half the median of this run's "
                    "raftmq headline runs before it: an open loop, calls go out on schedule whatever is unanswered "
                    "(up to 16 per producer), and a call's latency counts from when it was due.")
+    if meta.get("bodies") == "random":
+        out.append("- bodies: random bytes (`--random-bodies`; peerbench keeps its first 16 bytes for the publish "
+                   "time and an id), which RocksDB's LZ4 cannot shrink when it flushes.")
+    else:
+        out.append("- bodies: the letter x repeated (peerbench: after 16 bytes of publish time and id), which "
+                   "RocksDB's LZ4 shrinks to almost nothing when it flushes; RabbitMQ and NATS store them as "
+                   "they are. `BODIES=random` measures incompressible bodies.")
     out.append("- ratio: raftmq's median ÷ the target's median; above 1× raftmq is faster.")
     out.append("- durability: raftmq and RabbitMQ quorum queues fsync before acknowledging a publish "
                "(on a majority); NATS by default acknowledges once a majority has the message in memory and "

@@ -1,7 +1,8 @@
 //! Proves `raftmq bench` drives a real cluster end to end: it produces and
 //! consumes for its duration, drains, and prints a machine-readable summary
-//! whose counts agree; and that `--count`, `--rate`, `--queues` and
-//! `--consumers 0` (fill a backlog) shape the load as they say. (Smoke
+//! whose counts agree; and that `--count`, `--rate`, `--queues`,
+//! `--consumers 0` (fill a backlog) and `--random-bodies` shape the load as
+//! they say. (Smoke
 //! tests: figures come from real runs, not tests.)
 
 use std::time::Duration;
@@ -186,4 +187,37 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     })
     .await;
     assert_eq!(depth, 500);
+    let default_bodies = client.consume("backlog", 50, 5_000, 0).await.expect("consume the backlog");
+    assert!(!default_bodies.is_empty(), "the backlog's messages can be consumed");
+    assert!(default_bodies.iter().all(|m| m.body.iter().all(|&b| b == b'x')), "by default every body is x repeated");
+
+    // --random-bodies: random bytes, a different body for each message of a call.
+    let args = [
+        "bench",
+        "--endpoints",
+        &endpoints,
+        "--queue",
+        "random",
+        "--producers",
+        "1",
+        "--consumers",
+        "0",
+        "--batch",
+        "32",
+        "--count",
+        "32",
+        "--random-bodies",
+    ];
+    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
+    output.assert_success();
+    assert_eq!(output.bench_summary()["random_bodies"].as_bool(), Some(true));
+    let messages = client.consume("random", 32, 5_000, 0).await.expect("consume the random bodies");
+    assert_eq!(messages.len(), 32, "one call of 32 messages");
+    let bodies: std::collections::HashSet<&[u8]> = messages.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies.len(), 32, "every message of the call has its own body");
+    for body in bodies {
+        let values: std::collections::HashSet<u8> = body.iter().copied().collect();
+        assert_eq!(body.len(), 1024, "the default --message-size");
+        assert!(values.len() > 200, "random bytes use most byte values, this body {}", values.len());
+    }
 }

@@ -118,6 +118,10 @@ struct Args {
     /// leaders (as `raftmq bench --any-node` sends calls to any node).
     #[arg(long, global = true)]
     any_node: bool,
+    /// Bodies of random bytes after their first 16, as `raftmq bench
+    /// --random-bodies`, instead of `x` repeated.
+    #[arg(long, global = true)]
+    random_bodies: bool,
 }
 
 #[derive(Default)]
@@ -164,12 +168,28 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// A body: the publish time (µs since the epoch) in bytes 0..8, a unique id in 8..16, then 'x'.
-fn body(size: usize, id: u64) -> Vec<u8> {
-    let mut body = vec![b'x'; size];
+/// A body: the publish time (µs since the epoch) in bytes 0..8, a unique id
+/// in 8..16, then 'x', or bytes of `random` (see [`random_pool`]) at an
+/// offset that moves with the id.
+fn body(size: usize, id: u64, random: Option<&[u8]>) -> Vec<u8> {
+    let mut body = match random {
+        Some(pool) => {
+            let at = (id as usize).wrapping_mul(size) % (pool.len() - size);
+            pool[at..at + size].to_vec()
+        }
+        None => vec![b'x'; size],
+    };
     body[..8].copy_from_slice(&now_us().to_le_bytes());
     body[8..16].copy_from_slice(&id.to_le_bytes());
     body
+}
+
+/// Random bytes that random bodies are cut from, at an offset that moves
+/// with each message: 4 MiB more than one body, made once per producer.
+fn random_pool(size: usize) -> Vec<u8> {
+    let mut pool = vec![0; size + 4 * 1024 * 1024];
+    rand::fill(&mut pool[..]);
+    pool
 }
 
 fn id_of(payload: &[u8]) -> u64 {
@@ -199,9 +219,10 @@ where
 {
     let (mut calls, mut msgs) = (Vec::new(), Vec::new());
     let mut seq = producer << 40;
+    let pool = args.random_bodies.then(|| random_pool(args.message_size));
     let mut next_body = || {
         seq += 1;
-        body(args.message_size, seq)
+        body(args.message_size, seq, pool.as_deref())
     };
     match args.mode {
         Mode::Batch => {
@@ -719,10 +740,22 @@ mod tests {
 
     #[test]
     fn the_publish_time_travels_in_the_first_eight_bytes() {
-        let b = body(64, 7);
+        let b = body(64, 7, None);
         assert_eq!(id_of(&b), 7);
         assert_eq!(b.len(), 64);
+        assert!(b[16..].iter().all(|&x| x == b'x'));
         let age = age(&b, now_us() + 1500);
         assert!(age >= Duration::from_micros(1500) && age < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn random_bodies_keep_time_and_id_and_differ() {
+        let pool = random_pool(1024);
+        let (a, b) = (body(1024, 1, Some(&pool)), body(1024, 2, Some(&pool)));
+        assert_eq!((id_of(&a), id_of(&b), a.len()), (1, 2, 1024));
+        assert!(age(&a, now_us()) < Duration::from_secs(1));
+        assert_ne!(a[16..], b[16..]);
+        let distinct: std::collections::HashSet<u8> = a[16..].iter().copied().collect();
+        assert!(distinct.len() > 200, "random bytes use most byte values: {}", distinct.len());
     }
 }

@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// processes would have, and as bench/peers connects to RabbitMQ and NATS).
     #[arg(long)]
     shared_connection: bool,
+    /// Bodies of random bytes, different for every message of a call,
+    /// instead of a repeated `x`: RocksDB compresses what it flushes, so
+    /// `x` bodies cost raftmq less disk than real payloads would.
+    #[arg(long)]
+    random_bodies: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +104,17 @@ struct ProducerRun {
     latencies: Vec<Duration>,
     send_delays: Vec<Duration>,
     waited_for_slot: u64,
+}
+
+/// One message body of `size` bytes: `x` repeated, or random bytes.
+fn bench_body(size: usize, random: bool) -> Vec<u8> {
+    if random {
+        let mut body = vec![0; size];
+        rand::fill(&mut body[..]);
+        body
+    } else {
+        vec![b'x'; size]
+    }
 }
 
 /// Calls one producer may have in flight under `--rate`. Calls are sent at
@@ -444,7 +460,10 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         let client = connection(&clients[q], &queues[q]).await?;
         let (queue, produced, budget, samples) = (queues[q].clone(), produced.clone(), budget.clone(), samples.clone());
         let batch: Vec<pb::ProduceMessage> = (0..args.batch)
-            .map(|_| pb::ProduceMessage { body: vec![b'x'; args.message_size].into(), ..Default::default() })
+            .map(|_| pb::ProduceMessage {
+                body: bench_body(args.message_size, args.random_bodies).into(),
+                ..Default::default()
+            })
             .collect();
         let producer = Producer { client, queue, batch, budget, produced, until: produce_until };
         // Producer i starts i / producers of a period in, so the calls of all
@@ -569,7 +588,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "queue": args.queue, "producers": args.producers, "consumers": args.consumers,
         "message_size": args.message_size, "batch": args.batch,
         "queues": args.queues, "rate": args.rate, "count": args.count, "separate_acks": args.separate_acks,
-        "shared_connection": args.shared_connection,
+        "shared_connection": args.shared_connection, "random_bodies": args.random_bodies,
         "produced": p, "consumed": c,
         "produce_msgs_per_sec": p as f64 / produce_secs,
         "consume_msgs_per_sec": c as f64 / total_secs,
