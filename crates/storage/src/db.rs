@@ -35,6 +35,8 @@ const ALL_CFS: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_QUEUE, CF_META];
 const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// How much of an SST file being written is synced at a time.
+const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 
 /// The length of the key prefix under which a column family's memtable keeps
 /// an insert position (`memtable_insert_with_hint_prefix_extractor`), if it
@@ -114,6 +116,13 @@ impl Storage {
         // so that no single deletion discards tens of MiB while fsyncs wait.
         // (No size limit on the archive, RocksDB's default: only the TTL.)
         options.set_wal_ttl_seconds(ARCHIVE_TTL_SECS);
+        // A flush or compaction writes its SST file through the page cache
+        // and syncs it every `SST_BYTES_PER_SYNC` as it goes, rather than
+        // all at the end: with bodies that do not compress, a flush is
+        // tens of MiB, and one sync of all of it held every node's WAL
+        // fsyncs up behind it on a shared disk (docs/performance.md,
+        // eleventh session).
+        options.set_bytes_per_sync(SST_BYTES_PER_SYNC);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {
             let mut table = BlockBasedOptions::default();

@@ -361,7 +361,7 @@ fn an_unfinished_snapshot_file_is_removed_at_open() {
 /// position per key prefix (group, or group and kind), as the OPTIONS file
 /// RocksDB writes at open records it; the node metadata keeps none.
 #[test]
-fn memtables_keep_an_insert_hint_per_group_prefix() {
+fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written() {
     let dir = TempDir::new().unwrap();
     drop(open(&dir));
     let db = dir.path().join("db");
@@ -381,6 +381,10 @@ fn memtables_keep_an_insert_hint_per_group_prefix() {
     assert_eq!(hint_of("raft_meta").as_deref(), Some("rocksdb.FixedPrefix.9"));
     assert_eq!(hint_of("queue").as_deref(), Some("rocksdb.FixedPrefix.9"));
     assert!(matches!(hint_of("meta").as_deref(), None | Some("nullptr")), "{:?}", hint_of("meta"));
+    // SST files are synced a MiB at a time as they are written, not all at the end.
+    let db_options = text.split("[DBOptions]").nth(1).expect("a DBOptions section");
+    let bytes_per_sync = db_options.lines().find_map(|l| l.trim().strip_prefix("bytes_per_sync="));
+    assert_eq!(bytes_per_sync, Some("1048576"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
