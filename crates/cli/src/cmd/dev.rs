@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use raftmq_client::Client;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -42,7 +43,6 @@ pub fn run(args: DevArgs) -> ExitCode {
 }
 
 fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
     if args.clean && args.data_dir.exists() {
         std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("remove {}", args.data_dir.display()))?;
     }
@@ -146,7 +146,6 @@ struct StopSignals {
 
 impl StopSignals {
     fn listen() -> anyhow::Result<StopSignals> {
-        use anyhow::Context;
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("listen for Ctrl-C")?,
             terminate: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
