@@ -12,9 +12,12 @@ use raftmq_cluster_tests::pb::{QueueConfig, QueueStats};
 use raftmq_cluster_tests::{NodeId, READY_TIMEOUT, TestCluster, poll_until};
 
 const QUEUE: &str = "far-behind";
-/// Log entries written while the follower is down: more than a snapshot's
-/// 20,000 plus the 5,000 kept behind it, so the follower's next entry is gone.
-const ENTRIES: usize = 26_000;
+/// Log entries written while the follower is down, one message of
+/// `BODY_BYTES` each: about 33 MB, four times what a queue group appends
+/// between snapshots (`SNAPSHOT_EVERY_BYTES`), so the log the follower needs
+/// next is purged.
+const ENTRIES: usize = 2_000;
+const BODY_BYTES: usize = 16 * 1024;
 const ACKED: usize = 500;
 const WORKERS: usize = 32;
 
@@ -54,7 +57,8 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
         let client = client.clone();
         producers.spawn(async move {
             for i in (worker..ENTRIES).step_by(WORKERS) {
-                client.produce(QUEUE, [format!("m{i}")]).await.expect("produce with a follower down");
+                let body = format!("m{i} {}", "x".repeat(BODY_BYTES));
+                client.produce(QUEUE, [body]).await.expect("produce with a follower down");
             }
         });
     }
@@ -77,10 +81,11 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     assert!(log.contains("install full snapshot"), "the follower caught up from the log, not a snapshot");
 
     // The leader applied without the WAL, snapshotted and purged its log
-    // behind the snapshot. Killed with SIGKILL, it keeps only the state of
-    // its last memtable flush (the one its snapshot made, since these small
-    // messages never fill the memtable budget), and must rebuild the rest
-    // from the log it kept: its own replica, not one sent by the new leader.
+    // behind the snapshots, all of it written to the memtables only. Killed
+    // with SIGKILL, it keeps only the state of its last memtable flush (if
+    // any: these 33 MB may not fill the budget) and the purges written
+    // before it, and must rebuild the rest from the log it kept: its own
+    // replica, not one sent by the new leader.
     cluster.kill(leader);
     let log = restart_and_compare(&mut cluster, leader, leader_status.last_log_index, &expected).await;
     assert!(!log.contains("install full snapshot"), "the old leader was sent a snapshot instead of replaying its log");

@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock};
 use openraft::BasicNode;
 use openraft::errors::{ClientWriteError, ForwardReason, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
-use raftmq_storage::{Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, Storage, TypeConfig};
+use raftmq_storage::{
+    ApplyWrite, Catalog, LogStore, MetaStateMachine, QueueReader, QueueStateMachine, SnapshotDue, Storage, TypeConfig,
+};
 use raftmq_types::{GroupId, META_GROUP_ID, NodeId, QueueName, RaftRequest};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -97,7 +99,9 @@ pub struct GroupManager {
     node_id: NodeId,
     storage: Storage,
     peers: PeerChannels,
-    raft_config: Arc<openraft::Config>,
+    /// The queue groups' Raft configuration (the meta group's differs in
+    /// its snapshots: see `start`).
+    queue_raft_config: Arc<openraft::Config>,
     meta: MetaRaft,
     catalog: watch::Receiver<Arc<Catalog>>,
     queues: RwLock<HashMap<GroupId, QueueGroup>>,
@@ -119,26 +123,42 @@ impl GroupManager {
         timing: RaftTiming,
         peers: PeerChannels,
     ) -> Result<Arc<GroupManager>, GroupError> {
-        let raft_config = openraft::Config {
+        let timed = openraft::Config {
             cluster_name: "raftmq".to_string(),
             heartbeat_interval: timing.heartbeat_interval_ms,
             election_timeout_min: timing.election_timeout_min_ms,
             election_timeout_max: timing.election_timeout_max_ms,
-            // Logs are purged behind snapshots; a follower further behind
-            // catches up from a snapshot instead of the whole history.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 5_000,
             ..Default::default()
         };
-        let raft_config = Arc::new(raft_config.validate()?);
+        // The meta group's log is purged behind a snapshot every 20,000
+        // entries, keeping 5,000 for followers a little behind; a follower
+        // further behind catches up from a snapshot.
+        let meta_config = openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 5_000,
+            ..timed.clone()
+        };
+        // A queue group snapshots by the size of its log, not by the count
+        // of entries (one is 100 bytes or 4 MiB): `snapshot_as_the_log_grows`
+        // asks for one every `SNAPSHOT_EVERY_BYTES`, and openraft purges all
+        // of the log behind it that no replication is reading, so that the
+        // purge reaches the memtables before a flush would write the entries
+        // out (`raftmq_storage::SnapshotDue`).
+        let queue_config = openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            ..timed
+        };
+        let meta_config = Arc::new(meta_config.validate()?);
+        let queue_raft_config = Arc::new(queue_config.validate()?);
 
         let meta_sm = MetaStateMachine::open(storage.clone()).await.map_err(|e| GroupError::Storage(e.to_string()))?;
         let catalog = meta_sm.catalog_watch();
         let meta = openraft::Raft::new(
             node_id,
-            raft_config.clone(),
+            meta_config,
             GroupNetworkFactory::new(META_GROUP_ID, peers.clone()),
-            LogStore::new(storage.clone(), META_GROUP_ID),
+            LogStore::new(storage.clone(), META_GROUP_ID, ApplyWrite::Logged),
             meta_sm,
         )
         .await
@@ -149,7 +169,7 @@ impl GroupManager {
             node_id,
             storage,
             peers,
-            raft_config,
+            queue_raft_config,
             meta,
             catalog,
             queues: RwLock::new(HashMap::new()),
@@ -275,15 +295,18 @@ impl GroupManager {
             .await
             .map_err(|e| GroupError::Storage(e.to_string()))?;
         let reader = sm.reader();
+        let log = LogStore::new(self.storage.clone(), group_id, ApplyWrite::Unlogged);
+        let snapshot_due = log.snapshot_due();
         let raft = openraft::Raft::new(
             self.node_id,
-            self.raft_config.clone(),
+            self.queue_raft_config.clone(),
             GroupNetworkFactory::new(group_id, self.peers.clone()),
-            LogStore::new(self.storage.clone(), group_id),
+            log,
             sm,
         )
         .await
         .map_err(|e| GroupError::Start { group_id, message: e.to_string() })?;
+        tokio::spawn(snapshot_as_the_log_grows(group_id, raft.clone(), snapshot_due));
         let mut nodes = BTreeMap::new();
         for id in replicas {
             let node = members.get(id).cloned().ok_or_else(|| GroupError::Start {
@@ -328,6 +351,19 @@ impl GroupManager {
 /// How long a new queue group's replicas other than the highest wait before
 /// they initialise it (see `start_queue_group`).
 const FOLLOWER_INITIALISE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Asks openraft for a snapshot of a queue group each time its log has grown
+/// by `SNAPSHOT_EVERY_BYTES`; openraft then purges the log behind it. Ends
+/// when the group's log store is dropped (the group stopped) or its Raft
+/// has stopped.
+async fn snapshot_as_the_log_grows(group_id: GroupId, raft: QueueRaft, mut due: SnapshotDue) {
+    while due.next().await {
+        if let Err(e) = raft.trigger().snapshot().await {
+            info!(%group_id, error = %e, "queue group stopped; no more snapshots");
+            return;
+        }
+    }
+}
 
 /// Every initial member initialises the group with the same membership; openraft
 /// allows that, and refuses (`NotAllowed`) once a node has any log or vote, which

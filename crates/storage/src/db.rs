@@ -98,9 +98,10 @@ impl Storage {
         // WAL halves what each fsync writes, which does more for the tail
         // than recycling did (docs/performance.md, 2026-12-03, fourth session).
         // Queue groups apply without the WAL (`ApplyWrite::Unlogged`): their
-        // data (`queue`) and applied position (`raft_meta`) survive a crash
-        // only as far as the last flush, so every flush is of all column
-        // families at once, and position and data always agree.
+        // data (`queue`), applied position and snapshot (`raft_meta`) and
+        // the purges of their log (`raft_log`) survive a crash only as far
+        // as the last flush, so every flush is of all column families at
+        // once, and position, data and log always agree.
         options.set_atomic_flush(true);
         // RocksDB's memory has a budget: the memtables of all column
         // families together, and one block cache for all of them (by

@@ -3,7 +3,10 @@
 //!
 //! Durability: `append` completes its callback only after the WAL holding the
 //! entries is fsynced (through the node's [`WalSyncer`], shared by all
-//! groups); `save_vote` returns only after the vote is fsynced.
+//! groups); `save_vote` returns only after the vote is fsynced. A purge is
+//! written the way the group's state machine writes what it applies
+//! ([`ApplyWrite`]), so that it never survives a crash that the applied
+//! state it stands on does not.
 //!
 //! Reads: the entries appended and not yet applied are also kept in memory
 //! (`LogCache`), so replication and apply get them without reading RocksDB
@@ -25,6 +28,8 @@ use crate::db::sized_batch;
 use crate::error::{decode, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
 use crate::log_cache::LogCache;
+use crate::log_growth::{LogGrowth, SnapshotDue};
+use crate::sm_meta::ApplyWrite;
 use crate::stages::{self, Stage};
 use crate::{Storage, StorageError, TypeConfig};
 
@@ -38,12 +43,24 @@ pub struct LogStore {
     group: GroupId,
     /// Shared with the group's state machine, which releases what it applied.
     cache: Arc<LogCache>,
+    /// How the group's state machine writes: a purge is written the same way.
+    writes: ApplyWrite,
+    /// Bytes appended, for the snapshots of queue groups ([`SnapshotDue`]).
+    growth: Arc<LogGrowth>,
 }
 
 impl LogStore {
-    pub fn new(storage: Storage, group: GroupId) -> LogStore {
+    /// The log of `group`, whose state machine writes as `writes` says
+    /// (`Logged` for the meta group, `Unlogged` for queue groups).
+    pub fn new(storage: Storage, group: GroupId, writes: ApplyWrite) -> LogStore {
         let cache = storage.log_cache(group);
-        LogStore { storage, group, cache }
+        LogStore { storage, group, cache, writes, growth: Arc::default() }
+    }
+
+    /// Says when this log has grown enough that a snapshot is due (queue
+    /// groups; see [`crate::log_growth`]).
+    pub fn snapshot_due(&self) -> SnapshotDue {
+        self.growth.subscribe()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -193,14 +210,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut batch = sized_batch(encoded.len(), encoded.iter().map(|(_, bytes)| bytes.len()).sum());
         let mut cached = Vec::with_capacity(encoded.len());
+        let mut appended = 0;
         for (entry, bytes) in encoded {
             batch.put_cf(cf, log_key(self.group, entry.index()), &bytes);
+            appended += bytes.len() as u64;
             cached.push((entry, bytes.len()));
         }
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.
         self.storage.db().write(batch).map_err(StorageError::from)?;
         self.cache.append(cached);
+        self.growth.appended(appended);
         self.storage.syncer().sync_then(move |result| {
             stages::record(Stage::LogFlush, started.elapsed());
             callback.io_completed(result.map_err(io::Error::other))
@@ -226,17 +246,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Apply writes are not synced one by one. Before dropping log entries
-        // that could rebuild the applied state, make that state durable: the
-        // meta group's apply writes are in the WAL, synced here; queue groups
-        // apply without the WAL, and flushed when their snapshot was built.
-        self.storage.syncer().sync().await?;
-        self.put_meta(MetaTag::LastPurged, "last purged log id", &log_id)?;
+        // The entries go only once the applied state they could rebuild
+        // cannot be lost. The meta group applies through the WAL: synced
+        // here, then the purge is logged too. Queue groups apply to the
+        // memtables only, durable at the next (atomic) flush: the purge is
+        // written the same way, so it reaches the disk with that flush, never
+        // before the state, and is lost with it in a crash (the entries are
+        // then still in the WAL and SST files, and openraft applies them
+        // again). Entries purged before a flush are dropped by it, never
+        // written to an SST file.
+        if matches!(self.writes, ApplyWrite::Logged) {
+            self.storage.syncer().sync().await?;
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let meta = self.storage.cf(CF_RAFT_META);
+        batch.put_cf(meta, meta_key(self.group, MetaTag::LastPurged), encode("last purged log id", &log_id)?);
         let cf = self.storage.cf(CF_RAFT_LOG);
-        self.storage
-            .db()
-            .delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1))
-            .map_err(StorageError::from)?;
+        batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1));
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(matches!(self.writes, ApplyWrite::Unlogged));
+        self.storage.db().write_opt(batch, &options).map_err(StorageError::from)?;
         self.cache.release_through(log_id.index());
         Ok(())
     }

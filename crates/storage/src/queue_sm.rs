@@ -4,8 +4,8 @@
 //! Apply writes every change of one apply call, plus the applied log id, in one
 //! WriteBatch, to the memtables only (`ApplyWrite::Unlogged`): the log entries
 //! are already durable, and after a crash apply resumes from the applied log id
-//! of the last flush. Building a snapshot flushes, so the log is never purged
-//! past what a crash would leave.
+//! of the last flush. Snapshots and purges are written the same way, so the
+//! log is never purged past what a crash would leave.
 //!
 //! A deep backlog stays on disk: after each write the state evicts messages
 //! past [`MESSAGES_IN_MEMORY`] that nobody has received yet, and reads them
@@ -25,7 +25,7 @@ use raftmq_queue::{
 use raftmq_types::{GroupId, Offset, RaftRequest, RaftResponse, StoredMessage, SubscriptionId, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::db::sized_batch;
 use crate::error::{decode, encode};
@@ -172,21 +172,20 @@ impl QueueStateMachine {
     /// Records a snapshot at the applied position. Only the position is
     /// stored: the queue's data is in RocksDB already, so a snapshot's data
     /// is read when one is sent ([`Self::stream_snapshot`]), not copied into
-    /// memory and the database every 20,000 entries. openraft uses only the
-    /// meta of a built snapshot, to purge the log behind it, so the state at
-    /// that position is flushed first: apply wrote it without the WAL
-    /// (`ApplyWrite::Unlogged`), and without the flush a crash after the
-    /// purge would leave the state behind the log's first entry. Blocks for
-    /// the flush.
+    /// memory and the database at every snapshot. openraft uses only the
+    /// meta of a built snapshot, to purge the log behind it. The record is
+    /// written like apply's writes, to the memtables only: it reaches the
+    /// disk with the state it names, at the next flush, and so does the
+    /// purge behind it (`LogStore::purge`); no flush is needed here, and a
+    /// snapshot costs one small write (see [`crate::log_growth`]).
     fn build(&self) -> Result<Snapshot, StorageError> {
         let (applied, membership) = read_applied_state(&self.storage, self.group)?;
-        let started = std::time::Instant::now();
-        self.storage.flush_memtables()?;
-        debug!(group = %self.group, ms = started.elapsed().as_millis() as u64, "memtables flushed for a snapshot");
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, self.group, &meta, &[])?;
-        self.storage.db().write(batch)?;
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(true);
+        self.storage.db().write_opt(batch, &options)?;
         Ok(Snapshot { meta, snapshot: SnapshotData::new(Vec::new()) })
     }
 
@@ -557,8 +556,7 @@ impl RaftSnapshotBuilder<TypeConfig> for QueueStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let builder = self.clone();
-        Ok(tokio::task::spawn_blocking(move || builder.build()).await.map_err(io::Error::other)??)
+        Ok(self.build()?)
     }
 }
 

@@ -108,18 +108,19 @@ pub(crate) struct AppliedEntries {
 
 /// How an apply call's write reaches the disk. Never synced either way: the
 /// log entries are durable, and after a crash apply resumes from the
-/// persisted applied position.
+/// persisted applied position. The group's log store writes its purges the
+/// same way (`LogStore::new`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum ApplyWrite {
+pub enum ApplyWrite {
     /// Through the WAL: RocksDB replays it after a crash. The meta group's
-    /// (rare) writes, whose snapshots carry their data and are not flushed.
+    /// (rare) writes, whose snapshots carry their data.
     Logged,
     /// To the memtables only. After a crash the state and its applied
     /// position are those of the last flush (the column families flush
     /// atomically, `Storage::open`), and the log from there on is still
-    /// there because a snapshot flushes before openraft purges behind it
-    /// (`Storage::flush_memtables`). Queue groups: a body is written to the
-    /// WAL once, in its log entry, not a second time by apply.
+    /// there because the purges behind it, written the same way, are those
+    /// of the same flush. Queue groups: a body is written to the WAL once,
+    /// in its log entry, not a second time by apply.
     Unlogged,
 }
 

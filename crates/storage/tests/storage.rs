@@ -9,7 +9,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError as RaftStorageError};
 use raftmq_storage::{
-    LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, SnapshotData, Storage, TypeConfig,
+    ApplyWrite, LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, SnapshotData, Storage, TypeConfig,
 };
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
@@ -35,7 +35,7 @@ impl StoreBuilder<TypeConfig, LogStore, QueueStateMachine, TempDir> for QueueSto
         let sm = QueueStateMachine::open(storage.clone(), GROUP)
             .await
             .map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&io::Error::from(e))))?;
-        Ok((dir, LogStore::new(storage, GROUP), sm))
+        Ok((dir, LogStore::new(storage, GROUP, ApplyWrite::Unlogged), sm))
     }
 }
 
@@ -48,7 +48,7 @@ impl StoreBuilder<TypeConfig, LogStore, MetaStateMachine, TempDir> for MetaStore
         let sm = MetaStateMachine::open(storage.clone())
             .await
             .map_err(|e| RaftStorageError::read(TypeConfig::err_from_error(&io::Error::from(e))))?;
-        Ok((dir, LogStore::new(storage, META_GROUP_ID), sm))
+        Ok((dir, LogStore::new(storage, META_GROUP_ID, ApplyWrite::Logged), sm))
     }
 }
 
@@ -133,7 +133,7 @@ async fn log_vote_and_queue_state_survive_reopen() {
     ];
     {
         let storage = open(&dir);
-        let mut log = LogStore::new(storage.clone(), GROUP);
+        let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
         log.save_vote(&vote()).await.unwrap();
         append(&mut log, entries.clone()).await;
         let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
@@ -147,7 +147,7 @@ async fn log_vote_and_queue_state_survive_reopen() {
         assert_eq!((stats.depth, stats.next_offset), (2, Offset(3)));
     }
     let storage = open(&dir);
-    let mut log = LogStore::new(storage.clone(), GROUP);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
     assert_eq!(log.read_vote().await.unwrap(), Some(vote()));
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.map(|l| l.index()), Some(3));
@@ -171,7 +171,7 @@ async fn concurrent_appends_of_many_groups_share_fsyncs() {
     for group in 1..=50u64 {
         let storage = storage.clone();
         tasks.push(tokio::spawn(async move {
-            let mut log = LogStore::new(storage, GroupId(group));
+            let mut log = LogStore::new(storage, GroupId(group), ApplyWrite::Unlogged);
             for index in 1..=10 {
                 append(&mut log, vec![queue_entry(1, index, 1, produce(1))]).await;
             }
@@ -184,8 +184,43 @@ async fn concurrent_appends_of_many_groups_share_fsyncs() {
     println!("500 appends took {syncs} fsyncs");
     assert!(syncs < 500, "every append fsynced on its own: {syncs} fsyncs");
     // Each group still reads back exactly its own entries.
-    let mut log = LogStore::new(storage, GroupId(17));
+    let mut log = LogStore::new(storage, GroupId(17), ApplyWrite::Unlogged);
     assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+}
+
+/// A queue group's snapshot does not flush, and its purge reaches the
+/// memtables before the next flush does: the entries it covers are dropped
+/// by that flush, never written to an SST file, and only the log after the
+/// snapshot is. (Building the snapshot used to flush first, writing out
+/// every entry about to be purged.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_group_purged_before_a_flush_writes_no_purged_entry_to_sst_files() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let entries: Vec<_> = (1..=110).map(|index| queue_entry(1, index, index, produce(8))).collect();
+    append(&mut log, entries[..100].to_vec()).await;
+    apply(&mut sm, entries[..100].to_vec()).await;
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.map(|l| l.index()), Some(100));
+    log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
+    append(&mut log, entries[100..].to_vec()).await;
+    apply(&mut sm, entries[100..].to_vec()).await;
+    let raft_log_entries = || {
+        let files = storage.db().live_files().unwrap();
+        // Records that are not deletions (the purge's range deletion is one).
+        let log_files = files.iter().filter(|f| f.column_family_name == "raft_log");
+        log_files.map(|f| f.num_entries - f.num_deletions).sum::<u64>()
+    };
+    assert_eq!(raft_log_entries(), 0, "the snapshot flushed the log");
+
+    storage.flush_memtables().unwrap();
+    assert_eq!(raft_log_entries(), 10, "only the entries after the snapshot are written out");
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(100));
+    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[100..]);
+    assert_eq!(sm.reader().state().stats(TimestampMs(1_000)).depth, 880, "the state flushed whole");
 }
 
 /// Replication and apply read back entries that were just appended: those
@@ -196,7 +231,7 @@ async fn entries_not_yet_applied_are_read_from_memory() {
     let dir = TempDir::new().unwrap();
     let storage = open(&dir);
     let reads = || (storage.log_reads().from_memory(), storage.log_reads().from_disk());
-    let mut log = LogStore::new(storage.clone(), GROUP);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
     let entries: Vec<_> = (1..=10).map(|index| queue_entry(1, index, index, produce(2))).collect();
     append(&mut log, entries.clone()).await;
     assert_eq!(log.try_get_log_entries(1..=10).await.unwrap(), entries);
@@ -484,7 +519,7 @@ async fn catalog_survives_reopen_and_deleted_group_data_is_gone() {
         sm.apply(futures::stream::iter([Ok((entry, None))])).await.unwrap();
         assert_eq!(sm.catalog_watch().borrow().queues.len(), 1);
 
-        let mut log = LogStore::new(storage.clone(), GROUP);
+        let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
         append(&mut log, vec![queue_entry(1, 1, 1, produce(1))]).await;
         storage.delete_group_data(GROUP).unwrap();
         assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
@@ -514,7 +549,7 @@ async fn a_deep_backlog_is_evicted_read_back_from_disk_and_survives_reopen() {
     let total = MESSAGES_IN_MEMORY as u64 * 3 / 2;
     let batches = total / 1000;
     let produces: Vec<Entry> = (1..=batches).map(|i| queue_entry(1, i, 100 + i, produce(1000))).collect();
-    let mut log = LogStore::new(storage.clone(), GROUP);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
     append(&mut log, produces.clone()).await;
     let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
     for entry in produces {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{ChildTest, Entry, produce_entry};
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use raftmq_storage::{LogStore, Storage, TypeConfig};
+use raftmq_storage::{ApplyWrite, LogStore, Storage, TypeConfig};
 use raftmq_types::GroupId;
 use tempfile::TempDir;
 
@@ -39,7 +39,7 @@ fn entry(index: u64) -> Entry {
 /// Bounded, in case the parent is gone.
 async fn child(dir: &Path) {
     let storage = Storage::open_with_memtable_budget(dir, MEMTABLE_BUDGET).expect("open storage");
-    let mut log = LogStore::new(storage, GROUP);
+    let mut log = LogStore::new(storage, GROUP, ApplyWrite::Unlogged);
     for index in 1..=200_000 {
         let (tx, rx) = TypeConfig::oneshot();
         log.append(vec![entry(index)], IOFlushed::signal(tx)).await.expect("append");
@@ -82,7 +82,7 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
     durable = child.lines.try_iter().filter_map(durable_index).last().unwrap_or(durable);
 
     let storage = Storage::open(&db).expect("reopen after the crash");
-    let mut log = LogStore::new(storage, GROUP);
+    let mut log = LogStore::new(storage, GROUP, ApplyWrite::Unlogged);
     let state = log.get_log_state().await.unwrap();
     let last = state.last_log_id.map(|l| l.index()).unwrap_or(0);
     assert!(last >= durable, "the log ends at {last}, but {durable} was reported durable");
@@ -110,7 +110,7 @@ async fn obsolete_wal_files_are_trimmed_not_deleted_whole() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
     let storage = Storage::open_with_memtable_budget(&db, MEMTABLE_BUDGET).expect("open storage");
-    let mut log = LogStore::new(storage.clone(), GroupId(5));
+    let mut log = LogStore::new(storage.clone(), GroupId(5), ApplyWrite::Unlogged);
     for index in 1..=TRIM_APPENDS {
         let (tx, rx) = TypeConfig::oneshot();
         log.append(vec![produce_entry(index, BODY_BYTES)], IOFlushed::signal(tx)).await.expect("append");

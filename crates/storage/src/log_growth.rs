@@ -1,0 +1,126 @@
+//! When a queue group's log has grown enough to snapshot and purge.
+//!
+//! A queue group's snapshot is only its applied position (the data is the
+//! queue's keys), so building one costs a RocksDB write, and purging behind
+//! it costs a range deletion, written to the memtables like apply's writes
+//! (`ApplyWrite::Unlogged`). An entry purged before the next memtable flush
+//! never reaches an SST file: the flush drops what the deletion covers. So
+//! the log is snapshotted and purged by its size, every
+//! [`SNAPSHOT_EVERY_BYTES`] appended: at most that much of each group's log
+//! (plus what replication to a follower still holds) is written out at a
+//! flush, rather than every entry since the last snapshot: with messages
+//! that do not compress, each body was written once more per node
+//! (docs/performance.md, twelfth session).
+//!
+//! The log store counts the bytes it appends ([`LogGrowth`]); a task of the
+//! group (in `raftmq-raft`) waits on [`SnapshotDue`] and asks openraft for a
+//! snapshot, after which openraft purges the log behind it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+/// A queue group builds a snapshot (and purges its log behind it) each time
+/// this many bytes of entries were appended to its log since the last. A
+/// follower further behind than the log left catches up from a snapshot.
+pub const SNAPSHOT_EVERY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The log store's side: counts appended bytes, and tells [`SnapshotDue`]
+/// when they pass [`SNAPSHOT_EVERY_BYTES`]. Dropping it (with the log store)
+/// ends the waits.
+pub(crate) struct LogGrowth {
+    appended: Arc<AtomicU64>,
+    due: watch::Sender<()>,
+}
+
+impl Default for LogGrowth {
+    fn default() -> LogGrowth {
+        LogGrowth { appended: Arc::default(), due: watch::Sender::new(()) }
+    }
+}
+
+impl LogGrowth {
+    /// Counts `bytes` more appended.
+    pub fn appended(&self, bytes: u64) {
+        let before = self.appended.fetch_add(bytes, Ordering::Relaxed);
+        if before < SNAPSHOT_EVERY_BYTES && before + bytes >= SNAPSHOT_EVERY_BYTES {
+            self.due.send_replace(());
+        }
+    }
+
+    /// A waiter for the next snapshot due. One per log.
+    pub fn subscribe(&self) -> SnapshotDue {
+        SnapshotDue { appended: self.appended.clone(), due: self.due.subscribe() }
+    }
+}
+
+/// Waits until a queue group's log has grown by [`SNAPSHOT_EVERY_BYTES`]
+/// since the last time it said so. Holds neither the log store nor its data.
+pub struct SnapshotDue {
+    appended: Arc<AtomicU64>,
+    due: watch::Receiver<()>,
+}
+
+impl SnapshotDue {
+    /// Returns `true` once [`SNAPSHOT_EVERY_BYTES`] were appended since the
+    /// last `true` (counting restarts from there), and `false` once the log
+    /// store is gone (the group stopped). Wakes only then: an idle group's
+    /// waiter costs nothing.
+    pub async fn next(&mut self) -> bool {
+        loop {
+            let appended = self.appended.load(Ordering::Relaxed);
+            if appended >= SNAPSHOT_EVERY_BYTES {
+                self.appended.fetch_sub(appended, Ordering::Relaxed);
+                return true;
+            }
+            if self.due.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn due_within(due: &mut SnapshotDue, wait: Duration) -> Option<bool> {
+        tokio::time::timeout(wait, due.next()).await.ok()
+    }
+
+    #[tokio::test]
+    async fn due_once_per_threshold_of_appended_bytes_and_done_when_the_log_is_gone() {
+        let growth = LogGrowth::default();
+        let mut due = growth.subscribe();
+        let short = Duration::from_millis(50);
+        assert_eq!(due_within(&mut due, short).await, None, "nothing appended yet");
+
+        growth.appended(SNAPSHOT_EVERY_BYTES - 1);
+        assert_eq!(due_within(&mut due, short).await, None, "one byte short");
+        growth.appended(1);
+        assert_eq!(due_within(&mut due, short).await, Some(true));
+        assert_eq!(due_within(&mut due, short).await, None, "counting starts over");
+
+        // Appends while nobody waits, past the threshold twice: one snapshot
+        // covers them all, and the count starts over from there.
+        growth.appended(3 * SNAPSHOT_EVERY_BYTES);
+        assert_eq!(due_within(&mut due, short).await, Some(true));
+        assert_eq!(due_within(&mut due, short).await, None);
+
+        // A waiter already parked is woken by the append that crosses.
+        let waiter = tokio::spawn(async move {
+            let result = due.next().await;
+            (result, due)
+        });
+        tokio::time::sleep(short).await;
+        growth.appended(SNAPSHOT_EVERY_BYTES);
+        let (result, mut due) = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert!(result);
+
+        drop(growth);
+        assert_eq!(due_within(&mut due, Duration::from_secs(5)).await, Some(false), "the log store is gone");
+    }
+}
