@@ -48,6 +48,10 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     cluster.wait_ready(READY_TIMEOUT).await;
     let leader = cluster.create_queue(QUEUE, QueueConfig::default()).await;
     let follower = cluster.node_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let follower_last = poll_until(READY_TIMEOUT, "the follower hosts the queue", async || {
+        cluster.group_status(follower, QUEUE).await.map(|group| group.last_log_index)
+    })
+    .await;
     cluster.kill(follower);
 
     // One message per produce call: one log entry each, from 32 callers.
@@ -75,6 +79,14 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     }
     let expected = client.get_queue(QUEUE).await.expect("get on the leader").stats.expect("stats");
     assert_eq!((expected.depth, expected.next_offset), ((ENTRIES - acked) as u64, ENTRIES as u64));
+    // The leader snapshots as its log grows and purges behind the snapshot
+    // once the live follower has the entries: past what the one that is
+    // down holds.
+    poll_until(Duration::from_secs(30), "the leader has purged the entries the follower needs next", async || {
+        let group = cluster.group_status(leader, QUEUE).await?;
+        (group.purged_index > follower_last).then_some(())
+    })
+    .await;
     let leader_status = cluster.group_status(leader, QUEUE).await.expect("leader's group");
 
     let log = restart_and_compare(&mut cluster, follower, leader_status.last_log_index, &expected).await;

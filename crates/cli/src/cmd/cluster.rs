@@ -27,7 +27,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             }
             outln!();
             outln!(
-                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
+                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
                 "group",
                 "queue",
                 "leader",
@@ -35,6 +35,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                 "commit",
                 "applied",
                 "last_log",
+                "purged",
                 "quiet",
                 "in_memory",
                 "on_disk"
@@ -42,7 +43,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             for g in &status.groups {
                 let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
                 outln!(
-                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
+                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
                     g.group_id,
                     queue,
                     g.leader_id,
@@ -50,6 +51,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                     g.commit_index,
                     g.applied_index,
                     g.last_log_index,
+                    g.purged_index,
                     if g.quiet { "yes" } else { "no" },
                     g.messages_in_memory,
                     g.messages_evicted,

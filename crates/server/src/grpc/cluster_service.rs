@@ -120,6 +120,8 @@ fn group_status(
         quiet,
         messages_in_memory,
         messages_evicted,
+        snapshot_index: metrics.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
+        purged_index: metrics.purged.as_ref().map(|l| l.index()).unwrap_or(0),
     }
 }
 
