@@ -140,10 +140,11 @@ impl GroupManager {
         };
         // A queue group snapshots by the size of its log, not by the count
         // of entries (one is 100 bytes or 4 MiB): `snapshot_as_the_log_grows`
-        // asks for one every `SNAPSHOT_EVERY_BYTES`, and openraft purges all
-        // of the log behind it that no replication is reading, so that the
-        // purge reaches the memtables before a flush would write the entries
-        // out (`raftmq_storage::SnapshotDue`).
+        // asks for one every `SNAPSHOT_EVERY_BYTES`, and openraft purges the
+        // whole log behind it once every follower's replication stream has
+        // acknowledged those entries, so that the purge reaches the memtables
+        // before a flush would write the entries out
+        // (`raftmq_storage::SnapshotDue`).
         let queue_config = openraft::Config {
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 0,
