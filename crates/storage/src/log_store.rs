@@ -263,9 +263,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put_cf(meta, meta_key(self.group, MetaTag::LastPurged), encode("last purged log id", &log_id)?);
         let cf = self.storage.cf(CF_RAFT_LOG);
         batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1));
-        let mut options = rocksdb::WriteOptions::default();
-        options.disable_wal(matches!(self.writes, ApplyWrite::Unlogged));
-        self.storage.db().write_opt(batch, &options).map_err(StorageError::from)?;
+        self.storage.db().write_opt(batch, &self.writes.options()).map_err(StorageError::from)?;
         self.cache.release_through(log_id.index());
         Ok(())
     }

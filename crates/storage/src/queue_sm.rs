@@ -183,9 +183,7 @@ impl QueueStateMachine {
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let mut batch = WriteBatch::default();
         put_snapshot(&self.storage, &mut batch, self.group, &meta, &[])?;
-        let mut options = rocksdb::WriteOptions::default();
-        options.disable_wal(true);
-        self.storage.db().write_opt(batch, &options)?;
+        self.storage.db().write_opt(batch, &ApplyWrite::Unlogged.options())?;
         Ok(Snapshot { meta, snapshot: SnapshotData::new(Vec::new()) })
     }
 

@@ -124,6 +124,15 @@ pub enum ApplyWrite {
     Unlogged,
 }
 
+impl ApplyWrite {
+    /// The write options for a write made this way.
+    pub(crate) fn options(self) -> rocksdb::WriteOptions {
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(matches!(self, ApplyWrite::Unlogged));
+        options
+    }
+}
+
 impl AppliedEntries {
     /// Persists the applied position in `batch`, writes it as `write` says
     /// (never synced), drops the applied entries from the log's memory
@@ -140,9 +149,7 @@ impl AppliedEntries {
         publish: impl FnOnce(Option<&LogId>),
     ) -> Result<(), StorageError> {
         put_applied_state(storage, &mut batch, group, &self.last_applied, self.last_membership.as_ref())?;
-        let mut options = rocksdb::WriteOptions::default();
-        options.disable_wal(matches!(write, ApplyWrite::Unlogged));
-        storage.db().write_opt(batch, &options)?;
+        storage.db().write_opt(batch, &write.options())?;
         if let Some(applied) = &self.last_applied {
             // Applied entries are read again only by a follower far behind
             // (from RocksDB), so the log's memory can let them go.
