@@ -255,15 +255,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // then still in the WAL and SST files, and openraft applies them
         // again). Entries purged before a flush are dropped by it, never
         // written to an SST file.
+        //
+        // Except a purge past the log's last entry: that is one after a
+        // snapshot was installed (written synced, so the state is durable),
+        // and entries the leader sends next follow the snapshot. Lost in a
+        // crash while those later appends survive, it would leave a hole
+        // between the log's old entries and the new ones (seen in the fault
+        // suite: "log entry not found" at start-up). Logged, it precedes them
+        // in the WAL and is replayed whenever they are.
         if matches!(self.writes, ApplyWrite::Logged) {
             self.storage.syncer().sync().await?;
         }
+        let beyond_log = self.last_entry()?.is_none_or(|last| last.index() < log_id.index());
+        let write = if beyond_log { ApplyWrite::Logged } else { self.writes };
         let mut batch = rocksdb::WriteBatch::default();
         let meta = self.storage.cf(CF_RAFT_META);
         batch.put_cf(meta, meta_key(self.group, MetaTag::LastPurged), encode("last purged log id", &log_id)?);
         let cf = self.storage.cf(CF_RAFT_LOG);
         batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1));
-        self.storage.db().write_opt(batch, &self.writes.options()).map_err(StorageError::from)?;
+        self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;
         self.cache.release_through(log_id.index());
         Ok(())
     }
