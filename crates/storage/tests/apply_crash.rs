@@ -18,6 +18,11 @@
 //! applied or purged and the whole log is there), and with a small one
 //! (RocksDB flushes on its own, between and across snapshots, and each flush
 //! takes the purges written before it to disk with the state).
+//!
+//! A second test crashes a follower just after it installed a snapshot past
+//! the end of its log, purged up to it and appended the entries that follow
+//! it, as openraft does when a leader sends a lagging follower a snapshot:
+//! the log must open without a hole between its old entries and the new ones.
 
 mod common;
 
@@ -25,6 +30,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{ChildTest, Entry, produce_entry};
+use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use raftmq_storage::{ApplyWrite, LogStore, QueueStateMachine, Storage, TypeConfig};
@@ -37,6 +43,17 @@ const CHILD_DIR: &str = "RAFTMQ_APPLY_CRASH_CHILD_DIR";
 /// Set in the child's environment: its memtable budget in bytes.
 const CHILD_BUDGET: &str = "RAFTMQ_APPLY_CRASH_CHILD_BUDGET";
 const TEST_NAME: &str = "a_crash_after_a_snapshot_and_purge_loses_no_applied_entry";
+/// Set in the child's environment of the install test: its database directory.
+const INSTALL_CHILD_DIR: &str = "RAFTMQ_INSTALL_CRASH_CHILD_DIR";
+const INSTALL_TEST_NAME: &str = "a_crash_after_a_snapshot_install_leaves_a_log_without_a_hole";
+/// The follower's own log before the install: entries 1 to `FOLLOWER_HAD`,
+/// of which it applied `FOLLOWER_APPLIED`.
+const FOLLOWER_HAD: u64 = 10;
+const FOLLOWER_APPLIED: u64 = 5;
+/// The snapshot the leader sends covers entries 1 to `SNAPSHOT_AT`, and the
+/// leader then sends entries up to `LEADER_LAST`.
+const SNAPSHOT_AT: u64 = 50;
+const LEADER_LAST: u64 = 60;
 /// Flushed on its own every 100 entries or so.
 const SMALL_BUDGET: usize = 1024 * 1024;
 /// Never full in this test: 1,337 entries write about 11 MB.
@@ -63,9 +80,7 @@ async fn child(dir: &Path, budget: usize) {
     let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
     let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("open the state machine");
     for index in 1..=STOP_AT {
-        let (tx, rx) = TypeConfig::oneshot();
-        log.append(vec![entry(index)], IOFlushed::signal(tx)).await.expect("append");
-        rx.await.expect("callback called").expect("append flushed");
+        append(&mut log, vec![entry(index)]).await;
         apply(&mut sm, vec![entry(index)]).await;
         if index % SNAPSHOT_EVERY == 0 {
             let snapshot = sm.build_snapshot().await.expect("build a snapshot");
@@ -132,4 +147,70 @@ async fn crash_and_recover(budget: usize) {
     let stats = sm.reader().state().stats(now);
     assert_eq!(stats.depth, STOP_AT, "{budget}: every produced message, once");
     assert_eq!(stats.next_offset.0, STOP_AT);
+}
+
+/// The child of the install test: a follower with entries 1 to
+/// `FOLLOWER_HAD` installs a snapshot of entries 1 to `SNAPSHOT_AT` (built
+/// by a leader's state machine in another database), purges its log up to
+/// it, appends the entries after it, and waits to be killed. Its memtables
+/// never fill, so nothing written without the WAL survives the crash.
+async fn install_child(dir: &Path) {
+    let leader = Storage::open(&dir.join("leader")).expect("open the leader's storage");
+    let mut leader_sm = QueueStateMachine::open(leader, GROUP).await.expect("open the leader's state machine");
+    apply(&mut leader_sm, (1..=SNAPSHOT_AT).map(entry).collect()).await;
+    leader_sm.build_snapshot().await.expect("build a snapshot");
+    let snapshot = leader_sm.get_current_snapshot().await.expect("read the snapshot").expect("a snapshot was built");
+
+    let storage =
+        Storage::open_with_memtable_budget(&dir.join("follower"), LARGE_BUDGET).expect("open the follower's storage");
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("open the follower's state machine");
+    append(&mut log, (1..=FOLLOWER_HAD).map(entry).collect()).await;
+    apply(&mut sm, (1..=FOLLOWER_APPLIED).map(entry).collect()).await;
+
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install the snapshot");
+    log.purge(snapshot.meta.last_log_id.expect("a snapshot of applied entries")).await.expect("purge");
+    append(&mut log, (SNAPSHOT_AT + 1..=LEADER_LAST).map(entry).collect()).await;
+    println!("stopped at {LEADER_LAST}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+    rx.await.expect("callback called").expect("append flushed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_a_snapshot_install_leaves_a_log_without_a_hole() {
+    if let Some(dir) = std::env::var_os(INSTALL_CHILD_DIR) {
+        install_child(Path::new(&dir)).await;
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let mut child = ChildTest::spawn(INSTALL_TEST_NAME, &[(INSTALL_CHILD_DIR, dir.path().as_os_str())]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {
+        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
+    }
+    child.kill();
+
+    let storage = Storage::open(&dir.path().join("follower")).expect("reopen after the crash");
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("reopen the state machine");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    let applied = applied.map(|l| l.index()).unwrap_or(0);
+    assert_eq!(applied, SNAPSHOT_AT, "the installed snapshot is durable");
+    let state = log.get_log_state().await.unwrap();
+    let purged = state.last_purged_log_id.map(|l| l.index()).unwrap_or(0);
+    let last = state.last_log_id.map(|l| l.index()).unwrap_or(0);
+    assert_eq!(last, LEADER_LAST, "every append was durable");
+    assert_eq!(purged, SNAPSHOT_AT, "the purge up to the snapshot was lost, while the appends after it survived");
+    // What openraft reads at start-up: the log from the purge on, whole.
+    let entries = log.try_get_log_entries(purged + 1..=last).await.unwrap();
+    let indexes: Vec<u64> = entries.iter().map(|e| e.index()).collect();
+    assert_eq!(indexes, (SNAPSHOT_AT + 1..=LEADER_LAST).collect::<Vec<_>>(), "the log after the purge");
+    apply(&mut sm, entries).await;
+    let stats = sm.reader().state().stats(TimestampMs(LEADER_LAST + 1));
+    assert_eq!(stats.depth, LEADER_LAST, "every produced message, once");
 }
