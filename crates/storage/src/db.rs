@@ -31,8 +31,14 @@ const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The column families, all opened at once and flushed together.
 const ALL_CFS: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_QUEUE, CF_META];
-/// The memtables of every column family together are flushed above this.
-const MEMTABLE_BUDGET_BYTES: usize = 128 * 1024 * 1024;
+/// The memtables of every column family together are flushed above this,
+/// and each column family's alone above half of it (the two that take
+/// message bodies, `raft_log` and `queue`, grow about alike).
+const MEMTABLE_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+/// In `raft_log` and `queue`, values at least this long (bodies of 4 KiB
+/// and more, and log entries carrying them or a batch of smaller ones) are
+/// written at a flush to blob files, with only a reference in the SST file.
+const MIN_BLOB_BYTES: u64 = 4096;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// How much of an SST file being written is synced at a time.
@@ -55,6 +61,18 @@ fn memtable_hint_prefix(cf: &str) -> Option<usize> {
         CF_QUEUE | CF_RAFT_META => Some(GROUP_KIND_PREFIX_LEN),
         _ => None,
     }
+}
+
+/// Whether large values of the column family `cf` go to blob files
+/// ([`MIN_BLOB_BYTES`]). What a flush writes of `raft_log` and `queue` is
+/// mostly what is soon deleted: the log's unpurged tail, and the bodies of
+/// messages not yet acknowledged. In blob files, compaction moves only the
+/// keys and references, not the bodies, again and again down the levels;
+/// a blob file goes once no SST file refers to it, and compaction rewrites
+/// what is still live in the oldest quarter of blob files (blob garbage
+/// collection), so that one long-lived body does not keep a whole file.
+fn keeps_blob_files(cf: &str) -> bool {
+    cf == CF_RAFT_LOG || cf == CF_QUEUE
 }
 
 /// The node's database, its WAL syncer and trimmer and the newest log entries of each
@@ -141,6 +159,13 @@ impl Storage {
             };
             cf_options.set_compression_type(DBCompressionType::Lz4);
             cf_options.set_block_based_table_factory(&table);
+            cf_options.set_write_buffer_size(budget / 2);
+            if keeps_blob_files(name) {
+                cf_options.set_enable_blob_files(true);
+                cf_options.set_min_blob_size(MIN_BLOB_BYTES);
+                cf_options.set_blob_compression_type(DBCompressionType::Lz4);
+                cf_options.set_enable_blob_gc(true);
+            }
             Ok::<_, StorageError>(ColumnFamilyDescriptor::new(name, cf_options))
         };
         let cfs = ALL_CFS.into_iter().map(cf).collect::<Result<Vec<_>, _>>()?;
