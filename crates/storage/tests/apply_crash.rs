@@ -93,6 +93,16 @@ async fn child(dir: &Path, budget: usize) {
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
+/// Waits until the child says it stopped (within 120 s), then kills it.
+fn stop_and_kill(child: &mut ChildTest) {
+    // Printed after the test harness's "test NAME ... " on the same line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {
+        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
+    }
+    child.kill();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_after_a_snapshot_and_purge_loses_no_applied_entry() {
     if let Some(dir) = std::env::var_os(CHILD_DIR) {
@@ -110,12 +120,7 @@ async fn crash_and_recover(budget: usize) {
     let db = dir.path().join("db");
     let budget_text = budget.to_string();
     let mut child = ChildTest::spawn(TEST_NAME, &[(CHILD_DIR, db.as_os_str()), (CHILD_BUDGET, budget_text.as_ref())]);
-    // Printed after the test harness's "test NAME ... " on the same line.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {
-        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
-    }
-    child.kill();
+    stop_and_kill(&mut child);
 
     let storage = Storage::open(&db).expect("reopen after the crash");
     let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
@@ -189,11 +194,7 @@ async fn a_crash_after_a_snapshot_install_leaves_a_log_without_a_hole() {
     }
     let dir = TempDir::new().unwrap();
     let mut child = ChildTest::spawn(INSTALL_TEST_NAME, &[(INSTALL_CHILD_DIR, dir.path().as_os_str())]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !child.lines.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.contains("stopped at")) {
-        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
-    }
-    child.kill();
+    stop_and_kill(&mut child);
 
     let storage = Storage::open(&dir.path().join("follower")).expect("reopen after the crash");
     let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);

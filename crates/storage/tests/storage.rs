@@ -233,7 +233,7 @@ async fn large_values_are_flushed_to_blob_files_and_read_back() {
     let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
     let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
     let body = |offset: usize| {
-        let len = if offset % 2 == 0 { 8 * 1024 } else { 100 };
+        let len = if offset.is_multiple_of(2) { 8 * 1024 } else { 100 };
         vec![b'a' + (offset % 26) as u8; len]
     };
     let entries: Vec<_> = (0..20u64)
