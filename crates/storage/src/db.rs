@@ -66,9 +66,9 @@ fn memtable_hint_prefix(cf: &str) -> Option<usize> {
 /// Whether large values of the column family `cf` go to blob files
 /// ([`MIN_BLOB_BYTES`]). What a flush writes of `raft_log` and `queue` is
 /// mostly what is soon deleted: the log's unpurged tail, and the bodies of
-/// messages not yet acknowledged. In blob files, compaction moves only the
-/// keys and references, not the bodies, again and again down the levels;
-/// a blob file goes once no SST file refers to it, and compaction rewrites
+/// messages not yet acknowledged. With those values in blob files,
+/// compaction copies only keys and references from level to level, not the
+/// bodies; a blob file goes once no SST file refers to it, and compaction rewrites
 /// what is still live in the oldest quarter of blob files (blob garbage
 /// collection), so that one long-lived body does not keep a whole file.
 fn keeps_blob_files(cf: &str) -> bool {

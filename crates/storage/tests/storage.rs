@@ -224,8 +224,9 @@ async fn a_queue_group_purged_before_a_flush_writes_no_purged_entry_to_sst_files
 }
 
 /// Bodies of 4 KiB and more, and the log entries carrying them, go to blob
-/// files at a flush (only a reference in the SST file), and smaller ones stay
-/// in the SST files; both read back the same, also after a reopen.
+/// files at a flush (only a reference in the SST file) in `queue` and
+/// `raft_log`, and in no other column family; large and small bodies and the
+/// log entries read back the same after a reopen.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_values_are_flushed_to_blob_files_and_read_back() {
     let dir = TempDir::new().unwrap();
@@ -439,7 +440,9 @@ fn an_unfinished_snapshot_file_is_removed_at_open() {
 
 /// The memtables of the log, Raft metadata and queue data keep an insert
 /// position per key prefix (group, or group and kind), as the OPTIONS file
-/// RocksDB writes at open records it; the node metadata keeps none.
+/// RocksDB writes at open records it; the node metadata keeps none. SST
+/// files sync as written, and each column family's memtable may take half
+/// of the memtable budget.
 #[test]
 fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written() {
     let dir = TempDir::new().unwrap();
@@ -465,6 +468,17 @@ fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written(
     let db_options = text.split("[DBOptions]").nth(1).expect("a DBOptions section");
     let bytes_per_sync = db_options.lines().find_map(|l| l.trim().strip_prefix("bytes_per_sync="));
     assert_eq!(bytes_per_sync, Some("1048576"));
+    // Each column family's memtable may take half of the budget of all.
+    let option_of = |section: &str, name: &str| -> u64 {
+        let prefix = format!("{name}=");
+        let value = section.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()));
+        value.unwrap_or_else(|| panic!("no {name}")).parse().unwrap()
+    };
+    let budget = option_of(db_options, "db_write_buffer_size");
+    for cf in ["raft_log", "queue"] {
+        let section = text.split("[CFOptions \"").find(|s| s.starts_with(&format!("{cf}\"]"))).expect(cf);
+        assert_eq!(option_of(section, "write_buffer_size"), budget / 2, "{cf}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
