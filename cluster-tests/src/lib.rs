@@ -9,6 +9,9 @@
 //! - [`run_with_timeout`] (`command.rs`) runs the `raftmq` CLI or another
 //!   program and captures its output.
 //!
+//! - [`memtable_sizes`] and [`log_events`] (`db_options.rs`) read what a
+//!   node's RocksDB writes about itself in its database directory.
+//!
 //! - [`fault`] is the fault-injection suite (workload, nemesis, checker),
 //!   run by the `raftmq-fault` binary and by `tests/fault_suite_short_run.rs`.
 //!
@@ -22,12 +25,14 @@
 mod client;
 mod cluster;
 mod command;
+mod db_options;
 pub mod fault;
 mod poll;
 
 pub use client::{CALL_TIMEOUT, Client, body_text, is_retryable, request_with_timeout};
 pub use cluster::{NodeId, READY_TIMEOUT, TestCluster, raftmq_binary, repo_root};
 pub use command::{CommandOutput, raftmq_cli, raftmq_command, run_python_example, run_with_timeout};
+pub use db_options::{MemtableSizes, log_events, memtable_sizes};
 pub use poll::{poll_until, retry_unavailable};
 /// The generated public API, re-exported so tests name one crate.
 pub use raftmq_proto::v1 as pb;

@@ -3,6 +3,7 @@
 //! code 0, and a second `raftmq dev` on the same data directory has the
 //! first one's queue and messages. A third, whose standard output is a pipe
 //! nobody reads (`raftmq dev | head -1`), still runs and stops its nodes.
+//! `--memtable-budget-mib` reaches every node.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -10,11 +11,13 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use raftmq_cluster_tests::{raftmq_cli, raftmq_command};
+use raftmq_cluster_tests::{memtable_sizes, raftmq_cli, raftmq_command};
 
 const QUEUE: &str = "dev-queue";
 const UP_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `raftmq dev --memtable-budget-mib`, passed on to every node.
+const DEV_BUDGET_MIB: u64 = 48;
 
 /// A base port whose next two ports are free too (`raftmq dev` listens on
 /// base, base + 1 and base + 2).
@@ -51,6 +54,7 @@ impl Dev {
 
     fn start_with_stdout(data_dir: &std::path::Path, base_port: u16, stdout: Stdio) -> Dev {
         let mut command = raftmq_command(["dev", "--base-port", &base_port.to_string()]);
+        command.args(["--memtable-budget-mib", &DEV_BUDGET_MIB.to_string()]);
         command.arg("--data-dir").arg(data_dir).stdout(stdout).stderr(Stdio::inherit());
         let mut child = command.spawn().expect("start raftmq dev");
         let (tx, lines) = mpsc::channel();
@@ -134,6 +138,13 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
 
     let mut dev = Dev::start(&data_dir, base);
     dev.wait_up();
+    // Every node took the memtable budget given to raftmq dev (75-100% of it).
+    for node in 1..=3 {
+        let db = data_dir.join(format!("node-{node}")).join("db");
+        let sizes = memtable_sizes(&db).unwrap_or_else(|| panic!("no OPTIONS file in {}", db.display()));
+        let budget = DEV_BUDGET_MIB << 20;
+        assert!((budget * 3 / 4..=budget).contains(&sizes.budget), "node {node}: {sizes:?}");
+    }
     let status = raftmq_cli(&endpoints, &["cluster", "status"], None).await;
     for node in 1..=3 {
         let addr = format!("127.0.0.1:{}", base + node - 1);

@@ -41,6 +41,34 @@ impl Default for RaftTuning {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageTuning {
+    /// The memory the node's RocksDB memtables may fill before they are
+    /// flushed to disk (all column families together), in MiB; each node
+    /// draws its own between 75% and 100% of it. Most of a loaded node's
+    /// RSS: smaller uses less memory and writes more to disk under load.
+    pub memtable_budget_mib: u64,
+}
+
+impl StorageTuning {
+    /// Below this, a node under load flushes several times a second.
+    pub const MIN_MEMTABLE_BUDGET_MIB: u64 = 16;
+    /// Far beyond any memory this is meant for; a larger number is most
+    /// likely bytes given where MiB were meant.
+    pub const MAX_MEMTABLE_BUDGET_MIB: u64 = 64 * 1024;
+
+    pub fn memtable_budget_bytes(&self) -> usize {
+        (self.memtable_budget_mib * 1024 * 1024) as usize
+    }
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        StorageTuning { memtable_budget_mib: (raftmq_storage::DEFAULT_MEMTABLE_BUDGET_BYTES / (1024 * 1024)) as u64 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -55,6 +83,8 @@ pub struct ServerConfig {
     /// The initial voters, this node included.
     pub peers: Vec<PeerConfig>,
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub storage: StorageTuning,
     /// tracing filter, e.g. "info" or "raftmq_server=debug,info".
     pub log: String,
 }
@@ -67,6 +97,7 @@ pub struct ConfigOverrides {
     pub advertise_addr: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub peers: Option<Vec<PeerConfig>>,
+    pub memtable_budget_mib: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +144,7 @@ const ENV_SETTINGS: &[&str] = &[
     "raft__election_timeout_min_ms",
     "raft__election_timeout_max_ms",
     "raft__quiet_idle_groups",
+    "storage__memtable_budget_mib",
 ];
 
 /// The defaults, expressed as a partial document so that required settings
@@ -121,6 +153,7 @@ const ENV_SETTINGS: &[&str] = &[
 struct Defaults {
     listen_addr: String,
     raft: RaftTuning,
+    storage: StorageTuning,
     log: String,
 }
 
@@ -129,6 +162,7 @@ impl ServerConfig {
         let mut figment = Figment::from(Serialized::defaults(Defaults {
             listen_addr: "127.0.0.1:7001".into(),
             raft: RaftTuning::default(),
+            storage: StorageTuning::default(),
             log: "info,openraft=warn".into(),
         }));
         if let Some(path) = path {
@@ -161,6 +195,9 @@ impl ServerConfig {
         }
         if let Some(v) = overrides.peers {
             figment = figment.merge(Serialized::default("peers", v));
+        }
+        if let Some(v) = overrides.memtable_budget_mib {
+            figment = figment.merge(Serialized::default("storage.memtable_budget_mib", v));
         }
         // data_dir defaults from node_id, so it is filled in after the rest.
         if figment.find_value("data_dir").is_err()
@@ -226,6 +263,14 @@ impl ServerConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(setting("data_dir", "is empty"));
+        }
+        let budget = self.storage.memtable_budget_mib;
+        let (min, max) = (StorageTuning::MIN_MEMTABLE_BUDGET_MIB, StorageTuning::MAX_MEMTABLE_BUDGET_MIB);
+        if !(min..=max).contains(&budget) {
+            return Err(setting(
+                "storage.memtable_budget_mib",
+                format!("{budget} is not between {min} and {max}; the budget is in MiB (512 by default)"),
+            ));
         }
         Ok(())
     }
@@ -332,6 +377,24 @@ mod tests {
     }
 
     #[test]
+    fn memtable_budget_from_file_environment_and_flag() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(load_str(GOOD).unwrap().storage.memtable_budget_bytes(), 512 << 20, "the default");
+            let in_file = format!("{GOOD}\n[storage]\nmemtable_budget_mib = 128\n");
+            assert_eq!(load_str(&in_file).unwrap().storage.memtable_budget_mib, 128);
+            jail.set_env("RAFTMQ_STORAGE__MEMTABLE_BUDGET_MIB", "64");
+            assert_eq!(load_str(&in_file).unwrap().storage.memtable_budget_mib, 64);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("node.toml");
+            std::fs::write(&path, &in_file).unwrap();
+            let overrides = ConfigOverrides { memtable_budget_mib: Some(32), ..Default::default() };
+            let config = ServerConfig::load(Some(&path), overrides).unwrap();
+            assert_eq!(config.storage.memtable_budget_bytes(), 32 << 20);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn flags_alone_are_enough_and_data_dir_defaults_from_node_id() {
         figment::Jail::expect_with(|_| {
             let overrides = ConfigOverrides { node_id: Some(3), peers: Some(peers3()), ..Default::default() };
@@ -375,6 +438,12 @@ mod tests {
         assert!(error_of(&timeouts).contains("raft.election_timeout_min_ms"));
         let dup = format!("{GOOD}\n[[peers]]\nid = 2\naddr = \"127.0.0.1:7009\"\n");
         assert!(error_of(&dup).contains("appears twice"));
+        for budget in [0, 15, 65_537, 512 << 20] {
+            let message = error_of(&format!("{GOOD}\n[storage]\nmemtable_budget_mib = {budget}\n"));
+            assert!(message.contains("storage.memtable_budget_mib") && message.contains("in MiB"), "{message}");
+        }
+        let unknown_storage = error_of(&format!("{GOOD}\n[storage]\nblock_cache_mib = 1\n"));
+        assert!(unknown_storage.contains("block_cache_mib"), "{unknown_storage}");
     }
 
     #[test]

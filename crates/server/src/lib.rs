@@ -55,8 +55,11 @@ pub async fn run_with_listener(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-    let storage = raftmq_storage::Storage::open(&config.data_dir.join("db"))
-        .with_context(|| format!("open database in {}", config.data_dir.display()))?;
+    let storage = raftmq_storage::Storage::open_near_memtable_budget(
+        &config.data_dir.join("db"),
+        config.storage.memtable_budget_bytes(),
+    )
+    .with_context(|| format!("open database in {}", config.data_dir.display()))?;
     let initial_members: BTreeMap<u64, BasicNode> =
         config.peers.iter().map(|p| (p.id, BasicNode::new(p.addr.clone()))).collect();
     let timing = RaftTiming {

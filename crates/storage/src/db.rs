@@ -31,10 +31,12 @@ const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The column families, all opened at once and flushed together.
 const ALL_CFS: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_QUEUE, CF_META];
-/// The memtables of every column family together are flushed above this,
-/// and each column family's alone above half of it (the two that take
-/// message bodies, `raft_log` and `queue`, grow about alike).
-const MEMTABLE_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+/// The memtable budget a node has unless its operator sets one
+/// (`storage.memtable_budget_mib`): the memtables of every column family
+/// together are flushed above it, and each column family's alone above half
+/// of it (the two that take message bodies, `raft_log` and `queue`, grow
+/// about alike). What a node's RSS mostly follows under load.
+pub const DEFAULT_MEMTABLE_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 /// In `raft_log` and `queue`, values at least this long (bodies of 4 KiB
 /// and more, and log entries carrying them or a batch of smaller ones) are
 /// written at a flush to blob files, with only a reference in the SST file.
@@ -86,15 +88,21 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) the database at `path` and checks its format version.
+    /// Opens (or creates) the database at `path` and checks its format
+    /// version, with the default memtable budget.
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
-        // Each process draws its budget between 75% and 100% of it: the
-        // replicas of a queue receive the same writes, so with equal budgets
-        // they all switch memtables (and WAL files) at the same moment, and
-        // the fsync stall that comes with it (50-100 ms on a shared disk)
-        // hits a majority at once (docs/performance.md).
-        let budget = MEMTABLE_BUDGET_BYTES - rand::random_range(0..MEMTABLE_BUDGET_BYTES / 4);
-        Storage::open_with_memtable_budget(path, budget)
+        Storage::open_near_memtable_budget(path, DEFAULT_MEMTABLE_BUDGET_BYTES)
+    }
+
+    /// [`Storage::open`] with a memtable budget drawn between 75% and 100%
+    /// of `budget` (what a node does with the operator's setting): the
+    /// replicas of a queue receive the same writes, so with equal budgets
+    /// they all switch memtables (and WAL files) at the same moment, and the
+    /// fsync stall that comes with it (50-100 ms on a shared disk) hits a
+    /// majority at once (docs/performance.md).
+    pub fn open_near_memtable_budget(path: &Path, budget: usize) -> Result<Storage, StorageError> {
+        let drawn = budget - rand::random_range(0..=budget / 4);
+        Storage::open_with_memtable_budget(path, drawn)
     }
 
     /// [`Storage::open`] with a given budget for the memtables of all column
@@ -179,6 +187,7 @@ impl Storage {
         };
         storage.check_format_version()?;
         storage.prepare_snapshot_dir()?;
+        tracing::info!(path = %path.display(), memtable_budget_mib = budget >> 20, "database open");
         Ok(storage)
     }
 

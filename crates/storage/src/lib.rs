@@ -29,7 +29,7 @@ mod wal_trimmer;
 
 pub use catalog::{Catalog, CatalogQueue};
 pub use codec::to_vec_sized;
-pub use db::{FORMAT_VERSION, Storage};
+pub use db::{DEFAULT_MEMTABLE_BUDGET_BYTES, FORMAT_VERSION, Storage};
 pub use error::StorageError;
 pub use log_cache::LogReads;
 pub use log_growth::{SNAPSHOT_EVERY_BYTES, SnapshotDue};

@@ -23,6 +23,9 @@ pub struct DevArgs {
     /// Delete the data directory first.
     #[arg(long)]
     clean: bool,
+    /// Memory for each node's RocksDB memtables in MiB (default 512).
+    #[arg(long)]
+    memtable_budget_mib: Option<u64>,
 }
 
 struct Node {
@@ -70,6 +73,7 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
             .args(["--node-id", &id.to_string(), "--listen-addr", addr, "--peers", &peers])
             .arg("--data-dir")
             .arg(args.data_dir.join(format!("node-{id}")))
+            .args(args.memtable_budget_mib.map(|mib| format!("--memtable-budget-mib={mib}")))
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()

@@ -22,6 +22,10 @@ pub struct ServerArgs {
     /// Initial members, this node included: "1=host:port,2=host:port,3=host:port".
     #[arg(long)]
     peers: Option<String>,
+    /// Memory for RocksDB's memtables in MiB (storage.memtable_budget_mib;
+    /// default 512): most of a loaded node's RSS.
+    #[arg(long)]
+    memtable_budget_mib: Option<u64>,
 }
 
 pub fn run(args: ServerArgs) -> ExitCode {
@@ -38,6 +42,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
         advertise_addr: args.advertise_addr,
         data_dir: args.data_dir,
         peers,
+        memtable_budget_mib: args.memtable_budget_mib,
     };
     let config = match ServerConfig::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
@@ -48,7 +53,10 @@ pub fn run(args: ServerArgs) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colours only on a terminal: `raftmq dev`, tests and process managers
+    // write the log to a file, where escape codes get in the way of grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the tokio runtime");
     match runtime.block_on(raftmq_server::run(config, shutdown_signal())) {
