@@ -43,7 +43,11 @@ pub const DEFAULT_MEMTABLE_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 const MIN_BLOB_BYTES: u64 = 4096;
 /// The one block cache of the database.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// How much of an SST file being written is synced at a time.
+/// A file briefly created at open to learn whether the directory takes
+/// O_DIRECT (RocksDB leaves names it does not know alone).
+const DIRECT_IO_PROBE: &str = "direct-io-probe";
+/// How much of an SST file being written is synced at a time (files written
+/// buffered: all of them where O_DIRECT is not available).
 const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 
 /// The length of the key prefix under which a column family's memtable keeps
@@ -75,6 +79,26 @@ fn memtable_hint_prefix(cf: &str) -> Option<usize> {
 /// collection), so that one long-lived body does not keep a whole file.
 fn keeps_blob_files(cf: &str) -> bool {
     cf == CF_RAFT_LOG || cf == CF_QUEUE
+}
+
+/// Whether files in the directory `path` (created if missing) can be written
+/// with O_DIRECT: most disk file systems can, tmpfs cannot, and RocksDB
+/// would fail its first flush there rather than at open.
+fn takes_direct_io(path: &Path) -> Result<bool, StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, source| StorageError::Io { what: format!("{what} {}", path.display()), source };
+    std::fs::create_dir_all(path).map_err(|e| io("create", e))?;
+    let probe = path.join(DIRECT_IO_PROBE);
+    let opened =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&probe);
+    let takes = opened.is_ok();
+    drop(opened);
+    if let Err(e) = std::fs::remove_file(&probe)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io("remove a probe file in", e));
+    }
+    Ok(takes)
 }
 
 /// The node's database, its WAL syncer and trimmer and the newest log entries of each
@@ -150,6 +174,15 @@ impl Storage {
         // fsyncs up behind it on a shared disk (docs/performance.md,
         // eleventh session).
         options.set_bytes_per_sync(SST_BYTES_PER_SYNC);
+        // Flushes and compactions write their SST and blob files with
+        // O_DIRECT, around the page cache, where the file system allows it
+        // (tmpfs does not). Buffered, every byte they wrote was copied into
+        // the page cache first and written back later, and its dirty pages
+        // were there to hold up the journal commits that the nodes' WAL
+        // fsyncs wait for: at 64 KiB, 13% less server CPU per message and
+        // 15% more messages (docs/performance.md, fourteenth session).
+        let direct_io = takes_direct_io(path)?;
+        options.set_use_direct_io_for_flush_and_compaction(direct_io);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf = |name: &str| {
             let mut table = BlockBasedOptions::default();
@@ -187,7 +220,12 @@ impl Storage {
         };
         storage.check_format_version()?;
         storage.prepare_snapshot_dir()?;
-        tracing::info!(path = %path.display(), memtable_budget_mib = budget >> 20, "database open");
+        tracing::info!(
+            path = %path.display(),
+            memtable_budget_mib = budget >> 20,
+            direct_io_for_flush_and_compaction = direct_io,
+            "database open"
+        );
         Ok(storage)
     }
 

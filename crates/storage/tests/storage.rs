@@ -438,11 +438,21 @@ fn an_unfinished_snapshot_file_is_removed_at_open() {
     assert!(!leftover.exists());
 }
 
+/// Whether a file in `dir` opens with O_DIRECT.
+fn takes_o_direct(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("o-direct-check");
+    let opened =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path);
+    let _ = std::fs::remove_file(&path);
+    opened.is_ok()
+}
+
 /// The memtables of the log, Raft metadata and queue data keep an insert
 /// position per key prefix (group, or group and kind), as the OPTIONS file
 /// RocksDB writes at open records it; the node metadata keeps none. SST
-/// files sync as written, and each column family's memtable may take half
-/// of the memtable budget.
+/// files sync as written (or are written with O_DIRECT), and each column
+/// family's memtable may take half of the memtable budget.
 #[test]
 fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written() {
     let dir = TempDir::new().unwrap();
@@ -468,6 +478,10 @@ fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written(
     let db_options = text.split("[DBOptions]").nth(1).expect("a DBOptions section");
     let bytes_per_sync = db_options.lines().find_map(|l| l.trim().strip_prefix("bytes_per_sync="));
     assert_eq!(bytes_per_sync, Some("1048576"));
+    // Flushes and compactions write around the page cache wherever the
+    // directory takes O_DIRECT (a test directory on tmpfs does not).
+    let direct = db_options.lines().find_map(|l| l.trim().strip_prefix("use_direct_io_for_flush_and_compaction="));
+    assert_eq!(direct, Some(if takes_o_direct(&db) { "true" } else { "false" }), "{}", db.display());
     // Each column family's memtable may take half of the budget of all.
     let option_of = |section: &str, name: &str| -> u64 {
         let prefix = format!("{name}=");
