@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("raftmq_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
+        // prost's codec with each message's length reserved before it is
+        // encoded (src/codec.rs).
+        .codec_path("crate::codec::SizedProstCodec")
         .bytes(".raftmq.internal.v1.RaftMessage.payload")
         // Bodies are shared from the request buffer on, never copied into
         // vectors (raftmq_types::NewMessage::body).

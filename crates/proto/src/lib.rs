@@ -4,6 +4,8 @@
 //! Only `raftmq-proto`, `raftmq-server` and `raftmq-client` see prost types;
 //! conversions to domain types live with their users.
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("raftmq.v1");
 }
