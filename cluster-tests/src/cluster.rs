@@ -93,6 +93,8 @@ pub struct TestCluster {
     /// Settings given to every node as environment variables
     /// (`RAFTMQ_RAFT__ELECTION_TIMEOUT_MIN_MS`, …).
     env: Vec<(String, String)>,
+    /// Flags added to every node's `raftmq server` command line.
+    args: Vec<String>,
 }
 
 impl TestCluster {
@@ -105,6 +107,12 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with `env` set for every node, on every
     /// start.
     pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_with(n, env, &[])
+    }
+
+    /// Like [`TestCluster::start_with_env`], with `args` added to every
+    /// node's `raftmq server` command line, on every start.
+    pub fn start_with(n: usize, env: &[(&str, &str)], args: &[&str]) -> TestCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let binary = raftmq_binary();
         let root = tempfile::Builder::new().prefix("raftmq-cluster-").tempdir().expect("create the cluster's temp dir");
@@ -119,7 +127,8 @@ impl TestCluster {
             })
             .collect();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut cluster = TestCluster { nodes, binary, root: Some(root), env };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = TestCluster { nodes, binary, root: Some(root), env, args };
         for id in cluster.node_ids() {
             cluster.spawn(id);
         }
@@ -397,6 +406,7 @@ impl TestCluster {
         let peers = self.peers_flag();
         let binary = self.binary.clone();
         let env = self.env.clone();
+        let args = self.args.clone();
         let node = self.node_mut(id);
         node.starts += 1;
         let mut log = OpenOptions::new()
@@ -417,6 +427,7 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(node.data_dir())
             .args(["--peers", &peers])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_for_stderr));

@@ -10,7 +10,6 @@
 //! - a value out of range is refused with exit code 2 and a message that
 //!   names the setting and its unit.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::QueueConfig;
@@ -93,30 +92,16 @@ async fn memtable_budget_is_an_operator_setting() {
     drop(cluster);
 
     // The flag wins over the environment: a node started with both.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("data");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let addr = listener.local_addr().expect("its address").to_string();
-    drop(listener);
-    let mut node = raftmq_command(["server", "--node-id", "1", "--listen-addr", &addr])
-        .args(["--peers", &format!("1={addr}"), "--memtable-budget-mib", "32"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("RAFTMQ_STORAGE__MEMTABLE_BUDGET_MIB", "64")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start raftmq server");
-    let db = data_dir.join("db");
-    let sizes = poll_until(Duration::from_secs(30), "the node opened its database", async || {
-        memtable_sizes(&db).filter(|sizes| sizes.per_column_family.contains_key("queue"))
-    })
-    .await;
-    node.kill().expect("stop the node");
-    node.wait().expect("reap the node");
+    let mut node =
+        TestCluster::start_with(1, &[("RAFTMQ_STORAGE__MEMTABLE_BUDGET_MIB", "64")], &["--memtable-budget-mib", "32"]);
+    node.wait_ready(READY_TIMEOUT).await;
+    let db = node.data_dir(1).join("db");
+    let sizes = memtable_sizes(&db).unwrap_or_else(|| panic!("no OPTIONS file in {}", db.display()));
     assert_budget(&sizes, 32, "--memtable-budget-mib 32 over RAFTMQ_STORAGE__MEMTABLE_BUDGET_MIB=64");
+    drop(node);
 
     // Out of range: bytes where MiB are meant, and too little to work with.
+    let dir = tempfile::tempdir().expect("temp dir");
     for value in ["536870912", "4"] {
         let args = ["server", "--node-id", "1", "--peers", "1=127.0.0.1:1", "--memtable-budget-mib", value];
         let mut command = raftmq_command(args);

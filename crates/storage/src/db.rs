@@ -176,11 +176,11 @@ impl Storage {
         options.set_bytes_per_sync(SST_BYTES_PER_SYNC);
         // Flushes and compactions write their SST and blob files with
         // O_DIRECT, around the page cache, where the file system allows it
-        // (tmpfs does not). Buffered, every byte they wrote was copied into
-        // the page cache first and written back later, and its dirty pages
-        // were there to hold up the journal commits that the nodes' WAL
-        // fsyncs wait for: at 64 KiB, 13% less server CPU per message and
-        // 15% more messages (docs/performance.md, fourteenth session).
+        // (tmpfs on older kernels does not). Buffered, every byte they wrote
+        // was copied into the page cache first and written back later: at
+        // 64 KiB, 13% less server CPU per message and 15% more messages
+        // with O_DIRECT; at 1 KiB no difference measured (docs/performance.md,
+        // fourteenth session).
         let direct_io = takes_direct_io(path)?;
         options.set_use_direct_io_for_flush_and_compaction(direct_io);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);

@@ -465,33 +465,29 @@ fn memtables_keep_an_insert_hint_per_group_prefix_and_sst_files_sync_as_written(
         .max_by_key(|name| name.trim_start_matches("OPTIONS-").parse::<u64>().unwrap())
         .expect("RocksDB writes an OPTIONS file");
     let text = std::fs::read_to_string(db.join(newest)).unwrap();
-    let hint_of = |cf: &str| {
-        let section = text.split("[CFOptions \"").find(|s| s.starts_with(&format!("{cf}\"]"))).expect(cf);
-        let line = section.lines().find(|l| l.trim().starts_with("memtable_insert_with_hint_prefix_extractor="));
-        line.map(|l| l.trim().split_once('=').unwrap().1.to_string())
-    };
-    assert_eq!(hint_of("raft_log").as_deref(), Some("rocksdb.FixedPrefix.8"));
-    assert_eq!(hint_of("raft_meta").as_deref(), Some("rocksdb.FixedPrefix.9"));
-    assert_eq!(hint_of("queue").as_deref(), Some("rocksdb.FixedPrefix.9"));
-    assert!(matches!(hint_of("meta").as_deref(), None | Some("nullptr")), "{:?}", hint_of("meta"));
-    // SST files are synced a MiB at a time as they are written, not all at the end.
+    /// The value of a `name=value` line in one section of the file.
+    fn value_in<'a>(section: &'a str, name: &str) -> Option<&'a str> {
+        let prefix = format!("{name}=");
+        section.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+    }
+    let cf_section = |cf: &str| text.split("[CFOptions \"").find(|s| s.starts_with(&format!("{cf}\"]"))).expect(cf);
     let db_options = text.split("[DBOptions]").nth(1).expect("a DBOptions section");
-    let bytes_per_sync = db_options.lines().find_map(|l| l.trim().strip_prefix("bytes_per_sync="));
-    assert_eq!(bytes_per_sync, Some("1048576"));
+    let hint_of = |cf: &str| value_in(cf_section(cf), "memtable_insert_with_hint_prefix_extractor");
+    assert_eq!(hint_of("raft_log"), Some("rocksdb.FixedPrefix.8"));
+    assert_eq!(hint_of("raft_meta"), Some("rocksdb.FixedPrefix.9"));
+    assert_eq!(hint_of("queue"), Some("rocksdb.FixedPrefix.9"));
+    assert!(matches!(hint_of("meta"), None | Some("nullptr")), "{:?}", hint_of("meta"));
+    // SST files are synced a MiB at a time as they are written, not all at the end.
+    assert_eq!(value_in(db_options, "bytes_per_sync"), Some("1048576"));
     // Flushes and compactions write around the page cache wherever the
     // directory takes O_DIRECT (a test directory on tmpfs does not).
-    let direct = db_options.lines().find_map(|l| l.trim().strip_prefix("use_direct_io_for_flush_and_compaction="));
+    let direct = value_in(db_options, "use_direct_io_for_flush_and_compaction");
     assert_eq!(direct, Some(if takes_o_direct(&db) { "true" } else { "false" }), "{}", db.display());
     // Each column family's memtable may take half of the budget of all.
-    let option_of = |section: &str, name: &str| -> u64 {
-        let prefix = format!("{name}=");
-        let value = section.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()));
-        value.unwrap_or_else(|| panic!("no {name}")).parse().unwrap()
-    };
-    let budget = option_of(db_options, "db_write_buffer_size");
+    let bytes = |value: Option<&str>| -> u64 { value.expect("a memtable size").parse().unwrap() };
+    let budget = bytes(value_in(db_options, "db_write_buffer_size"));
     for cf in ["raft_log", "queue"] {
-        let section = text.split("[CFOptions \"").find(|s| s.starts_with(&format!("{cf}\"]"))).expect(cf);
-        assert_eq!(option_of(section, "write_buffer_size"), budget / 2, "{cf}");
+        assert_eq!(bytes(value_in(cf_section(cf), "write_buffer_size")), budget / 2, "{cf}");
     }
 }
 
