@@ -22,3 +22,10 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Co
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(|source| CodecError::Decode { what, source })
 }
+
+/// [`decode`], with the message bodies in `bytes` shared rather than copied
+/// (`raftmq_types::shared_body`): for AppendEntries, whose entries a follower
+/// keeps only until it has applied them.
+pub fn decode_shared<T: DeserializeOwned>(what: &'static str, bytes: &bytes::Bytes) -> Result<T, CodecError> {
+    raftmq_types::shared_body::decode_sharing(bytes, |bytes| decode(what, bytes))
+}

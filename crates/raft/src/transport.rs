@@ -110,7 +110,7 @@ fn decoded_requests(
 ) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
     futures::stream::unfold(messages, move |mut messages| async move {
         match messages.next().await? {
-            Ok(message) => match codec::decode("append request", &message.payload) {
+            Ok(message) => match codec::decode_shared("append request", &message.payload) {
                 Ok(rpc) => Some((rpc, messages)),
                 Err(e) => {
                     warn!(%group_id, error = %e, "ending an append stream: a request does not decode");

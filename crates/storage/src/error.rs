@@ -46,3 +46,12 @@ pub(crate) fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Resu
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
     postcard::from_bytes(bytes).map_err(|source| StorageError::Corrupt { what, source })
 }
+
+/// [`decode`], with the message bodies in `bytes` shared rather than copied
+/// (`raftmq_types::shared_body`).
+pub(crate) fn decode_shared<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &bytes::Bytes,
+) -> Result<T, StorageError> {
+    raftmq_types::shared_body::decode_sharing(bytes, |bytes| decode(what, bytes))
+}

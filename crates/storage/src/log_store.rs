@@ -25,7 +25,7 @@ use raftmq_types::GroupId;
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use crate::db::sized_batch;
-use crate::error::{decode, encode};
+use crate::error::{decode, decode_shared, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
 use crate::log_cache::LogCache;
 use crate::log_growth::{LogGrowth, SnapshotDue};
@@ -113,7 +113,9 @@ impl LogStore {
         for item in db.iterator_cf_opt(cf, options, IteratorMode::From(&from, Direction::Forward)) {
             let (key, value) = item?;
             let index = log_index(&key).ok_or(StorageError::MalformedKey { cf: CF_RAFT_LOG })?;
-            let entry: Entry = decode("log entry", &value)?;
+            // Bodies share the value's buffer: entries read back are replicated
+            // or applied, then dropped.
+            let entry: Entry = decode_shared("log entry", &bytes::Bytes::from(value.into_vec()))?;
             if entry.index() != index {
                 return Err(StorageError::MalformedKey { cf: CF_RAFT_LOG });
             }

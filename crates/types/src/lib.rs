@@ -11,6 +11,7 @@ pub mod ids;
 pub mod message;
 pub mod name;
 pub mod receipt;
+pub mod shared_body;
 
 pub use command::{
     DeadReason, DeliveredMessage, DeliveryPolicy, MetaCommand, MetaResponse, QueueCommand, QueueLimit, QueueLimits,

@@ -11,7 +11,9 @@ use crate::{Offset, SubscriptionName, TimestampMs};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NewMessage {
     /// Shared, not copied, from the gRPC request to the log entry, the log's
-    /// memory and apply (a clone is a reference count).
+    /// memory and apply (a clone is a reference count); on a follower, a
+    /// slice of the AppendEntries request it came in (see [`crate::shared_body`]).
+    #[serde(with = "crate::shared_body")]
     pub body: Bytes,
     pub headers: BTreeMap<String, String>,
     /// The producer's id for this message: a second message with the same id
@@ -48,6 +50,7 @@ pub struct StoredMessage {
     pub offset: Offset,
     /// The leader's clock when the produce was proposed.
     pub publish_time: TimestampMs,
+    #[serde(with = "crate::shared_body")]
     pub body: Bytes,
     pub headers: BTreeMap<String, String>,
     pub correlation_id: Option<String>,
