@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // encoded (src/codec.rs).
         .codec_path("crate::codec::SizedProstCodec")
         .bytes(".raftmq.internal.v1.RaftMessage.payload")
+        .bytes(".raftmq.internal.v1.RaftMessage.entries")
         // Bodies are shared from the request buffer on, never copied into
         // vectors (raftmq_types::NewMessage::body).
         .bytes(".raftmq.v1.ProduceMessage.body")

@@ -158,7 +158,8 @@ impl GroupManager {
         let meta = openraft::Raft::new(
             node_id,
             meta_config,
-            GroupNetworkFactory::new(META_GROUP_ID, peers.clone()),
+            GroupNetworkFactory::new(META_GROUP_ID, peers.clone())
+                .sending_encoded(storage.encoded_entries(META_GROUP_ID)),
             LogStore::new(storage.clone(), META_GROUP_ID, ApplyWrite::Logged),
             meta_sm,
         )
@@ -301,7 +302,8 @@ impl GroupManager {
         let raft = openraft::Raft::new(
             self.node_id,
             self.queue_raft_config.clone(),
-            GroupNetworkFactory::new(group_id, self.peers.clone()),
+            GroupNetworkFactory::new(group_id, self.peers.clone())
+                .sending_encoded(self.storage.encoded_entries(group_id)),
             log,
             sm,
         )

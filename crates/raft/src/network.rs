@@ -26,7 +26,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, OptionalSend};
 use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
-use raftmq_storage::{SnapshotData, TypeConfig};
+use raftmq_storage::{EncodedEntries, SnapshotData, TypeConfig};
 use raftmq_types::{GroupId, NodeId};
 use tonic::transport::Channel;
 
@@ -56,11 +56,19 @@ pub const ANSWER_PATIENCE: u32 = 4;
 pub struct GroupNetworkFactory {
     group_id: GroupId,
     peers: PeerChannels,
+    /// The group's log as its log store encoded it: entries still in memory
+    /// are sent as those bytes. Without it every entry is encoded to send.
+    log: Option<EncodedEntries>,
 }
 
 impl GroupNetworkFactory {
     pub fn new(group_id: GroupId, peers: PeerChannels) -> Self {
-        GroupNetworkFactory { group_id, peers }
+        GroupNetworkFactory { group_id, peers, log: None }
+    }
+
+    /// Sends entries of `log` as its log store encoded them.
+    pub fn sending_encoded(self, log: EncodedEntries) -> Self {
+        GroupNetworkFactory { log: Some(log), ..self }
     }
 }
 
@@ -71,6 +79,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         GroupConnection {
             group_id: self.group_id,
             target,
+            log: self.log.clone(),
             client: self
                 .peers
                 .channel(&node.addr)
@@ -84,6 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 pub struct GroupConnection {
     group_id: GroupId,
     target: NodeId,
+    log: Option<EncodedEntries>,
     /// An invalid peer address is reported as `Unreachable` on every call
     /// rather than panicking in `new_client`, which cannot fail.
     client: Result<RaftTransportClient<Channel>, String>,
@@ -122,7 +132,7 @@ impl GroupConnection {
     }
 
     fn message(&self, payload: Vec<u8>) -> RaftMessage {
-        RaftMessage { group_id: self.group_id.0, payload: payload.into(), error: String::new() }
+        RaftMessage { group_id: self.group_id.0, payload: payload.into(), ..Default::default() }
     }
 
     fn reply_payload(&self, reply: RaftMessage) -> Result<bytes::Bytes, RPCError<TypeConfig>> {
@@ -175,7 +185,14 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        let answers = append_stream::answers(self.client(), self.group_id, self.target, input, option.soft_ttl());
+        let answers = append_stream::answers(
+            self.client(),
+            self.group_id,
+            self.target,
+            self.log.clone(),
+            input,
+            option.soft_ttl(),
+        );
         Box::pin(futures::future::ready(Ok(answers)))
     }
 
@@ -210,7 +227,7 @@ impl RaftNetworkV2<TypeConfig> for GroupConnection {
                 Ok(chunk) => (chunk.into(), String::new(), Some(data)),
                 Err(e) => (bytes::Bytes::new(), format!("reading the snapshot: {e}"), None),
             };
-            Some((RaftMessage { group_id, payload, error }, rest))
+            Some((RaftMessage { group_id, payload, error, ..Default::default() }, rest))
         });
         let messages = futures::stream::iter([self.message(header)]).chain(chunks);
         let mut client = self.client().map_err(to_streaming_error)?;

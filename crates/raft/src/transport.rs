@@ -13,7 +13,7 @@ use openraft::errors::Fatal;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use raftmq_proto::internal::raft_transport_server::RaftTransport;
 use raftmq_proto::internal::{HeartbeatReply, NodeHeartbeat, RaftMessage};
-use raftmq_storage::{SnapshotData, TypeConfig};
+use raftmq_storage::{EncodedEntries, SnapshotData, TypeConfig};
 use raftmq_types::{GroupId, META_GROUP_ID};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -41,14 +41,14 @@ pub const GROUP_ID_HEADER: &str = "raftmq-group-id";
 
 fn reply<T: Serialize>(group_id: GroupId, what: &'static str, value: &T) -> Result<Response<RaftMessage>, Status> {
     let payload = codec::encode(what, value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { group_id: group_id.0, payload: payload.into(), error: String::new() }))
+    Ok(Response::new(RaftMessage { group_id: group_id.0, payload: payload.into(), ..Default::default() }))
 }
 
 /// A failure the sender should retry later (the group is not hosted here yet,
 /// or the Raft node stopped): carried in-band so it is not mistaken for a
 /// transport failure.
 fn error_message(group_id: GroupId, error: impl std::fmt::Display) -> RaftMessage {
-    RaftMessage { group_id: group_id.0, payload: Default::default(), error: error.to_string() }
+    RaftMessage { group_id: group_id.0, error: error.to_string(), ..Default::default() }
 }
 
 /// An [`error_message`] as the whole answer to a call.
@@ -107,24 +107,28 @@ fn group_id_header<T>(request: &Request<T>) -> Result<GroupId, Status> {
 fn decoded_requests(
     group_id: GroupId,
     messages: Streaming<RaftMessage>,
+    log: EncodedEntries,
 ) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
-    futures::stream::unfold(messages, move |mut messages| async move {
-        match messages.next().await? {
-            Ok(message) => match codec::decode_shared("append request", &message.payload) {
-                Ok(rpc) => Some((rpc, messages)),
-                Err(e) => {
-                    warn!(%group_id, error = %e, "ending an append stream: a request does not decode");
+    futures::stream::unfold(messages, move |mut messages| {
+        let log = log.clone();
+        async move {
+            match messages.next().await? {
+                Ok(message) => match codec::decode_append(&message.payload, &message.entries, &log) {
+                    Ok(rpc) => Some((rpc, messages)),
+                    Err(e) => {
+                        warn!(%group_id, error = %e, "ending an append stream: a request does not decode");
+                        None
+                    }
+                },
+                // The leader dropped the stream (its replication session ended).
+                Err(status) if status.code() == tonic::Code::Cancelled => {
+                    debug!(%group_id, %status, "append stream cancelled by the leader");
                     None
                 }
-            },
-            // The leader dropped the stream (its replication session ended).
-            Err(status) if status.code() == tonic::Code::Cancelled => {
-                debug!(%group_id, %status, "append stream cancelled by the leader");
-                None
-            }
-            Err(status) => {
-                warn!(%group_id, %status, "ending an append stream: receiving failed");
-                None
+                Err(status) => {
+                    warn!(%group_id, %status, "ending an append stream: receiving failed");
+                    None
+                }
             }
         }
     })
@@ -142,7 +146,7 @@ where
         let (message, go_on) = match answers.next().await? {
             Ok(result) => match codec::encode("append result", &result) {
                 Ok(payload) => (
-                    RaftMessage { group_id: group_id.0, payload: payload.into(), error: String::new() },
+                    RaftMessage { group_id: group_id.0, payload: payload.into(), ..Default::default() },
                     result.is_ok(),
                 ),
                 Err(e) => (error_message(group_id, e), false),
@@ -170,7 +174,8 @@ impl RaftTransport for TransportService {
         // replication session lasts, and the server's graceful shutdown
         // waits for every stream: both directions end when shutdown starts.
         let peers = self.groups.peers();
-        let requests = decoded_requests(group_id, request.into_inner()).take_until(peers.shutting_down());
+        let log = self.groups.storage().encoded_entries(group_id);
+        let requests = decoded_requests(group_id, request.into_inner(), log).take_until(peers.shutting_down());
         let answers = match raft {
             GroupRaft::Meta(raft) => encoded_answers(group_id, raft.stream_append(requests)).boxed(),
             GroupRaft::Queue(raft) => encoded_answers(group_id, raft.stream_append(requests)).boxed(),

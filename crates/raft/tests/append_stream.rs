@@ -80,9 +80,14 @@ impl RaftTransport for ScriptedFollower {
             let mut held = Vec::new();
             let mut n_received = 0;
             while let Some(Ok(message)) = incoming.next().await {
+                // The entries go beside the request (`codec::encode_append`).
                 let rpc: AppendEntriesRequest<TypeConfig> =
                     codec::decode("append request", &message.payload).expect("the leader sends valid requests");
-                let last = rpc.entries.last().expect("the test's requests carry one entry").log_id;
+                assert!(rpc.entries.is_empty());
+                let last = message.entries.last().expect("the test's requests carry one entry");
+                let last: openraft::alias::EntryOf<TypeConfig> =
+                    codec::decode("log entry", last).expect("the leader sends valid entries");
+                let last = last.log_id;
                 events.lock().unwrap().push(Event::Received(last.index));
                 held.push(last);
                 n_received += 1;
@@ -93,7 +98,7 @@ impl RaftTransport for ScriptedFollower {
                     events.lock().unwrap().push(Event::Answered(last.index));
                     let result: StreamAppendResult<TypeConfig> = Ok(Some(last));
                     let payload = codec::encode("append result", &result).expect("encode a result");
-                    let answer = RaftMessage { group_id: GROUP.0, payload: payload.into(), error: String::new() };
+                    let answer = RaftMessage { group_id: GROUP.0, payload: payload.into(), ..Default::default() };
                     if answers.send(Ok(answer)).await.is_err() {
                         return;
                     }

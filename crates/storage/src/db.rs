@@ -9,7 +9,7 @@ use rocksdb::{
 };
 
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
-use crate::log_cache::{LogCache, LogCaches, LogReads};
+use crate::log_cache::{EncodedEntries, LogCache, LogCaches, LogReads};
 use crate::wal_trimmer::{ARCHIVE_TTL_SECS, WalTrimmer};
 use crate::{SnapshotSpool, StorageError, WalSyncer};
 
@@ -308,6 +308,11 @@ impl Storage {
     /// fills it) and its state machine (which empties it as it applies).
     pub(crate) fn log_cache(&self, group: GroupId) -> Arc<LogCache> {
         self.log_caches.group(group)
+    }
+
+    /// The encoded entries of `group`'s log, for the transport.
+    pub fn encoded_entries(&self, group: GroupId) -> EncodedEntries {
+        EncodedEntries::new(self.log_caches.group(group))
     }
 
     /// How the node's log reads were served since it started: from the

@@ -31,7 +31,7 @@ pub use catalog::{Catalog, CatalogQueue};
 pub use codec::to_vec_sized;
 pub use db::{DEFAULT_MEMTABLE_BUDGET_BYTES, FORMAT_VERSION, Storage};
 pub use error::StorageError;
-pub use log_cache::LogReads;
+pub use log_cache::{EncodedEntries, LogReads};
 pub use log_growth::{SNAPSHOT_EVERY_BYTES, SnapshotDue};
 pub use log_store::LogStore;
 pub use meta_sm::MetaStateMachine;

@@ -1,6 +1,7 @@
 //! The newest log entries of each group, kept in memory from their append
 //! until they are applied, so that replication and apply do not read back
-//! and decode what was just written.
+//! and decode what was just written; each with the bytes its append wrote,
+//! which the leader sends to followers as they are ([`EncodedEntries`]).
 //!
 //! Invariant: a group's cache is empty or holds a contiguous run of entries
 //! that ends at the last entry the log store has written (a suffix of the
@@ -13,13 +14,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use openraft::alias::EntryOf;
+use bytes::Bytes;
+use openraft::alias::{EntryOf, LogIdOf};
 use openraft::entry::RaftEntry;
 use raftmq_types::GroupId;
 
 use crate::TypeConfig;
 
 type Entry = EntryOf<TypeConfig>;
+type LogId = LogIdOf<TypeConfig>;
 
 /// The most one group keeps, in encoded bytes, however far apply lags (a
 /// follower catching up, a state machine slower than the log). Past it the
@@ -41,7 +44,9 @@ impl LogCaches {
         let mut groups = self.groups.lock().expect("log caches lock poisoned");
         groups
             .entry(group)
-            .or_insert_with(|| Arc::new(LogCache { entries: Mutex::default(), reads: self.reads.clone() }))
+            .or_insert_with(|| {
+                Arc::new(LogCache { entries: Mutex::default(), received: Mutex::default(), reads: self.reads.clone() })
+            })
             .clone()
     }
 
@@ -55,6 +60,32 @@ impl LogCaches {
 
     pub fn reads(&self) -> &LogReads {
         &self.reads
+    }
+}
+
+/// The encoded entries of one group's log, for the transport: the leader
+/// sends the bytes its log store wrote instead of encoding each entry again
+/// for every follower, and a follower's log store writes the bytes it
+/// received instead of encoding the entry once more. The bytes are
+/// postcard's encoding of the entry either way, so what is sent and written
+/// is the same as if each were encoded where it is needed.
+#[derive(Clone)]
+pub struct EncodedEntries(Arc<LogCache>);
+
+impl EncodedEntries {
+    pub(crate) fn new(cache: Arc<LogCache>) -> EncodedEntries {
+        EncodedEntries(cache)
+    }
+
+    /// The bytes the log store wrote for `entry`, while it is in memory.
+    pub fn encoded(&self, entry: &Entry) -> Option<Bytes> {
+        self.0.encoded(entry)
+    }
+
+    /// Hands `encoded`, as received from the leader, to the log store's
+    /// append of the entry `log_id` (kept within the group's byte budget).
+    pub fn received(&self, log_id: LogId, encoded: Bytes) {
+        self.0.receive(log_id, encoded)
     }
 }
 
@@ -83,13 +114,16 @@ impl LogReads {
 /// One group's cache.
 pub(crate) struct LogCache {
     entries: Mutex<CachedEntries>,
+    /// On a follower: entries as the leader sent them, encoded, until the
+    /// log store appends them (see [`EncodedEntries::received`]).
+    received: Mutex<ReceivedEntries>,
     reads: Arc<LogReads>,
 }
 
 #[derive(Default)]
 struct CachedEntries {
-    /// Each entry with its encoded size, oldest first, indexes consecutive.
-    entries: VecDeque<(Entry, usize)>,
+    /// Each entry with its encoding, oldest first, indexes consecutive.
+    entries: VecDeque<(Entry, Bytes)>,
     bytes: usize,
 }
 
@@ -99,24 +133,40 @@ impl CachedEntries {
     }
 
     fn pop_front(&mut self) {
-        if let Some((_, size)) = self.entries.pop_front() {
-            self.bytes -= size;
+        if let Some((_, encoded)) = self.entries.pop_front() {
+            self.bytes -= encoded.len();
         }
     }
 
     fn pop_back(&mut self) {
-        if let Some((_, size)) = self.entries.pop_back() {
-            self.bytes -= size;
+        if let Some((_, encoded)) = self.entries.pop_back() {
+            self.bytes -= encoded.len();
+        }
+    }
+}
+
+/// Encoded entries a follower received, in the order received, within the
+/// group's byte budget (the oldest go first).
+#[derive(Default)]
+struct ReceivedEntries {
+    entries: VecDeque<(LogId, Bytes)>,
+    bytes: usize,
+}
+
+impl ReceivedEntries {
+    fn pop_front(&mut self) {
+        if let Some((_, encoded)) = self.entries.pop_front() {
+            self.bytes -= encoded.len();
         }
     }
 }
 
 impl LogCache {
-    /// Adds entries just written to the log, each with its encoded size; the
+    /// Adds entries just written to the log, each with the bytes written; the
     /// first of them follows the last entry the log holds. Entries the cache
     /// held from that index on (a truncated log being overwritten) are
     /// replaced.
-    pub fn append(&self, appended: Vec<(Entry, usize)>) {
+    pub fn append(&self, appended: Vec<(Entry, Bytes)>) {
         let Some((first, _)) = appended.first() else { return };
         let first = first.index();
         let mut cached = self.entries.lock().expect("log cache lock poisoned");
@@ -128,10 +178,10 @@ impl LogCache {
             // the last entry). Start over rather than hold a gap.
             *cached = CachedEntries::default();
         }
-        for (entry, size) in appended {
+        for (entry, encoded) in appended {
             debug_assert!(cached.entries.back().is_none_or(|(e, _)| e.index() + 1 == entry.index()));
-            cached.bytes += size;
-            cached.entries.push_back((entry, size));
+            cached.bytes += encoded.len();
+            cached.entries.push_back((entry, encoded));
         }
         while cached.bytes > GROUP_BUDGET_BYTES && cached.entries.len() > 1 {
             cached.pop_front();
@@ -173,6 +223,49 @@ impl LogCache {
         entries
     }
 
+    /// The bytes the log store wrote for `entry`, if it is cached (the same
+    /// log id: the same entry, by Raft's log matching property).
+    pub fn encoded(&self, entry: &Entry) -> Option<Bytes> {
+        let cached = self.entries.lock().expect("log cache lock poisoned");
+        let position = entry.index().checked_sub(cached.first_index()?)?;
+        let (cached_entry, encoded) = cached.entries.get(usize::try_from(position).ok()?)?;
+        (cached_entry.log_id() == entry.log_id()).then(|| encoded.clone())
+    }
+
+    /// Keeps `encoded`, the leader's encoding of the entry `log_id`, for the
+    /// log store's append of that entry ([`Self::take_received`]).
+    pub fn receive(&self, log_id: LogId, encoded: Bytes) {
+        let mut received = self.received.lock().expect("log cache lock poisoned");
+        received.bytes += encoded.len();
+        received.entries.push_back((log_id, encoded));
+        while received.bytes > GROUP_BUDGET_BYTES && received.entries.len() > 1 {
+            received.pop_front();
+        }
+    }
+
+    /// The received encoding of `entry`, if it was kept. Entries received
+    /// for its index or earlier ones are forgotten on the way (answered, or
+    /// dropped by openraft, or an older leader's); what was received for
+    /// later entries stays.
+    pub fn take_received(&self, entry: &Entry) -> Option<Bytes> {
+        let mut received = self.received.lock().expect("log cache lock poisoned");
+        let (index, log_id) = (entry.index(), entry.log_id());
+        let mut found = None;
+        let mut dropped = 0;
+        received.entries.retain(|(received_id, encoded)| {
+            if received_id.index() > index {
+                return true;
+            }
+            if found.is_none() && *received_id == log_id {
+                found = Some(encoded.clone());
+            }
+            dropped += encoded.len();
+            false
+        });
+        received.bytes -= dropped;
+        found
+    }
+
     /// The index after the last cached entry, if any is cached.
     #[cfg(test)]
     pub fn end(&self) -> Option<u64> {
@@ -191,8 +284,12 @@ mod tests {
 
     use super::*;
 
-    fn entry(index: u64) -> (Entry, usize) {
-        (Entry::new(openraft::testing::log_id::<TypeConfig>(1, 1, index), EntryPayload::Blank), 10)
+    fn entry(index: u64) -> (Entry, Bytes) {
+        (Entry::new(openraft::testing::log_id::<TypeConfig>(1, 1, index), EntryPayload::Blank), sized(10))
+    }
+
+    fn sized(len: usize) -> Bytes {
+        Bytes::from(vec![0; len])
     }
 
     fn indexes(entries: &[Entry]) -> Vec<u64> {
@@ -238,14 +335,59 @@ mod tests {
     }
 
     #[test]
+    fn gives_the_encoding_of_the_entry_with_the_same_log_id() {
+        let cache = cache();
+        cache.append((5..8).map(|i| (entry(i).0, sized(i as usize))).collect());
+        assert_eq!(cache.encoded(&entry(6).0).map(|b| b.len()), Some(6));
+        assert_eq!(cache.encoded(&entry(4).0), None);
+        assert_eq!(cache.encoded(&entry(8).0), None);
+        let other_term = Entry::new(openraft::testing::log_id::<TypeConfig>(2, 1, 6), EntryPayload::Blank);
+        assert_eq!(cache.encoded(&other_term), None);
+    }
+
+    #[test]
+    fn received_entries_are_taken_by_log_id_and_stale_ones_forgotten() {
+        let cache = cache();
+        let received = |term, index, len| {
+            let log_id = openraft::testing::log_id::<TypeConfig>(term, 1, index);
+            cache.receive(log_id, sized(len));
+            Entry::new(log_id, EntryPayload::Blank)
+        };
+        // A stream of an old leader (term 1) cut short, then the new one's.
+        received(1, 5, 1);
+        received(1, 6, 1);
+        let new5 = received(2, 5, 25);
+        let new6 = received(2, 6, 26);
+        // Appended in order: the old term's 5 is passed over, its 6 stays
+        // until 6 is appended.
+        assert_eq!(cache.take_received(&new5).map(|b| b.len()), Some(25));
+        // An entry never received is not found, and what follows it stays.
+        assert_eq!(cache.take_received(&entry(4).0), None);
+        assert_eq!(cache.take_received(&new6).map(|b| b.len()), Some(26));
+        assert_eq!(cache.take_received(&new6), None);
+        assert_eq!(cache.received.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn received_entries_keep_to_the_budget() {
+        let cache = cache();
+        let log_id = |index| openraft::testing::log_id::<TypeConfig>(1, 1, index);
+        cache.receive(log_id(1), sized(GROUP_BUDGET_BYTES / 2));
+        cache.receive(log_id(2), sized(GROUP_BUDGET_BYTES / 2));
+        cache.receive(log_id(3), sized(1));
+        assert_eq!(cache.take_received(&entry(1).0), None);
+        assert!(cache.take_received(&entry(2).0).is_some());
+    }
+
+    #[test]
     fn keeps_to_its_budget_but_always_the_newest_entry() {
         let cache = cache();
-        let big = |index| (entry(index).0, GROUP_BUDGET_BYTES / 2);
+        let big = |index| (entry(index).0, sized(GROUP_BUDGET_BYTES / 2));
         cache.append(vec![big(1), big(2)]);
         assert_eq!(indexes(&cache.get(0, None)), [1, 2]);
         cache.append(vec![big(3)]);
         assert_eq!(indexes(&cache.get(0, None)), [2, 3]);
-        cache.append(vec![(entry(4).0, GROUP_BUDGET_BYTES * 2)]);
+        cache.append(vec![(entry(4).0, sized(GROUP_BUDGET_BYTES * 2))]);
         assert_eq!(indexes(&cache.get(0, None)), [4]);
     }
 }

@@ -205,23 +205,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let started = std::time::Instant::now();
         let cf = self.storage.cf(CF_RAFT_LOG);
+        // A follower writes the bytes the leader sent (`EncodedEntries`); the
+        // leader encodes, and sends what it wrote.
         let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = encode("log entry", &entry)?;
+            let bytes = match self.cache.take_received(&entry) {
+                Some(bytes) => bytes,
+                None => bytes::Bytes::from(encode("log entry", &entry)?),
+            };
             encoded.push((entry, bytes));
         }
         let mut batch = sized_batch(encoded.len(), encoded.iter().map(|(_, bytes)| bytes.len()).sum());
-        let mut cached = Vec::with_capacity(encoded.len());
         let mut appended = 0;
-        for (entry, bytes) in encoded {
-            batch.put_cf(cf, log_key(self.group, entry.index()), &bytes);
+        for (entry, bytes) in &encoded {
+            batch.put_cf(cf, log_key(self.group, entry.index()), bytes);
             appended += bytes.len() as u64;
-            cached.push((entry, bytes.len()));
         }
         // Written now, so the entries are readable when this returns; durable
         // when the syncer's fsync completes, and only then is openraft told.
         self.storage.db().write(batch).map_err(StorageError::from)?;
-        self.cache.append(cached);
+        self.cache.append(encoded);
         self.growth.appended(appended);
         self.storage.syncer().sync_then(move |result| {
             stages::record(Stage::LogFlush, started.elapsed());

@@ -269,6 +269,34 @@ async fn large_values_are_flushed_to_blob_files_and_read_back() {
     assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
 }
 
+/// A follower's log store writes an entry as the leader sent it, and the
+/// leader sends the bytes its log store wrote (`EncodedEntries`), so an
+/// entry is encoded once in the cluster. The bytes handed over here are those
+/// of another entry with the same log id, to tell which bytes are written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_writes_entries_as_received_and_a_leader_sends_what_it_wrote() {
+    let dir = TempDir::new().unwrap();
+    let sent = queue_entry(1, 1, 1, produce(3));
+    let appended = queue_entry(1, 1, 1, produce(1));
+    let second = queue_entry(1, 2, 2, produce(2));
+    let encode = |entry: &Entry| bytes::Bytes::from(postcard::to_stdvec(entry).unwrap());
+    {
+        let storage = open(&dir);
+        let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+        let encoded = storage.encoded_entries(GROUP);
+        encoded.received(sent.log_id(), encode(&sent));
+        append(&mut log, vec![appended.clone(), second.clone()]).await;
+        // The leader's side: what its log store wrote, received or encoded.
+        assert_eq!(encoded.encoded(&appended), Some(encode(&sent)));
+        assert_eq!(encoded.encoded(&second), Some(encode(&second)));
+        let other_term = queue_entry(2, 2, 2, produce(2));
+        assert_eq!(encoded.encoded(&other_term), None);
+    }
+    let storage = open(&dir);
+    let mut log = LogStore::new(storage, GROUP, ApplyWrite::Unlogged);
+    assert_eq!(log.try_get_log_entries(1..=2).await.unwrap(), [sent, second]);
+}
+
 /// Replication and apply read back entries that were just appended: those
 /// not yet applied come from memory, applied ones from RocksDB, and a range
 /// across the two is read whole and in order either way.

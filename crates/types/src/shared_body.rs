@@ -104,9 +104,7 @@ mod tests {
     }
 
     fn messages() -> Vec<NewMessage> {
-        (0..3u8)
-            .map(|i| NewMessage { body: vec![i; 1000 + usize::from(i)].into(), ..Default::default() })
-            .collect()
+        (0..3u8).map(|i| NewMessage { body: vec![i; 1000 + usize::from(i)].into(), ..Default::default() }).collect()
     }
 
     #[test]

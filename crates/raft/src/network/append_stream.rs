@@ -18,8 +18,8 @@ use openraft::errors::RPCError;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use raftmq_proto::internal::RaftMessage;
 use raftmq_proto::internal::raft_transport_client::RaftTransportClient;
-use raftmq_storage::TypeConfig;
 use raftmq_storage::stages::{self, Stage};
+use raftmq_storage::{EncodedEntries, TypeConfig};
 use raftmq_types::{GroupId, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -47,6 +47,7 @@ pub(super) fn answers<S>(
     client: Result<RaftTransportClient<Channel>, RPCError<TypeConfig>>,
     group_id: GroupId,
     target: NodeId,
+    log: Option<EncodedEntries>,
     mut requests: S,
     soft_ttl: Duration,
 ) -> BoxStream<'static, Answer>
@@ -57,7 +58,7 @@ where
         let first = requests.next().await?;
         let requests = futures::stream::iter([first]).chain(requests);
         let opened = match client {
-            Ok(client) => open(client, group_id, target, requests, soft_ttl).await,
+            Ok(client) => open(client, group_id, target, log, requests, soft_ttl).await,
             Err(e) => Err(e),
         };
         Some(opened)
@@ -76,6 +77,7 @@ async fn open<S>(
     mut client: RaftTransportClient<Channel>,
     group_id: GroupId,
     target: NodeId,
+    log: Option<EncodedEntries>,
     requests: S,
     soft_ttl: Duration,
 ) -> Result<BoxStream<'static, Answer>, RPCError<TypeConfig>>
@@ -85,7 +87,7 @@ where
     let (sent, sent_rx) = watch::channel(Sent::default());
     let sent_at = SentAt::default();
     let (requests, stop_requests) =
-        futures::stream::abortable(encoded_requests(group_id, requests, sent, sent_at.clone()));
+        futures::stream::abortable(encoded_requests(group_id, log, requests, sent, sent_at.clone()));
     let mut request = tonic::Request::new(requests);
     request.metadata_mut().insert(GROUP_ID_HEADER, group_id.0.into());
     // No gRPC deadline on the call: it would bound the whole stream, which
@@ -150,6 +152,7 @@ struct Sent {
 /// from it).
 fn encoded_requests<S>(
     group_id: GroupId,
+    log: Option<EncodedEntries>,
     requests: S,
     sent: watch::Sender<Sent>,
     sent_at: SentAt,
@@ -157,25 +160,29 @@ fn encoded_requests<S>(
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((requests, sent, sent_at), move |(mut requests, sent, sent_at)| async move {
-        let Some(rpc) = requests.next().await else {
-            sent.send_modify(|sent| sent.finished = true);
-            return None;
-        };
-        match codec::encode("append request", &rpc) {
-            Ok(payload) => {
-                let has_entries = !rpc.entries.is_empty();
-                sent_at.lock().unwrap_or_else(|e| e.into_inner()).push_back(has_entries.then(Instant::now));
-                sent.send_modify(|sent| sent.n_requests += 1);
-                let message = RaftMessage { group_id: group_id.0, payload: payload.into(), error: String::new() };
-                Some((message, (requests, sent, sent_at)))
-            }
-            Err(e) => {
-                sent.send_modify(|sent| {
-                    sent.finished = true;
-                    sent.encode_error = Some(format!("group {group_id}: {e}"));
-                });
-                None
+    futures::stream::unfold((requests, sent, sent_at), move |(mut requests, sent, sent_at)| {
+        let log = log.clone();
+        async move {
+            let Some(rpc) = requests.next().await else {
+                sent.send_modify(|sent| sent.finished = true);
+                return None;
+            };
+            let has_entries = !rpc.entries.is_empty();
+            match codec::encode_append(rpc, log.as_ref()) {
+                Ok((payload, entries)) => {
+                    sent_at.lock().unwrap_or_else(|e| e.into_inner()).push_back(has_entries.then(Instant::now));
+                    sent.send_modify(|sent| sent.n_requests += 1);
+                    let message =
+                        RaftMessage { group_id: group_id.0, payload: payload.into(), error: String::new(), entries };
+                    Some((message, (requests, sent, sent_at)))
+                }
+                Err(e) => {
+                    sent.send_modify(|sent| {
+                        sent.finished = true;
+                        sent.encode_error = Some(format!("group {group_id}: {e}"));
+                    });
+                    None
+                }
             }
         }
     })
