@@ -125,7 +125,10 @@ impl LogStore {
         Ok(entries)
     }
 
-    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+    /// The log id of the log's last entry, decoded from the start of its
+    /// value only: an entry's log id is encoded first, and an entry can be
+    /// megabytes of bodies.
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let db = self.storage.db();
         let cf = self.storage.cf(CF_RAFT_LOG);
         let (start, end) = crate::keys::group_range(self.group);
@@ -135,10 +138,14 @@ impl LogStore {
         let mut iter = db.raw_iterator_cf_opt(cf, options);
         iter.seek_to_last();
         iter.status()?;
-        match iter.value() {
-            Some(value) => Ok(Some(decode("log entry", value)?)),
-            None => Ok(None),
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { return Ok(None) };
+        let log_id: LogId = postcard::take_from_bytes(value)
+            .map(|(log_id, _)| log_id)
+            .map_err(|source| StorageError::Corrupt { what: "log entry", source })?;
+        if log_index(key) != Some(log_id.index()) {
+            return Err(StorageError::MalformedKey { cf: CF_RAFT_LOG });
         }
+        Ok(Some(log_id))
     }
 }
 
@@ -170,8 +177,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(MetaTag::LastPurged, "last purged log id")?;
-        let last_log_id = match self.last_entry()? {
-            Some(entry) => Some(entry.log_id()),
+        let last_log_id = match self.last_log_id()? {
+            Some(log_id) => Some(log_id),
             None => last_purged_log_id,
         };
         Ok(LogState { last_purged_log_id, last_log_id })
@@ -271,7 +278,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if matches!(self.writes, ApplyWrite::Logged) {
             self.storage.syncer().sync().await?;
         }
-        let beyond_log = self.last_entry()?.is_none_or(|last| last.index() < log_id.index());
+        let beyond_log = self.last_log_id()?.is_none_or(|last| last.index() < log_id.index());
         let write = if beyond_log { ApplyWrite::Logged } else { self.writes };
         let mut batch = rocksdb::WriteBatch::default();
         let meta = self.storage.cf(CF_RAFT_META);
