@@ -73,6 +73,14 @@ async fn bench_runs_against_cluster() {
     let from_disk = summary["log_reads_from_disk"].as_u64().expect("log reads from disk");
     assert!(from_memory >= 3 * (produced / 16), "apply read entries from RocksDB: {summary}");
     assert!(from_disk < from_memory, "{summary}");
+    // The leader delivers the newest bodies from memory: consumers that keep
+    // up read nothing back from RocksDB but what was produced before their
+    // first Consume, or while the leader's memory for bodies was full.
+    let consumed = summary["consumed"].as_u64().expect("consumed");
+    let bodies_from_memory = summary["body_reads_from_memory"].as_u64().expect("body reads from memory");
+    let bodies_from_disk = summary["body_reads_from_disk"].as_u64().expect("body reads from disk");
+    assert!(bodies_from_memory + bodies_from_disk >= consumed, "{summary}");
+    assert!(bodies_from_memory > 4 * bodies_from_disk, "bodies were read back from RocksDB: {summary}");
     // Replication to the followers is timed on the queue's leader.
     let replicate = nodes_with("replicate");
     assert!(replicate.iter().any(|s| s["node"] == commits[0]["node"]), "{summary}");

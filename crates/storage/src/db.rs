@@ -8,6 +8,7 @@ use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
 };
 
+use crate::body_cache::{BodyCache, BodyCaches, BodyReads};
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
 use crate::log_cache::{EncodedEntries, LogCache, LogCaches, LogReads};
 use crate::wal_trimmer::{ARCHIVE_TTL_SECS, WalTrimmer};
@@ -109,6 +110,7 @@ pub struct Storage {
     syncer: Arc<WalSyncer>,
     trimmer: Arc<WalTrimmer>,
     log_caches: Arc<LogCaches>,
+    body_caches: Arc<BodyCaches>,
 }
 
 impl Storage {
@@ -217,6 +219,7 @@ impl Storage {
             trimmer: Arc::new(WalTrimmer::start(db.path())),
             db,
             log_caches: Arc::new(LogCaches::default()),
+            body_caches: Arc::new(BodyCaches::default()),
         };
         storage.check_format_version()?;
         storage.prepare_snapshot_dir()?;
@@ -308,6 +311,17 @@ impl Storage {
     /// fills it) and its state machine (which empties it as it applies).
     pub(crate) fn log_cache(&self, group: GroupId) -> Arc<LogCache> {
         self.log_caches.group(group)
+    }
+
+    /// A new body cache for a queue group's state machine.
+    pub(crate) fn body_cache(&self) -> BodyCache {
+        self.body_caches.group()
+    }
+
+    /// How the node's reads of bodies for delivery were served since it
+    /// started: from the newest bodies kept in memory, or from RocksDB.
+    pub fn body_reads(&self) -> &BodyReads {
+        self.body_caches.reads()
     }
 
     /// The encoded entries of `group`'s log, for the transport.

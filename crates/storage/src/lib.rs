@@ -11,6 +11,7 @@
 //!
 //! Queue rules live in `raftmq-queue`; this crate only stores.
 
+mod body_cache;
 mod catalog;
 mod codec;
 mod db;
@@ -27,6 +28,7 @@ mod type_config;
 mod wal_syncer;
 mod wal_trimmer;
 
+pub use body_cache::BodyReads;
 pub use catalog::{Catalog, CatalogQueue};
 pub use codec::to_vec_sized;
 pub use db::{DEFAULT_MEMTABLE_BUDGET_BYTES, FORMAT_VERSION, Storage};

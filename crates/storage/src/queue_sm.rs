@@ -27,6 +27,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
+use crate::body_cache::BodyCache;
 use crate::db::sized_batch;
 use crate::error::{decode, encode};
 use crate::keys::{
@@ -70,6 +71,8 @@ pub struct QueueStateMachine {
     applied: Arc<watch::Sender<u64>>,
     /// The group's log entries in memory, released as they are applied.
     log_cache: Arc<LogCache>,
+    /// The newest bodies, for Consume; follows what apply writes.
+    bodies: BodyCache,
 }
 
 /// Read access to a queue group's applied state, for the server.
@@ -79,6 +82,7 @@ pub struct QueueReader {
     group: GroupId,
     state: Arc<RwLock<QueueState>>,
     applied: watch::Receiver<u64>,
+    bodies: BodyCache,
 }
 
 impl QueueStateMachine {
@@ -91,6 +95,7 @@ impl QueueStateMachine {
         let index = applied.map(|l| l.index()).unwrap_or(0);
         Ok(QueueStateMachine {
             log_cache: storage.log_cache(group),
+            bodies: storage.body_cache(),
             storage,
             group,
             state: Arc::new(RwLock::new(state)),
@@ -104,6 +109,7 @@ impl QueueStateMachine {
             group: self.group,
             state: self.state.clone(),
             applied: self.applied.subscribe(),
+            bodies: self.bodies.clone(),
         }
     }
 
@@ -520,8 +526,27 @@ impl QueueReader {
         Ok((records, state.next_offset()))
     }
 
-    /// Reads message bodies; offsets not found (acked meanwhile) are skipped.
+    /// Reads message bodies for delivery, in the order of `offsets`: the
+    /// newest from memory, the rest from RocksDB; offsets not found (acked
+    /// meanwhile) are skipped.
     pub fn read_messages(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
+        let mut messages = self.bodies.take(offsets);
+        let missing: Vec<Offset> =
+            offsets.iter().zip(&messages).filter(|(_, cached)| cached.is_none()).map(|(offset, _)| *offset).collect();
+        if !missing.is_empty() {
+            let mut from_disk = self.read_stored(&missing)?.into_iter().peekable();
+            for (offset, message) in offsets.iter().zip(messages.iter_mut()) {
+                if message.is_none() && from_disk.peek().is_some_and(|m| m.offset == *offset) {
+                    *message = from_disk.next();
+                }
+            }
+        }
+        Ok(messages.into_iter().flatten().collect())
+    }
+
+    /// Reads message bodies from RocksDB, in the order of `offsets`; offsets
+    /// not found are skipped.
+    fn read_stored(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
         let cf = self.storage.cf(CF_QUEUE);
         let keys: Vec<_> = offsets.iter().map(|o| queue_key(self.group, QueueKind::Body, *o)).collect();
         let mut messages = Vec::with_capacity(offsets.len());
@@ -587,7 +612,10 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         .await?;
         let mut batch = sized_batch(2 * changes.len(), stored_bytes(&changes));
         self.write_changes(&mut batch, &changes)?;
+        // The bodies are cached once written (a read that misses the cache
+        // finds them on disk), before waiting readers are woken.
         applied.commit(&self.storage, batch, self.group, &self.log_cache, ApplyWrite::Unlogged, |applied| {
+            self.bodies.written(&changes);
             if let Some(log_id) = applied {
                 self.applied.send_replace(log_id.index());
             }
@@ -619,6 +647,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         tokio::task::spawn_blocking(move || ingest_snapshot(&storage, group, &installing, read_frames(data)))
             .await
             .map_err(io::Error::other)??;
+        self.bodies.clear();
         write_installed_position(&self.storage, self.group, meta)?;
         let state = load_state(&self.storage, self.group)?;
         *self.state.write().expect("queue state lock poisoned") = state;

@@ -294,6 +294,8 @@ struct Wal {
     micros: u64,
     log_reads_from_memory: u64,
     log_reads_from_disk: u64,
+    body_reads_from_memory: u64,
+    body_reads_from_disk: u64,
 }
 
 /// What one node reported: its WAL counters and its write-path stage
@@ -325,6 +327,8 @@ async fn node_readings(endpoints: &[String]) -> Vec<NodeReading> {
                 micros: status.wal_sync_micros,
                 log_reads_from_memory: status.log_entries_read_from_memory,
                 log_reads_from_disk: status.log_entries_read_from_disk,
+                body_reads_from_memory: status.bodies_read_from_memory,
+                body_reads_from_disk: status.bodies_read_from_disk,
             };
             readings.push(NodeReading { wal, stages });
         }
@@ -388,6 +392,8 @@ fn wal_delta(before: &[NodeReading], after: &[NodeReading]) -> Wal {
             delta.micros += now.micros.saturating_sub(then.micros);
             delta.log_reads_from_memory += now.log_reads_from_memory.saturating_sub(then.log_reads_from_memory);
             delta.log_reads_from_disk += now.log_reads_from_disk.saturating_sub(then.log_reads_from_disk);
+            delta.body_reads_from_memory += now.body_reads_from_memory.saturating_sub(then.body_reads_from_memory);
+            delta.body_reads_from_disk += now.body_reads_from_disk.saturating_sub(then.body_reads_from_disk);
             delta.node += 1;
         }
     }
@@ -598,6 +604,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "wal_fsyncs": fsyncs, "wal_fsync_requests": fsync_requests, "wal_nodes": nodes, "fsync_mean_ms": fsync_mean_ms,
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
         "log_reads_from_memory": wal.log_reads_from_memory, "log_reads_from_disk": wal.log_reads_from_disk,
+        "body_reads_from_memory": wal.body_reads_from_memory, "body_reads_from_disk": wal.body_reads_from_disk,
         "stages_ms": stages.iter().map(|s| json!({
             "node": s.node, "stage": s.stage, "count": s.count,
             "p50": s.p50, "p99": s.p99, "p999": s.p999, "max": s.max,
@@ -649,6 +656,11 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "log entries read back to replicate and apply, on {nodes} nodes: {} from memory, {} from RocksDB",
         wal.log_reads_from_memory,
         wal.log_reads_from_disk
+    );
+    outln!(
+        "message bodies read to deliver them: {} from memory, {} from RocksDB",
+        wal.body_reads_from_memory,
+        wal.body_reads_from_disk
     );
     if !stages.is_empty() {
         outln!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
@@ -799,7 +811,16 @@ mod tests {
     #[test]
     fn wal_delta_counts_only_nodes_read_twice() {
         let wal = |node, syncs, requests, micros, memory| NodeReading {
-            wal: Wal { node, syncs, requests, micros, log_reads_from_memory: memory, log_reads_from_disk: memory / 10 },
+            wal: Wal {
+                node,
+                syncs,
+                requests,
+                micros,
+                log_reads_from_memory: memory,
+                log_reads_from_disk: memory / 10,
+                body_reads_from_memory: memory / 2,
+                body_reads_from_disk: memory / 5,
+            },
             stages: vec![],
         };
         let before = [wal(1, 10, 20, 1000, 100), wal(2, 5, 5, 0, 0)];

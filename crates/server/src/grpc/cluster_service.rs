@@ -50,6 +50,8 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         wal_sync_micros: syncer.sync_micros(),
         log_entries_read_from_memory: manager.storage().log_reads().from_memory(),
         log_entries_read_from_disk: manager.storage().log_reads().from_disk(),
+        bodies_read_from_memory: manager.storage().body_reads().from_memory(),
+        bodies_read_from_disk: manager.storage().body_reads().from_disk(),
         process_cpu_micros: usage.cpu_micros,
         process_rss_bytes: usage.rss_bytes,
         stage_latencies: stages::serialized()
