@@ -140,7 +140,7 @@ impl Tender {
         let (subscription, subscription_name) = (first.subscription, first.subscription_name.clone());
         dead.retain(|m| m.subscription == subscription);
         let offsets: Vec<Offset> = dead.iter().map(|m| m.offset).collect();
-        let bodies = group.reader.read_messages(&offsets).map_err(|e| format!("read dead messages: {e}"))?;
+        let bodies = group.reader.read_for_delivery(&offsets).map_err(|e| format!("read dead messages: {e}"))?;
         let records: BTreeMap<Offset, _> = dead.into_iter().map(|m| (m.offset, m.state)).collect();
         let mut moved = Vec::with_capacity(bodies.len());
         let mut messages = Vec::with_capacity(bodies.len());

@@ -160,10 +160,15 @@ impl BodyCache {
         self.bodies.lock().expect("body cache lock poisoned").clear();
     }
 
-    /// Takes the cached messages of `offsets`, position by position, and
-    /// counts the reads; `None` where a message must be read from RocksDB.
-    pub fn take(&self, offsets: &[Offset]) -> Vec<Option<StoredMessage>> {
+    /// The cached messages of `offsets`, position by position; `None` where
+    /// a message must be read from RocksDB. A delivery (`deliver`) takes
+    /// them out, counts the reads and marks the group as serving reads; a
+    /// look at them (Peek) changes nothing.
+    pub fn get(&self, offsets: &[Offset], deliver: bool) -> Vec<Option<StoredMessage>> {
         let mut bodies = self.bodies.lock().expect("body cache lock poisoned");
+        if !deliver {
+            return offsets.iter().map(|offset| bodies.messages.get(offset).cloned()).collect();
+        }
         bodies.last_read = Some(Instant::now());
         let taken: Vec<Option<StoredMessage>> = offsets
             .iter()
@@ -177,6 +182,11 @@ impl BodyCache {
         self.reads.from_memory.fetch_add(from_memory as u64, Ordering::Relaxed);
         self.reads.from_disk.fetch_add((offsets.len() - from_memory) as u64, Ordering::Relaxed);
         taken
+    }
+
+    #[cfg(test)]
+    fn take(&self, offsets: &[Offset]) -> Vec<Option<StoredMessage>> {
+        self.get(offsets, true)
     }
 
     #[cfg(test)]
@@ -226,6 +236,16 @@ mod tests {
         let reads = &cache.reads;
         assert_eq!((reads.from_memory(), reads.from_disk()), (2, 3));
         assert_eq!(cache.held(), (0, 0));
+    }
+
+    #[test]
+    fn a_look_leaves_bodies_in_place_and_counts_no_delivery() {
+        let cache = BodyCaches::default().group();
+        cache.take(&[]);
+        cache.written(&[put(0, 10)]);
+        assert_eq!(offsets(&cache.get(&[Offset(0), Offset(1)], false)), [Some(0), None]);
+        assert_eq!(offsets(&cache.take(&[Offset(0)])), [Some(0)]);
+        assert_eq!((cache.reads.from_memory(), cache.reads.from_disk()), (1, 0));
     }
 
     #[test]

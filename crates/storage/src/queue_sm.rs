@@ -526,11 +526,21 @@ impl QueueReader {
         Ok((records, state.next_offset()))
     }
 
-    /// Reads message bodies for delivery, in the order of `offsets`: the
-    /// newest from memory, the rest from RocksDB; offsets not found (acked
-    /// meanwhile) are skipped.
+    /// Reads message bodies to deliver them, in the order of `offsets`: the
+    /// newest from memory (and out of it: see [`BodyCache`]), the rest from
+    /// RocksDB; offsets not found (acked meanwhile) are skipped.
+    pub fn read_for_delivery(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
+        self.read(offsets, true)
+    }
+
+    /// Reads message bodies, as [`Self::read_for_delivery`] does, but only
+    /// to look at them (Peek): what is in memory stays there.
     pub fn read_messages(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
-        let mut messages = self.bodies.take(offsets);
+        self.read(offsets, false)
+    }
+
+    fn read(&self, offsets: &[Offset], deliver: bool) -> Result<Vec<StoredMessage>, StorageError> {
+        let mut messages = self.bodies.get(offsets, deliver);
         let missing: Vec<Offset> =
             offsets.iter().zip(&messages).filter(|(_, cached)| cached.is_none()).map(|(offset, _)| *offset).collect();
         if !missing.is_empty() {

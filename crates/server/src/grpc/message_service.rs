@@ -243,7 +243,7 @@ async fn lease_on_leader(
                     let offsets: Vec<_> = messages.iter().map(|m| m.offset).collect();
                     let bodies = group
                         .reader
-                        .read_messages(&offsets)
+                        .read_for_delivery(&offsets)
                         .map_err(|e| ApiError::Internal(format!("read messages: {e}")))?;
                     return Ok(ConsumeResponse { messages: convert::delivered(&messages, bodies), acked });
                 }
