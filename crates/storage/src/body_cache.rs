@@ -16,12 +16,14 @@
 //! reaches its budget, since a queue delivers oldest first.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raftmq_queue::Change;
 use raftmq_types::{Offset, StoredMessage};
+
+use crate::reads::Reads;
 
 /// The most one queue keeps, in body and header bytes.
 const GROUP_BUDGET_BYTES: usize = 32 * 1024 * 1024;
@@ -35,7 +37,7 @@ const SERVING_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct BodyCaches {
     held: Arc<AtomicUsize>,
-    reads: Arc<BodyReads>,
+    reads: Arc<Reads>,
 }
 
 impl BodyCaches {
@@ -52,26 +54,8 @@ impl BodyCaches {
         }
     }
 
-    pub fn reads(&self) -> &BodyReads {
+    pub fn reads(&self) -> &Reads {
         &self.reads
-    }
-}
-
-/// How many message bodies the node read for deliveries from memory and how
-/// many from RocksDB, since the process started.
-#[derive(Default)]
-pub struct BodyReads {
-    from_memory: AtomicU64,
-    from_disk: AtomicU64,
-}
-
-impl BodyReads {
-    pub fn from_memory(&self) -> u64 {
-        self.from_memory.load(Ordering::Relaxed)
-    }
-
-    pub fn from_disk(&self) -> u64 {
-        self.from_disk.load(Ordering::Relaxed)
     }
 }
 
@@ -80,7 +64,7 @@ impl BodyReads {
 #[derive(Clone)]
 pub(crate) struct BodyCache {
     bodies: Arc<Mutex<GroupBodies>>,
-    reads: Arc<BodyReads>,
+    reads: Arc<Reads>,
 }
 
 struct GroupBodies {
@@ -179,8 +163,7 @@ impl BodyCache {
             })
             .collect();
         let from_memory = taken.iter().filter(|m| m.is_some()).count();
-        self.reads.from_memory.fetch_add(from_memory as u64, Ordering::Relaxed);
-        self.reads.from_disk.fetch_add((offsets.len() - from_memory) as u64, Ordering::Relaxed);
+        self.reads.count(from_memory, offsets.len() - from_memory);
         taken
     }
 

@@ -8,9 +8,10 @@ use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
 };
 
-use crate::body_cache::{BodyCache, BodyCaches, BodyReads};
+use crate::body_cache::{BodyCache, BodyCaches};
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
-use crate::log_cache::{EncodedEntries, LogCache, LogCaches, LogReads};
+use crate::log_cache::{EncodedEntries, LogCache, LogCaches};
+use crate::reads::Reads;
 use crate::wal_trimmer::{ARCHIVE_TTL_SECS, WalTrimmer};
 use crate::{SnapshotSpool, StorageError, WalSyncer};
 
@@ -320,7 +321,7 @@ impl Storage {
 
     /// How the node's reads of bodies for delivery were served since it
     /// started: from the newest bodies kept in memory, or from RocksDB.
-    pub fn body_reads(&self) -> &BodyReads {
+    pub fn body_reads(&self) -> &Reads {
         self.body_caches.reads()
     }
 
@@ -331,7 +332,7 @@ impl Storage {
 
     /// How the node's log reads were served since it started: from the
     /// in-memory cache of the newest entries, or from RocksDB.
-    pub fn log_reads(&self) -> &LogReads {
+    pub fn log_reads(&self) -> &Reads {
         self.log_caches.reads()
     }
 

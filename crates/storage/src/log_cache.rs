@@ -11,7 +11,6 @@
 //! was emptied only costs reads, never changes what a read returns.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use openraft::entry::RaftEntry;
 use raftmq_types::GroupId;
 
 use crate::TypeConfig;
+use crate::reads::Reads;
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -35,7 +35,7 @@ const GROUP_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Default)]
 pub(crate) struct LogCaches {
     groups: Mutex<HashMap<GroupId, Arc<LogCache>>>,
-    reads: Arc<LogReads>,
+    reads: Arc<Reads>,
 }
 
 impl LogCaches {
@@ -58,7 +58,7 @@ impl LogCaches {
         }
     }
 
-    pub fn reads(&self) -> &LogReads {
+    pub fn reads(&self) -> &Reads {
         &self.reads
     }
 }
@@ -89,35 +89,13 @@ impl EncodedEntries {
     }
 }
 
-/// How many log entries the node's readers (replication and apply) got from
-/// memory and how many from RocksDB, since the process started.
-#[derive(Default)]
-pub struct LogReads {
-    from_memory: AtomicU64,
-    from_disk: AtomicU64,
-}
-
-impl LogReads {
-    pub fn from_memory(&self) -> u64 {
-        self.from_memory.load(Ordering::Relaxed)
-    }
-
-    pub fn from_disk(&self) -> u64 {
-        self.from_disk.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_from_disk(&self, n: usize) {
-        self.from_disk.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
 /// One group's cache.
 pub(crate) struct LogCache {
     entries: Mutex<CachedEntries>,
     /// On a follower: entries as the leader sent them, encoded, until the
     /// log store appends them (see [`EncodedEntries::received`]).
     received: Mutex<ReceivedEntries>,
-    reads: Arc<LogReads>,
+    reads: Arc<Reads>,
 }
 
 #[derive(Default)]
@@ -219,7 +197,7 @@ impl LogCache {
             .take_while(|(e, _)| end.is_none_or(|end| e.index() < end))
             .map(|(e, _)| e.clone())
             .collect();
-        self.reads.from_memory.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.reads.count(entries.len(), 0);
         entries
     }
 
@@ -273,7 +251,7 @@ impl LogCache {
         cached.entries.back().map(|(e, _)| e.index() + 1)
     }
 
-    pub fn reads(&self) -> &LogReads {
+    pub fn reads(&self) -> &Reads {
         &self.reads
     }
 }

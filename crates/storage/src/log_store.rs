@@ -121,7 +121,7 @@ impl LogStore {
             }
             entries.push(entry);
         }
-        self.cache.reads().count_from_disk(entries.len());
+        self.cache.reads().count(0, entries.len());
         Ok(entries)
     }
 
