@@ -76,16 +76,15 @@ struct GroupBodies {
 }
 
 fn size(message: &StoredMessage) -> usize {
-    let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    message.body.len() + headers
+    message.size_bytes() as usize
 }
 
 impl GroupBodies {
-    fn remove(&mut self, offset: Offset) {
-        if let Some(message) = self.messages.remove(&offset) {
-            self.bytes -= size(&message);
-            self.node_held.fetch_sub(size(&message), Ordering::Relaxed);
-        }
+    fn remove(&mut self, offset: Offset) -> Option<StoredMessage> {
+        let message = self.messages.remove(&offset)?;
+        self.bytes -= size(&message);
+        self.node_held.fetch_sub(size(&message), Ordering::Relaxed);
+        Some(message)
     }
 
     fn clear(&mut self) {
@@ -132,7 +131,9 @@ impl BodyCache {
         for change in changes {
             match change {
                 Change::PutMessage { message, .. } => bodies.insert(message),
-                Change::DeleteMessage(offset) => bodies.remove(*offset),
+                Change::DeleteMessage(offset) => {
+                    bodies.remove(*offset);
+                }
                 Change::DeleteAllMessages => bodies.clear(),
                 _ => {}
             }
@@ -154,14 +155,7 @@ impl BodyCache {
             return offsets.iter().map(|offset| bodies.messages.get(offset).cloned()).collect();
         }
         bodies.last_read = Some(Instant::now());
-        let taken: Vec<Option<StoredMessage>> = offsets
-            .iter()
-            .map(|offset| {
-                let message = bodies.messages.get(offset).cloned();
-                bodies.remove(*offset);
-                message
-            })
-            .collect();
+        let taken: Vec<Option<StoredMessage>> = offsets.iter().map(|offset| bodies.remove(*offset)).collect();
         let from_memory = taken.iter().filter(|m| m.is_some()).count();
         self.reads.count(from_memory, offsets.len() - from_memory);
         taken

@@ -36,11 +36,16 @@ pub const MAX_DEDUP_ID_BYTES: usize = 128;
 /// Longest accepted `correlation_id`, in bytes.
 pub const MAX_CORRELATION_ID_BYTES: usize = 128;
 
+/// Body plus header keys and values, in bytes.
+fn size_bytes(body: &Bytes, headers: &BTreeMap<String, String>) -> u64 {
+    let headers: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (body.len() + headers) as u64
+}
+
 impl NewMessage {
     /// Bytes counted against `max_message_bytes`: body plus header keys and values.
     pub fn size_bytes(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.body.len() + headers) as u64
+        size_bytes(&self.body, &self.headers)
     }
 }
 
@@ -54,6 +59,14 @@ pub struct StoredMessage {
     pub body: Bytes,
     pub headers: BTreeMap<String, String>,
     pub correlation_id: Option<String>,
+}
+
+impl StoredMessage {
+    /// Body plus header keys and values, in bytes: the size of the message
+    /// as it was produced ([`NewMessage::size_bytes`]).
+    pub fn size_bytes(&self) -> u64 {
+        size_bytes(&self.body, &self.headers)
+    }
 }
 
 #[cfg(test)]
