@@ -10,6 +10,7 @@ use rocksdb::{
 
 use crate::body_cache::{BodyCache, BodyCaches};
 use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
+use crate::log_bodies::BodyWrites;
 use crate::log_cache::{EncodedEntries, LogCache, LogCaches};
 use crate::reads::Reads;
 use crate::wal_trimmer::{ARCHIVE_TTL_SECS, WalTrimmer};
@@ -28,7 +29,12 @@ const SNAPSHOT_DIR: &str = "snapshots";
 /// 4: subscriptions: delivery records keyed by subscription, message infos
 /// (`QueueKind::MessageInfo`), the subscription list, retention in queue
 /// configs.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: bodies left in their log entry (`QueueKind::BodyInLog`). A version 4
+/// database has none and is read as it is; opening it marks it version 5,
+/// which a build that reads 4 then refuses.
+pub const FORMAT_VERSION: u32 = 5;
+/// The one older version this build opens (and marks [`FORMAT_VERSION`]).
+const UPGRADABLE_FORMAT_VERSION: u32 = 4;
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// The column families, all opened at once and flushed together.
@@ -112,6 +118,7 @@ pub struct Storage {
     trimmer: Arc<WalTrimmer>,
     log_caches: Arc<LogCaches>,
     body_caches: Arc<BodyCaches>,
+    body_writes: Arc<BodyWrites>,
 }
 
 impl Storage {
@@ -221,6 +228,7 @@ impl Storage {
             db,
             log_caches: Arc::new(LogCaches::default()),
             body_caches: Arc::new(BodyCaches::default()),
+            body_writes: Arc::default(),
         };
         storage.check_format_version()?;
         storage.prepare_snapshot_dir()?;
@@ -265,16 +273,18 @@ impl Storage {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| StorageError::MalformedKey { cf: CF_META })?;
-                if found != FORMAT_VERSION {
+                if found == FORMAT_VERSION {
+                    return Ok(());
+                }
+                if found != UPGRADABLE_FORMAT_VERSION {
                     return Err(StorageError::FormatVersion { found, expected: FORMAT_VERSION });
                 }
             }
-            None => {
-                let mut write = rocksdb::WriteOptions::default();
-                write.set_sync(true);
-                self.db.put_cf_opt(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &write)?;
-            }
+            None => {}
         }
+        let mut write = rocksdb::WriteOptions::default();
+        write.set_sync(true);
+        self.db.put_cf_opt(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes(), &write)?;
         Ok(())
     }
 
@@ -323,6 +333,12 @@ impl Storage {
     /// started: from the newest bodies kept in memory, or from RocksDB.
     pub fn body_reads(&self) -> &Reads {
         self.body_caches.reads()
+    }
+
+    /// How the node's applied bodies were written since it started: left in
+    /// their log entry, and copied out of it before it was deleted.
+    pub fn body_writes(&self) -> &BodyWrites {
+        &self.body_writes
     }
 
     /// The encoded entries of `group`'s log, for the transport.

@@ -24,6 +24,8 @@ pub enum StorageError {
     SnapshotReaderStopped,
     #[error("malformed snapshot: {0}")]
     MalformedSnapshot(String),
+    #[error("the body of message {offset} is not in log entry {index}, where its record says it is")]
+    BodyNotInLog { offset: u64, index: u64 },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -31,9 +33,10 @@ pub enum StorageError {
 impl From<StorageError> for io::Error {
     fn from(e: StorageError) -> io::Error {
         match e {
-            StorageError::Corrupt { .. } | StorageError::MalformedKey { .. } | StorageError::MalformedSnapshot(_) => {
-                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-            }
+            StorageError::Corrupt { .. }
+            | StorageError::MalformedKey { .. }
+            | StorageError::MalformedSnapshot(_)
+            | StorageError::BodyNotInLog { .. } => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             other => io::Error::other(other.to_string()),
         }
     }

@@ -4,9 +4,9 @@
 //! - `raft_log`:  group ‖ log index
 //! - `raft_meta`: group ‖ tag (vote, last purged, last applied, membership, snapshot)
 //! - `queue`:     group ‖ kind ‖ offset (kinds: header, body, dedup id,
-//!   correlation id, message info); delivery records are group ‖ 2 ‖
-//!   subscription ‖ offset, and the subscription list is group ‖ 7; group ‖ 0
-//!   records the last snapshot installed.
+//!   correlation id, message info, body in the log); delivery records are
+//!   group ‖ 2 ‖ subscription ‖ offset, and the subscription list is
+//!   group ‖ 7; group ‖ 0 records the last snapshot installed.
 
 use raftmq_types::{GroupId, Offset, SubscriptionId};
 
@@ -47,6 +47,10 @@ pub enum QueueKind {
     MessageInfo = 6,
     /// The queue's subscription list (one record, offset 0).
     Subscriptions = 7,
+    /// A message whose body is still in its log entry: where in the entry,
+    /// and the rest of the message. A message has this record or a `Body`
+    /// record, never both (see `raftmq_storage::queue_sm`).
+    BodyInLog = 8,
 }
 
 pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {

@@ -19,6 +19,7 @@ use openraft::entry::RaftEntry;
 use raftmq_types::GroupId;
 
 use crate::TypeConfig;
+use crate::log_bodies::BodyMoves;
 use crate::reads::Reads;
 
 type Entry = EntryOf<TypeConfig>;
@@ -45,7 +46,12 @@ impl LogCaches {
         groups
             .entry(group)
             .or_insert_with(|| {
-                Arc::new(LogCache { entries: Mutex::default(), received: Mutex::default(), reads: self.reads.clone() })
+                Arc::new(LogCache {
+                    entries: Mutex::default(),
+                    received: Mutex::default(),
+                    reads: self.reads.clone(),
+                    moves: BodyMoves::default(),
+                })
             })
             .clone()
     }
@@ -96,6 +102,9 @@ pub(crate) struct LogCache {
     /// log store appends them (see [`EncodedEntries::received`]).
     received: Mutex<ReceivedEntries>,
     reads: Arc<Reads>,
+    /// Apply and purge of the group's bodies left in the log (see
+    /// [`crate::log_bodies`]).
+    moves: BodyMoves,
 }
 
 #[derive(Default)]
@@ -208,6 +217,18 @@ impl LogCache {
         let position = entry.index().checked_sub(cached.first_index()?)?;
         let (cached_entry, encoded) = cached.entries.get(usize::try_from(position).ok()?)?;
         (cached_entry.log_id() == entry.log_id()).then(|| encoded.clone())
+    }
+
+    /// The bytes the log store wrote for the entry at `index`, if it is
+    /// cached (apply: a committed entry, the one the log holds there).
+    pub fn encoded_at(&self, index: u64) -> Option<Bytes> {
+        let cached = self.entries.lock().expect("log cache lock poisoned");
+        let position = index.checked_sub(cached.first_index()?)?;
+        cached.entries.get(usize::try_from(position).ok()?).map(|(_, encoded)| encoded.clone())
+    }
+
+    pub fn body_moves(&self) -> &BodyMoves {
+        &self.moves
     }
 
     /// Keeps `encoded`, the leader's encoding of the entry `log_id`, for the

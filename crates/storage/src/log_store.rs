@@ -12,21 +12,25 @@
 //! (`LogCache`), so replication and apply get them without reading RocksDB
 //! and decoding; older ones are read from RocksDB.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use raftmq_types::GroupId;
+use raftmq_types::{GroupId, Offset, QueueCommand, QueueRequest, RaftRequest};
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use crate::db::sized_batch;
 use crate::error::{decode, decode_shared, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
+use crate::log_bodies::{KEEP_IN_LOG, copy_out_of_log};
 use crate::log_cache::LogCache;
 use crate::log_growth::{LogGrowth, SnapshotDue};
 use crate::sm_meta::ApplyWrite;
@@ -47,6 +51,42 @@ pub struct LogStore {
     writes: ApplyWrite,
     /// Bytes appended, for the snapshots of queue groups ([`SnapshotDue`]).
     growth: Arc<LogGrowth>,
+    /// Queue groups: what their purges need to know of the bodies left in
+    /// the log ([`crate::log_bodies`]).
+    bodies: Option<Arc<Mutex<LogBodies>>>,
+}
+
+/// A queue group's appends not yet deleted, and where its bodies left in
+/// the log begin.
+#[derive(Default)]
+struct LogBodies {
+    /// The first and last index of each append, and when it was made, oldest
+    /// first; entries before the first were appended before the process
+    /// started (or forgotten, past [`REMEMBERED_APPENDS`]).
+    appends: VecDeque<(u64, u64, Instant)>,
+    /// Every `BodyInLog` record below this offset was copied out.
+    copy_from: Offset,
+}
+
+/// The most appends a queue group's log remembers the time of; older ones
+/// count as old enough to delete.
+const REMEMBERED_APPENDS: usize = 4096;
+
+impl LogBodies {
+    /// The last entry that a purge through `upto` deletes: entries appended
+    /// [`KEEP_IN_LOG`] ago or earlier (openraft sees all through `upto`
+    /// purged; the rest go at a later purge).
+    fn deletable_through(&self, upto: u64, now: Instant) -> Option<u64> {
+        let Some((first, _, _)) = self.appends.front() else { return Some(upto) };
+        let mut through = first.checked_sub(1).map(|before| before.min(upto));
+        for (_, last, at) in &self.appends {
+            if now.saturating_duration_since(*at) < KEEP_IN_LOG {
+                break;
+            }
+            through = through.max(Some((*last).min(upto)));
+        }
+        through
+    }
 }
 
 impl LogStore {
@@ -54,7 +94,8 @@ impl LogStore {
     /// (`Logged` for the meta group, `Unlogged` for queue groups).
     pub fn new(storage: Storage, group: GroupId, writes: ApplyWrite) -> LogStore {
         let cache = storage.log_cache(group);
-        LogStore { storage, group, cache, writes, growth: Arc::default() }
+        let bodies = matches!(writes, ApplyWrite::Unlogged).then(Arc::default);
+        LogStore { storage, group, cache, writes, growth: Arc::default(), bodies }
     }
 
     /// Says when this log has grown enough that a snapshot is due (queue
@@ -100,6 +141,18 @@ impl LogStore {
     }
 
     fn read_range_from_disk(&self, start: u64, end_exclusive: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        // A queue group keeps purged entries a while (see `purge`): they are
+        // not the log's any more.
+        let start = match &self.bodies {
+            Some(_) => match self.get_meta::<LogId>(MetaTag::LastPurged, "last purged log id")? {
+                Some(purged) => start.max(purged.index() + 1),
+                None => start,
+            },
+            None => start,
+        };
+        if end_exclusive.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let db = self.storage.db();
         let cf = self.storage.cf(CF_RAFT_LOG);
         let mut options = ReadOptions::default();
@@ -147,6 +200,18 @@ impl LogStore {
         }
         Ok(Some(log_id))
     }
+}
+
+/// Whether applying `request` stores message bodies.
+fn carries_bodies(request: &RaftRequest) -> bool {
+    fn produces(command: &QueueCommand) -> bool {
+        match command {
+            QueueCommand::Produce { .. } => true,
+            QueueCommand::Batch(commands) => commands.iter().any(produces),
+            _ => false,
+        }
+    }
+    matches!(request, RaftRequest::Queue(QueueRequest { command, .. }) if produces(command))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -216,11 +281,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // leader encodes, and sends what it wrote.
         let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = match self.cache.take_received(&entry) {
-                Some(bytes) => bytes,
-                None => bytes::Bytes::from(encode("log entry", &entry)?),
+            let (entry, bytes) = match self.cache.take_received(&entry) {
+                Some(bytes) => (entry, bytes),
+                None => {
+                    let bytes = bytes::Bytes::from(encode("log entry", &entry)?);
+                    // A queue group's produce is kept (for apply) decoded from
+                    // what is written, so that apply can leave its bodies in
+                    // the log: they are then slices of the entry's bytes.
+                    let entry = match (&self.bodies, &entry.payload) {
+                        (Some(_), EntryPayload::Normal(request)) if carries_bodies(request) => {
+                            decode_shared("log entry", &bytes)?
+                        }
+                        _ => entry,
+                    };
+                    (entry, bytes)
+                }
             };
             encoded.push((entry, bytes));
+        }
+        if let (Some(bodies), Some((first, _)), Some((last, _))) = (&self.bodies, encoded.first(), encoded.last()) {
+            let mut bodies = bodies.lock().expect("log bodies lock poisoned");
+            bodies.appends.push_back((first.index(), last.index(), Instant::now()));
+            if bodies.appends.len() > REMEMBERED_APPENDS {
+                bodies.appends.pop_front();
+            }
         }
         let mut batch = sized_batch(encoded.len(), encoded.iter().map(|(_, bytes)| bytes.len()).sum());
         let mut appended = 0;
@@ -284,8 +368,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let meta = self.storage.cf(CF_RAFT_META);
         batch.put_cf(meta, meta_key(self.group, MetaTag::LastPurged), encode("last purged log id", &log_id)?);
         let cf = self.storage.cf(CF_RAFT_LOG);
-        batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1));
-        self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;
+        let Some(bodies) = &self.bodies else {
+            batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1));
+            self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;
+            self.cache.release_through(log_id.index());
+            return Ok(());
+        };
+        // A queue group: openraft sees the log purged through `log_id`; the
+        // entries go once they are old enough, the bodies still stored in
+        // them copied out in the same write (see `crate::log_bodies`).
+        let (through, copy_from) = {
+            let bodies = bodies.lock().expect("log bodies lock poisoned");
+            let through = if beyond_log {
+                Some(log_id.index())
+            } else {
+                bodies.deletable_through(log_id.index(), Instant::now())
+            };
+            (through, bodies.copy_from)
+        };
+        let mut copied_to = copy_from;
+        {
+            let _moves = self.cache.body_moves().hold();
+            if let Some(through) = through {
+                let writes = self.storage.body_writes();
+                copied_to = copy_out_of_log(&self.storage, writes, self.group, through, copy_from, &mut batch)?;
+                batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, through + 1));
+            }
+            self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;
+        }
+        let mut bodies = bodies.lock().expect("log bodies lock poisoned");
+        bodies.copy_from = copied_to;
+        if let Some(through) = through {
+            while bodies.appends.front().is_some_and(|(_, last, _)| *last <= through) {
+                bodies.appends.pop_front();
+            }
+        }
+        drop(bodies);
         self.cache.release_through(log_id.index());
         Ok(())
     }

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use bytes::Bytes;
+
 use futures::Stream;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -31,9 +33,10 @@ use crate::body_cache::BodyCache;
 use crate::db::sized_batch;
 use crate::error::{decode, encode};
 use crate::keys::{
-    CF_QUEUE, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key, queue_key,
-    queue_kind_range, queue_offset, subscription_range,
+    CF_QUEUE, GROUP_PREFIX_LEN, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key,
+    queue_key, queue_kind_range, queue_offset, subscription_range,
 };
+use crate::log_bodies::{FromLog, LogBody, encode_in_log};
 use crate::log_cache::LogCache;
 use crate::sm_meta::{
     ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
@@ -113,16 +116,55 @@ impl QueueStateMachine {
         }
     }
 
-    fn write_changes(&self, batch: &mut WriteBatch, changes: &[Change]) -> Result<(), StorageError> {
+    /// Where each stored message's body lies in its log entry, for those
+    /// left there (see [`crate::log_bodies`]): `origins` are the index of
+    /// the first change of each applied entry and the entry's log index.
+    fn locate_bodies(&self, changes: &[Change], origins: &[(usize, u64)]) -> Vec<Option<LogBody>> {
+        let mut origin = origins.iter().peekable();
+        let mut index = None;
+        let mut encoded: Option<(u64, Option<Bytes>)> = None;
+        let mut located = Vec::with_capacity(changes.len());
+        for (position, change) in changes.iter().enumerate() {
+            while let Some((_, at)) = origin.next_if(|(first, _)| *first <= position) {
+                index = Some(*at);
+            }
+            let at = match (change, index) {
+                (Change::PutMessage { message, .. }, Some(index)) => {
+                    if encoded.as_ref().is_none_or(|(cached, _)| *cached != index) {
+                        encoded = Some((index, self.log_cache.encoded_at(index)));
+                    }
+                    let entry = encoded.as_ref().and_then(|(_, bytes)| bytes.as_ref());
+                    entry.and_then(|entry| LogBody::locate(index, entry, &message.body))
+                }
+                _ => None,
+            };
+            located.push(at);
+        }
+        located
+    }
+
+    fn write_changes(
+        &self,
+        batch: &mut WriteBatch,
+        changes: &[Change],
+        located: &[Option<LogBody>],
+    ) -> Result<(), StorageError> {
         let cf = self.storage.cf(CF_QUEUE);
-        for change in changes {
+        for (change, at) in changes.iter().zip(located) {
             match change {
                 Change::PutMessage { message, info } => {
-                    batch.put_cf(
-                        cf,
-                        queue_key(self.group, QueueKind::Body, message.offset),
-                        encode("message", message)?,
-                    );
+                    match at {
+                        Some(at) => batch.put_cf(
+                            cf,
+                            queue_key(self.group, QueueKind::BodyInLog, message.offset),
+                            encode_in_log(*at, message)?,
+                        ),
+                        None => batch.put_cf(
+                            cf,
+                            queue_key(self.group, QueueKind::Body, message.offset),
+                            encode("message", message)?,
+                        ),
+                    }
                     batch.put_cf(
                         cf,
                         queue_key(self.group, QueueKind::MessageInfo, message.offset),
@@ -140,12 +182,19 @@ impl QueueStateMachine {
                     batch.delete_cf(cf, delivery_key(self.group, *subscription, *offset))
                 }
                 Change::DeleteMessage(offset) => {
-                    for kind in [QueueKind::Body, QueueKind::MessageInfo, QueueKind::Correlation] {
+                    for kind in [QueueKind::Body, QueueKind::BodyInLog, QueueKind::MessageInfo, QueueKind::Correlation]
+                    {
                         batch.delete_cf(cf, queue_key(self.group, kind, *offset));
                     }
                 }
                 Change::DeleteAllMessages => {
-                    for kind in [QueueKind::Delivery, QueueKind::Body, QueueKind::Correlation, QueueKind::MessageInfo] {
+                    for kind in [
+                        QueueKind::Delivery,
+                        QueueKind::Body,
+                        QueueKind::BodyInLog,
+                        QueueKind::Correlation,
+                        QueueKind::MessageInfo,
+                    ] {
                         let (start, end) = queue_kind_range(self.group, kind);
                         batch.delete_range_cf(cf, start, end);
                     }
@@ -213,42 +262,111 @@ impl QueueStateMachine {
             if meta_tx.send(meta).is_err() || !read || start_rx.blocking_recv().is_err() {
                 return;
             }
-            let (start, end) = group_range(group);
-            let mut options = ReadOptions::default();
-            options.set_iterate_upper_bound(end);
-            let mut frame = Vec::new();
-            let mut frame_bytes = 0;
-            let items = view.iterator_cf_opt(
-                storage.cf(CF_QUEUE),
-                options,
-                IteratorMode::From(&start, rocksdb::Direction::Forward),
-            );
-            for item in items {
-                let (key, value) = match item {
-                    Ok(record) => record,
-                    Err(e) => {
-                        let _ = chunk_tx.blocking_send(Err(e.into()));
-                        return;
-                    }
-                };
-                frame_bytes += key.len() + value.len();
-                frame.push((key[8..].to_vec(), value.to_vec()));
-                if frame_bytes >= SNAPSHOT_FRAME_BYTES {
-                    if chunk_tx.blocking_send(encode_frame(&frame)).is_err() {
-                        return;
-                    }
-                    frame.clear();
-                    frame_bytes = 0;
-                }
+            let mut frames = Frames { tx: chunk_tx, records: Vec::new(), bytes: 0 };
+            if let Err(e) = send_records(&storage, &view, group, &mut frames) {
+                let _ = frames.tx.blocking_send(Err(e));
+                return;
             }
-            if !frame.is_empty() {
-                let _ = chunk_tx.blocking_send(encode_frame(&frame));
+            if !frames.records.is_empty() {
+                let _ = frames.tx.blocking_send(encode_frame(&frames.records));
             }
         });
         let meta = meta_rx.await.map_err(|_| StorageError::SnapshotReaderStopped)??;
         let chunks = SnapshotChunks { start: Some(start_tx), chunks: chunk_rx };
         Ok(Snapshot { meta, snapshot: SnapshotData::Chunks(chunks) })
     }
+}
+
+/// The frames of a snapshot being sent, filled record by record.
+struct Frames {
+    tx: mpsc::Sender<Result<Vec<u8>, StorageError>>,
+    records: SnapshotRecords,
+    bytes: usize,
+}
+
+/// The receiver went away: the snapshot is no longer being sent.
+struct Gone;
+
+impl Frames {
+    /// Adds a record (its key without the group); sends the frame when full.
+    fn push(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), Gone> {
+        self.bytes += key.len() + value.len();
+        self.records.push((key[GROUP_PREFIX_LEN..].to_vec(), value));
+        if self.bytes >= SNAPSHOT_FRAME_BYTES {
+            self.tx.blocking_send(encode_frame(&self.records)).map_err(|_| Gone)?;
+            self.records.clear();
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The group's `queue` records as of `view`, in key order, into `frames`.
+/// A message whose body is in its log entry is sent as a `Body` record with
+/// the body read from the entry: a snapshot carries no log, and its
+/// receiver's log holds none of those entries.
+fn send_records(
+    storage: &Storage,
+    view: &rocksdb::Snapshot<'_>,
+    group: GroupId,
+    frames: &mut Frames,
+) -> Result<(), StorageError> {
+    let (group_start, group_end) = group_range(group);
+    let (bodies_start, bodies_end) = queue_kind_range(group, QueueKind::Body);
+    let (in_log_start, in_log_end) = queue_kind_range(group, QueueKind::BodyInLog);
+    let records = |start: &[u8], end: &[u8]| {
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end);
+        view.iterator_cf_opt(storage.cf(CF_QUEUE), options, IteratorMode::From(start, rocksdb::Direction::Forward))
+    };
+    let send = |frames: &mut Frames, start: &[u8], end: &[u8]| -> Result<bool, StorageError> {
+        for item in records(start, end) {
+            let (key, value) = item?;
+            if frames.push(&key, value.into_vec()).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if !send(frames, &group_start, &bodies_start)? {
+        return Ok(());
+    }
+    // Bodies: `Body` records and those left in the log, merged by offset
+    // (a message has one or the other).
+    let mut options = ReadOptions::default();
+    options.set_snapshot(view);
+    let mut from_log = FromLog::new(storage, group);
+    let mut stored = records(&bodies_start, &bodies_end).peekable();
+    let mut in_log = records(&in_log_start, &in_log_end).peekable();
+    loop {
+        let offset_of = |item: Option<&Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>| match item {
+            Some(Ok((key, _))) => queue_offset(key),
+            _ => None,
+        };
+        let take_stored = match (stored.peek(), in_log.peek()) {
+            (None, None) => break,
+            (Some(Err(_)), _) | (_, None) => true,
+            (_, Some(Err(_))) | (None, _) => false,
+            (a, b) => offset_of(a) <= offset_of(b),
+        };
+        let (key, value) = if take_stored {
+            let (key, value) = stored.next().expect("peeked")?;
+            (key.into_vec(), value.into_vec())
+        } else {
+            let (key, value) = in_log.next().expect("peeked")?;
+            let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+            let message = from_log.read(&value, &options)?;
+            (queue_key(group, QueueKind::Body, offset).to_vec(), encode("message", &message)?)
+        };
+        if frames.push(&key, value).is_err() {
+            return Ok(());
+        }
+    }
+    if !send(frames, &bodies_end, &in_log_start)? {
+        return Ok(());
+    }
+    send(frames, &in_log_end, &group_end)?;
+    Ok(())
 }
 
 /// About this many bytes of records go in one snapshot frame.
@@ -309,6 +427,10 @@ pub(crate) fn ingest_snapshot(
     meta: &SnapshotMeta,
     frames: impl Iterator<Item = Result<SnapshotRecords, StorageError>>,
 ) -> Result<(), StorageError> {
+    // Not while a purge copies bodies out of the log (it would write them
+    // over the new data).
+    let log_cache = storage.log_cache(group);
+    let _moves = log_cache.body_moves().hold();
     let path = storage.snapshot_dir().join(format!("group-{}-{:016x}.sst", group.0, rand::random::<u64>()));
     let written = (|| {
         let mut options = rocksdb::Options::default();
@@ -555,30 +677,53 @@ impl QueueReader {
     }
 
     /// Reads message bodies from RocksDB, in the order of `offsets`; offsets
-    /// not found are skipped.
+    /// not found are skipped. A message's body is in its `Body` record or, if
+    /// it was left in its log entry, in that entry: records and entries are
+    /// read through one RocksDB snapshot, as a purge moves a body from the
+    /// one to the other and deletes the entry in one write.
     fn read_stored(&self, offsets: &[Offset]) -> Result<Vec<StoredMessage>, StorageError> {
+        let db = self.storage.db();
         let cf = self.storage.cf(CF_QUEUE);
-        let keys: Vec<_> = offsets.iter().map(|o| queue_key(self.group, QueueKind::Body, *o)).collect();
-        let mut messages = Vec::with_capacity(offsets.len());
+        let view = db.snapshot();
+        let mut options = ReadOptions::default();
+        options.set_snapshot(&view);
+        let keys = |kind: QueueKind| offsets.iter().map(move |o| queue_key(self.group, kind, *o)).collect::<Vec<_>>();
+        let mut found = vec![None; offsets.len()];
         // Batched: one lookup pass for all keys, and each value decoded from
         // RocksDB's pinned copy rather than from a vector copied out of it.
-        for value in self.storage.db().batched_multi_get_cf(cf, &keys, false) {
+        let body_keys = keys(QueueKind::Body);
+        for (slot, value) in found.iter_mut().zip(db.batched_multi_get_cf_opt(cf, &body_keys, false, &options)) {
             if let Some(bytes) = value? {
-                messages.push(decode("message", &bytes)?);
+                *slot = Some(decode("message", &bytes)?);
             }
         }
-        Ok(messages)
+        if found.iter().any(Option::is_none) {
+            let mut from_log = FromLog::new(&self.storage, self.group);
+            let in_log_keys = keys(QueueKind::BodyInLog);
+            let in_log = db.batched_multi_get_cf_opt(cf, &in_log_keys, false, &options);
+            for (slot, value) in found.iter_mut().zip(in_log) {
+                if slot.is_some() {
+                    continue;
+                }
+                if let Some(bytes) = value? {
+                    *slot = Some(from_log.read(&bytes, &options)?);
+                }
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 }
 
-/// The bytes of the messages `changes` store, to size their write batch.
-fn stored_bytes(changes: &[Change]) -> usize {
+/// The bytes of the messages `changes` store, to size their write batch
+/// (bodies left in the log are not written).
+fn stored_bytes(changes: &[Change], located: &[Option<LogBody>]) -> usize {
     changes
         .iter()
-        .map(|change| match change {
+        .zip(located)
+        .map(|(change, at)| match change {
             Change::PutMessage { message, .. } => {
                 let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-                message.body.len() + headers
+                if at.is_some() { headers } else { message.body.len() + headers }
             }
             _ => 0,
         })
@@ -607,9 +752,11 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
     {
         let started = std::time::Instant::now();
         let mut changes = Vec::new();
+        let mut origins = Vec::new();
         let store = Infos { storage: &self.storage, group: self.group };
         let applied = apply_entries(entries, |index, request| match request {
             RaftRequest::Queue(request) => {
+                origins.push((changes.len(), index));
                 let mut state = self.state.write().expect("queue state lock poisoned");
                 let response = state.apply_with(index, request, &mut changes, &store).map_err(io::Error::other)?;
                 Ok(RaftResponse::Queue(response))
@@ -620,8 +767,13 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
             }
         })
         .await?;
-        let mut batch = sized_batch(2 * changes.len(), stored_bytes(&changes));
-        self.write_changes(&mut batch, &changes)?;
+        let located = self.locate_bodies(&changes, &origins);
+        let mut batch = sized_batch(2 * changes.len(), stored_bytes(&changes, &located));
+        self.write_changes(&mut batch, &changes, &located)?;
+        self.storage.body_writes().count_in_log(located.iter().flatten().count() as u64);
+        // Not while a purge copies bodies out of the log (it would copy back
+        // a message deleted here).
+        let _moves = self.log_cache.body_moves().hold();
         // The bodies are cached once written (a read that misses the cache
         // finds them on disk), before waiting readers are woken.
         applied.commit(&self.storage, batch, self.group, &self.log_cache, ApplyWrite::Unlogged, |applied| {

@@ -13,7 +13,9 @@
 //! stops; the parent kills it with SIGKILL, reopens the database, and
 //! checks that the state agrees with its applied position, that the log
 //! still holds every entry after that position, and that applying them
-//! again gives every message once. It does so twice: with a memtable budget
+//! again gives every message once, each with its body (apply left every
+//! body in its log entry, and each purge, made once its entries were old
+//! enough to delete, copied the bodies out first). It does so twice: with a memtable budget
 //! that never fills (nothing is flushed, so after the crash nothing is
 //! applied or purged and the whole log is there), and with a small one
 //! (RocksDB flushes on its own, between and across snapshots, and each flush
@@ -30,11 +32,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{ChildTest, Entry, produce_entry};
+use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
-use raftmq_storage::{ApplyWrite, LogStore, QueueStateMachine, Storage, TypeConfig};
-use raftmq_types::{GroupId, TimestampMs};
+use raftmq_storage::{ApplyWrite, KEEP_IN_LOG, LogStore, QueueStateMachine, Storage, TypeConfig};
+use raftmq_types::{GroupId, Offset, QueueCommand, QueueRequest, RaftRequest, TimestampMs};
 use tempfile::TempDir;
 
 const GROUP: GroupId = GroupId(3);
@@ -78,17 +81,24 @@ async fn apply(sm: &mut QueueStateMachine, entries: Vec<Entry>) {
 async fn child(dir: &Path, budget: usize) {
     let storage = Storage::open_with_memtable_budget(dir, budget).expect("open storage");
     let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-    let mut sm = QueueStateMachine::open(storage, GROUP).await.expect("open the state machine");
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.expect("open the state machine");
     for index in 1..=STOP_AT {
         append(&mut log, vec![entry(index)]).await;
-        apply(&mut sm, vec![entry(index)]).await;
+        // As openraft does: the entry read back from the log store, whose
+        // body apply leaves in the log.
+        let appended = log.try_get_log_entries(index..=index).await.expect("read the entry back");
+        apply(&mut sm, appended).await;
         if index % SNAPSHOT_EVERY == 0 {
             let snapshot = sm.build_snapshot().await.expect("build a snapshot");
             let upto = snapshot.meta.last_log_id.expect("a snapshot of applied entries");
             assert_eq!(upto.index(), index);
+            // Old enough to be deleted, every body copied out of it first.
+            tokio::time::sleep(KEEP_IN_LOG).await;
             log.purge(upto).await.expect("purge");
         }
     }
+    assert_eq!(storage.body_writes().left_in_log(), STOP_AT, "every body was left in the log");
+    assert_eq!(storage.body_writes().copied_out_of_log(), 3 * SNAPSHOT_EVERY, "none acknowledged: all copied");
     println!("stopped at {STOP_AT}");
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
@@ -152,6 +162,22 @@ async fn crash_and_recover(budget: usize) {
     let stats = sm.reader().state().stats(now);
     assert_eq!(stats.depth, STOP_AT, "{budget}: every produced message, once");
     assert_eq!(stats.next_offset.0, STOP_AT);
+    // Every body, whether it was copied out of a deleted entry, is still in
+    // its entry, or was written again by this apply.
+    let offsets: Vec<Offset> = (0..STOP_AT).map(Offset).collect();
+    let messages = sm.reader().read_messages(&offsets).unwrap();
+    assert_eq!(messages.len() as u64, STOP_AT, "{budget}: bodies missing");
+    for message in messages {
+        let expected = entry(message.offset.0 + 1);
+        let EntryPayload::Normal(RaftRequest::Queue(QueueRequest {
+            command: QueueCommand::Produce { messages, .. },
+            ..
+        })) = &expected.payload
+        else {
+            unreachable!("a produce entry")
+        };
+        assert!(message.body == messages[0].body, "{budget}: the body of message {} differs", message.offset.0);
+    }
 }
 
 /// The child of the install test: a follower with entries 1 to

@@ -9,7 +9,8 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError as RaftStorageError};
 use raftmq_storage::{
-    ApplyWrite, LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine, SnapshotData, Storage, TypeConfig,
+    ApplyWrite, BODY_IN_LOG_MIN_BYTES, KEEP_IN_LOG, LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine,
+    SnapshotData, Storage, TypeConfig,
 };
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
@@ -204,6 +205,8 @@ async fn a_queue_group_purged_before_a_flush_writes_no_purged_entry_to_sst_files
     apply(&mut sm, entries[..100].to_vec()).await;
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id.map(|l| l.index()), Some(100));
+    // Entries are deleted only once they are old enough (bodies left in them).
+    tokio::time::sleep(KEEP_IN_LOG).await;
     log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
     append(&mut log, entries[100..].to_vec()).await;
     apply(&mut sm, entries[100..].to_vec()).await;
@@ -295,6 +298,91 @@ async fn a_follower_writes_entries_as_received_and_a_leader_sends_what_it_wrote(
     let storage = open(&dir);
     let mut log = LogStore::new(storage, GROUP, ApplyWrite::Unlogged);
     assert_eq!(log.try_get_log_entries(1..=2).await.unwrap(), [sent, second]);
+}
+
+fn produce_bodies(bodies: &[Vec<u8>]) -> QueueCommand {
+    QueueCommand::Produce {
+        messages: bodies.iter().map(|b| NewMessage { body: b.clone().into(), ..Default::default() }).collect(),
+        dedup_window_ms: 0,
+        limits: Default::default(),
+    }
+}
+
+fn bodies_of(sm: &QueueStateMachine, offsets: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+    let offsets: Vec<Offset> = offsets.map(Offset).collect();
+    sm.reader().read_messages(&offsets).unwrap().into_iter().map(|m| m.body.to_vec()).collect()
+}
+
+/// A body is written once per node: apply leaves bodies of
+/// `BODY_IN_LOG_MIN_BYTES` and more in the log entry they came in (as the
+/// leader encoded it or as a follower received it), the reads find them
+/// there, a snapshot carries them, and the purge that deletes the entry
+/// copies out first the bodies still stored, none that were deleted. Entries
+/// stay until `KEEP_IN_LOG` after their append, though openraft sees them
+/// purged at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let large = |i: u8| vec![i; BODY_IN_LOG_MIN_BYTES + usize::from(i)];
+    let leader_encoded = queue_entry(1, 1, 1, produce_bodies(&[large(1), b"small".to_vec(), large(2)]));
+    let received = queue_entry(1, 2, 2, produce_bodies(&[large(3)]));
+    // A follower's entry: decoded from the bytes it came in (bodies are
+    // slices of them), which its log store writes.
+    let bytes = bytes::Bytes::from(postcard::to_stdvec(&received).unwrap());
+    let received: Entry = raftmq_types::shared_body::decode_sharing(&bytes, |b| postcard::from_bytes(b)).unwrap();
+    storage.encoded_entries(GROUP).received(received.log_id(), bytes);
+    append(&mut log, vec![leader_encoded, received]).await;
+    // Apply gets the entries from the log store, as openraft does.
+    apply(&mut sm, log.try_get_log_entries(1..=2).await.unwrap()).await;
+    assert_eq!(storage.body_writes().left_in_log(), 3, "the three large bodies, not the small one");
+    let expected = vec![large(1), b"small".to_vec(), large(2), large(3)];
+    assert_eq!(bodies_of(&sm, 0..4), expected);
+
+    // Purged at once: openraft no longer sees the entries, but they stay.
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
+    assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+    assert_eq!(storage.body_writes().copied_out_of_log(), 0);
+    assert_eq!(bodies_of(&sm, 0..4), expected);
+
+    // A snapshot sent to a follower carries the bodies whole.
+    let current = sm.get_current_snapshot().await.unwrap().expect("built");
+    let replica_dir = TempDir::new().unwrap();
+    let mut replica = QueueStateMachine::open(open(&replica_dir), GROUP).await.unwrap();
+    replica.install_snapshot(&current.meta, current.snapshot).await.unwrap();
+    assert_eq!(bodies_of(&replica, 0..4), expected);
+
+    // Later entries: one whose messages are purged (deleted) before its
+    // entry goes, and one whose body is still stored then.
+    tokio::time::sleep(KEEP_IN_LOG).await;
+    let more = vec![
+        queue_entry(1, 3, 3, produce_bodies(&[large(4)])),
+        queue_entry(1, 4, 4, QueueCommand::Purge),
+        queue_entry(1, 5, 5, produce_bodies(&[large(5), large(6)])),
+    ];
+    append(&mut log, more).await;
+    apply(&mut sm, log.try_get_log_entries(3..=5).await.unwrap()).await;
+    assert_eq!(storage.body_writes().left_in_log(), 6);
+    let kept = vec![large(5), large(6)];
+    assert_eq!(bodies_of(&sm, 0..7), kept);
+    tokio::time::sleep(KEEP_IN_LOG).await;
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
+    assert_eq!(storage.body_writes().copied_out_of_log(), 2, "only the bodies still stored");
+    let raft_log = storage.db().cf_handle("raft_log").unwrap();
+    let left = storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
+    assert_eq!(left, 0, "every entry deleted");
+    assert_eq!(bodies_of(&sm, 0..7), kept);
+
+    // The copies are what a restart reads (with a flush: the writes were unlogged).
+    storage.flush_memtables().unwrap();
+    drop((log, sm, replica));
+    drop(storage);
+    let sm = QueueStateMachine::open(open(&dir), GROUP).await.unwrap();
+    assert_eq!(bodies_of(&sm, 0..7), kept);
 }
 
 /// Replication and apply read back entries that were just appended: those

@@ -296,6 +296,8 @@ struct Wal {
     log_reads_from_disk: u64,
     body_reads_from_memory: u64,
     body_reads_from_disk: u64,
+    bodies_left_in_log: u64,
+    bodies_copied_out_of_log: u64,
 }
 
 /// What one node reported: its WAL counters and its write-path stage
@@ -329,6 +331,8 @@ async fn node_readings(endpoints: &[String]) -> Vec<NodeReading> {
                 log_reads_from_disk: status.log_entries_read_from_disk,
                 body_reads_from_memory: status.bodies_read_from_memory,
                 body_reads_from_disk: status.bodies_read_from_disk,
+                bodies_left_in_log: status.bodies_left_in_log,
+                bodies_copied_out_of_log: status.bodies_copied_out_of_log,
             };
             readings.push(NodeReading { wal, stages });
         }
@@ -394,6 +398,9 @@ fn wal_delta(before: &[NodeReading], after: &[NodeReading]) -> Wal {
             delta.log_reads_from_disk += now.log_reads_from_disk.saturating_sub(then.log_reads_from_disk);
             delta.body_reads_from_memory += now.body_reads_from_memory.saturating_sub(then.body_reads_from_memory);
             delta.body_reads_from_disk += now.body_reads_from_disk.saturating_sub(then.body_reads_from_disk);
+            delta.bodies_left_in_log += now.bodies_left_in_log.saturating_sub(then.bodies_left_in_log);
+            delta.bodies_copied_out_of_log +=
+                now.bodies_copied_out_of_log.saturating_sub(then.bodies_copied_out_of_log);
             delta.node += 1;
         }
     }
@@ -605,6 +612,7 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "fsyncs_per_1000_messages": fsyncs as f64 * 1000.0 / p.max(1) as f64,
         "log_reads_from_memory": wal.log_reads_from_memory, "log_reads_from_disk": wal.log_reads_from_disk,
         "body_reads_from_memory": wal.body_reads_from_memory, "body_reads_from_disk": wal.body_reads_from_disk,
+        "bodies_left_in_log": wal.bodies_left_in_log, "bodies_copied_out_of_log": wal.bodies_copied_out_of_log,
         "stages_ms": stages.iter().map(|s| json!({
             "node": s.node, "stage": s.stage, "count": s.count,
             "p50": s.p50, "p99": s.p99, "p999": s.p999, "max": s.max,
@@ -661,6 +669,12 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
         "message bodies read to deliver them: {} from memory, {} from RocksDB",
         wal.body_reads_from_memory,
         wal.body_reads_from_disk
+    );
+    outln!(
+        "message bodies applied on {nodes} nodes and left in their log entry (written once): {}, of which copied \
+         out before the entry was deleted (written twice): {}",
+        wal.bodies_left_in_log,
+        wal.bodies_copied_out_of_log
     );
     if !stages.is_empty() {
         outln!("write-path stages over the run, ms (server side; see GetClusterStatus for each stage):");
@@ -820,6 +834,8 @@ mod tests {
                 log_reads_from_disk: memory / 10,
                 body_reads_from_memory: memory / 2,
                 body_reads_from_disk: memory / 5,
+                bodies_left_in_log: memory / 3,
+                bodies_copied_out_of_log: memory / 30,
             },
             stages: vec![],
         };

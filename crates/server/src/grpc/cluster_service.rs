@@ -52,6 +52,8 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         log_entries_read_from_disk: manager.storage().log_reads().from_disk(),
         bodies_read_from_memory: manager.storage().body_reads().from_memory(),
         bodies_read_from_disk: manager.storage().body_reads().from_disk(),
+        bodies_left_in_log: manager.storage().body_writes().left_in_log(),
+        bodies_copied_out_of_log: manager.storage().body_writes().copied_out_of_log(),
         process_cpu_micros: usage.cpu_micros,
         process_rss_bytes: usage.rss_bytes,
         stage_latencies: stages::serialized()

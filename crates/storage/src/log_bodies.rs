@@ -1,0 +1,229 @@
+//! Bodies written once per node: left in their log entry.
+//!
+//! A body reaches a replica in a log entry, which the replica writes (and
+//! fsyncs) before anything applies it. Apply used to write the body a second
+//! time, into the message's `Body` record: a second write batch copy and
+//! memtable insert of every body, and a second blob write at a flush. Now,
+//! when the body is a slice of the entry's bytes as the log store wrote them
+//! (the log cache keeps entry and bytes together, and the entry's bodies are
+//! slices of those bytes), apply writes a `BodyInLog` record instead: the
+//! entry's index, where the body lies in the entry, and the rest of the
+//! message. Otherwise (an entry read back from RocksDB, a body under
+//! [`BODY_IN_LOG_MIN_BYTES`]) it writes the `Body` record as before. A
+//! message has one of the two records, never both.
+//!
+//! The log store copies the bodies still stored out of the entries it
+//! deletes ([`copy_out_of_log`]) in the write that deletes them, so no
+//! record ever points at a deleted entry; it holds [`BodyMoves`] meanwhile,
+//! as apply does while it writes, so that a message deleted by apply is never
+//! copied back. Entries are deleted only [`KEEP_IN_LOG`] after their append,
+//! so the bodies consumed and acknowledged by then (most, when consumers keep
+//! up) are never copied. Readers resolve `BodyInLog` records through one
+//! RocksDB snapshot together with the entry they point to.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftmq_types::{GroupId, Offset, StoredMessage};
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{decode, encode};
+use crate::keys::{CF_QUEUE, CF_RAFT_LOG, QueueKind, log_key, queue_key, queue_kind_range, queue_offset};
+use crate::{Storage, StorageError};
+
+/// Bodies shorter than this are written into their `Body` record at apply:
+/// copying them costs little, and their record needs no log entry read back.
+pub const BODY_IN_LOG_MIN_BYTES: usize = 512;
+
+/// A queue group's log entries are deleted no sooner than this after their
+/// append: bodies still stored when their entry goes are copied out of it.
+pub const KEEP_IN_LOG: Duration = Duration::from_millis(250);
+
+/// Where a body lies in the value of its log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogBody {
+    index: u64,
+    start: u64,
+    len: u64,
+}
+
+impl LogBody {
+    /// `body`'s place in `encoded`, the value of log entry `index`, if it is
+    /// a slice of it (and long enough to be worth leaving there).
+    pub fn locate(index: u64, encoded: &Bytes, body: &Bytes) -> Option<LogBody> {
+        if body.len() < BODY_IN_LOG_MIN_BYTES {
+            return None;
+        }
+        let base = encoded.as_ptr() as usize;
+        let start = (body.as_ptr() as usize).checked_sub(base)?;
+        (start + body.len() <= encoded.len()).then_some(LogBody { index, start: start as u64, len: body.len() as u64 })
+    }
+}
+
+/// The value of a `BodyInLog` record: where the body is, and the message
+/// without it.
+pub(crate) fn encode_in_log(at: LogBody, message: &StoredMessage) -> Result<Vec<u8>, StorageError> {
+    let without_body = StoredMessage {
+        offset: message.offset,
+        publish_time: message.publish_time,
+        body: Bytes::new(),
+        headers: message.headers.clone(),
+        correlation_id: message.correlation_id.clone(),
+    };
+    encode("message in the log", &(at, without_body))
+}
+
+/// Held by apply while it writes a group's changes, and by the log store
+/// while it copies bodies out of entries and deletes them: a message that
+/// apply deletes is never copied back by a purge that read it before.
+#[derive(Default)]
+pub(crate) struct BodyMoves(Mutex<()>);
+
+impl BodyMoves {
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.lock().expect("body moves lock poisoned")
+    }
+}
+
+/// How a node's applied bodies were written, since it started.
+#[derive(Default)]
+pub struct BodyWrites {
+    in_log: AtomicU64,
+    copied: AtomicU64,
+}
+
+impl BodyWrites {
+    /// Bodies that apply left in their log entry (written once).
+    pub fn left_in_log(&self) -> u64 {
+        self.in_log.load(Ordering::Relaxed)
+    }
+
+    /// Of those, bodies copied out of their entry before it was deleted
+    /// (written twice after all).
+    pub fn copied_out_of_log(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_in_log(&self, n: u64) {
+        self.in_log.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Reads the messages of `BodyInLog` records with their bodies, from the log
+/// entries they point into, as of `options` (a reader sets a RocksDB
+/// snapshot, under which records and entries agree). Keeps the last entry
+/// read: consecutive messages are mostly in one entry.
+pub(crate) struct FromLog<'a> {
+    storage: &'a Storage,
+    group: GroupId,
+    last: Option<(u64, Bytes)>,
+}
+
+impl<'a> FromLog<'a> {
+    pub fn new(storage: &'a Storage, group: GroupId) -> FromLog<'a> {
+        FromLog { storage, group, last: None }
+    }
+
+    /// The message of the `BodyInLog` record `value`, body included.
+    pub fn read(&mut self, value: &[u8], options: &ReadOptions) -> Result<StoredMessage, StorageError> {
+        let (at, message) = decode_in_log(value)?;
+        self.resolve(at, message, options)
+    }
+
+    /// `message` (of a `BodyInLog` record) with its body, found at `at`.
+    fn resolve(
+        &mut self,
+        at: LogBody,
+        mut message: StoredMessage,
+        options: &ReadOptions,
+    ) -> Result<StoredMessage, StorageError> {
+        let missing = || StorageError::BodyNotInLog { offset: message.offset.0, index: at.index };
+        let entry = match &self.last {
+            Some((index, entry)) if *index == at.index => entry.clone(),
+            _ => {
+                let key = log_key(self.group, at.index);
+                let Some(value) = self.storage.db().get_cf_opt(self.storage.cf(CF_RAFT_LOG), key, options)? else {
+                    return Err(missing());
+                };
+                let entry = Bytes::from(value);
+                self.last = Some((at.index, entry.clone()));
+                entry
+            }
+        };
+        let end = at.start.checked_add(at.len).filter(|end| *end <= entry.len() as u64).ok_or_else(missing)?;
+        message.body = entry.slice(at.start as usize..end as usize);
+        Ok(message)
+    }
+}
+
+fn decode_in_log(value: &[u8]) -> Result<(LogBody, StoredMessage), StorageError> {
+    decode("message in the log", value)
+}
+
+/// Copies the body of every message whose body is in a log entry up to
+/// `through` into its `Body` record, in `batch` (which then deletes those
+/// entries), starting at offset `from`: every `BodyInLog` record below it
+/// was copied before. Returns the offset to start from next time, and how
+/// many bodies were copied. The caller holds the group's [`BodyMoves`].
+pub(crate) fn copy_out_of_log(
+    storage: &Storage,
+    writes: &BodyWrites,
+    group: GroupId,
+    through: u64,
+    from: Offset,
+    batch: &mut WriteBatch,
+) -> Result<Offset, StorageError> {
+    let cf = storage.cf(CF_QUEUE);
+    let (_, end) = queue_kind_range(group, QueueKind::BodyInLog);
+    let start = queue_key(group, QueueKind::BodyInLog, from);
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(end);
+    let mut next = from;
+    let mut reader = FromLog::new(storage, group);
+    let mut copied = 0;
+    for item in storage.db().iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        let (key, value) = item?;
+        let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
+        let (at, message) = decode_in_log(&value)?;
+        if at.index > through {
+            // Offsets rise with log indexes: every later record is in a later entry.
+            next = offset;
+            break;
+        }
+        let message = reader.resolve(at, message, &ReadOptions::default())?;
+        batch.put_cf(cf, queue_key(group, QueueKind::Body, offset), encode("message", &message)?);
+        batch.delete_cf(cf, &key);
+        copied += 1;
+        next = Offset(offset.0 + 1);
+    }
+    writes.copied.fetch_add(copied, Ordering::Relaxed);
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_located_only_inside_the_entry() {
+        let encoded = Bytes::from(vec![7u8; 4096]);
+        let inside = encoded.slice(100..100 + BODY_IN_LOG_MIN_BYTES);
+        assert_eq!(
+            LogBody::locate(9, &encoded, &inside),
+            Some(LogBody { index: 9, start: 100, len: BODY_IN_LOG_MIN_BYTES as u64 })
+        );
+        let whole_tail = encoded.slice(4096 - 600..);
+        assert_eq!(LogBody::locate(9, &encoded, &whole_tail).map(|at| at.start + at.len), Some(4096));
+        let short = encoded.slice(0..BODY_IN_LOG_MIN_BYTES - 1);
+        assert_eq!(LogBody::locate(9, &encoded, &short), None, "too short to leave in the log");
+        let elsewhere = Bytes::from(vec![7u8; 1000]);
+        assert_eq!(LogBody::locate(9, &encoded, &elsewhere), None, "a copy, not a slice");
+        let overlapping = Bytes::from(vec![7u8; 8192]);
+        let past_the_end = overlapping.slice(4000..5000);
+        let first_half = overlapping.slice(0..4096);
+        assert_eq!(LogBody::locate(9, &first_half, &past_the_end), None, "runs past the entry's end");
+    }
+}
