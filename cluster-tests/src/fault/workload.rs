@@ -153,6 +153,31 @@ pub async fn produce(
     }
 }
 
+/// Bytes of every produced body: large enough that the nodes leave it in
+/// its log entry (`raftmq_storage::BODY_IN_LOG_MIN_BYTES`), so the runs cover
+/// that path too.
+const BODY_BYTES: usize = 1024;
+
+/// A message's body: its id, `|`, then the id's bytes repeated up to
+/// [`BODY_BYTES`], so that a consumer can tell a body that is not whole or
+/// not its own.
+fn body_of(id: &str) -> Vec<u8> {
+    let mut body = id.as_bytes().to_vec();
+    body.push(b'|');
+    let filler = BODY_BYTES.saturating_sub(body.len());
+    body.extend(id.bytes().cycle().take(filler));
+    body
+}
+
+/// The id of a delivered body, or, for a body that is not exactly what
+/// [`body_of`] made for that id, a name no produce used: the checker then
+/// reports the delivery as unexpected.
+fn id_of(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let id = text.split('|').next().unwrap_or_default();
+    if body_of(id) == body { id.to_string() } else { format!("damaged body of {} bytes: {id}", body.len()) }
+}
+
 /// One produce call; true when its outcome is known (ok or refused).
 async fn send_batch(process: &str, queue: &str, ids: &[String], endpoints: &mut Endpoints, history: &History) -> bool {
     {
@@ -167,7 +192,7 @@ async fn send_batch(process: &str, queue: &str, ids: &[String], endpoints: &mut 
             queue: queue.to_string(),
             messages: ids
                 .iter()
-                .map(|id| ProduceMessage { body: id.clone().into(), dedup_id: id.clone(), ..Default::default() })
+                .map(|id| ProduceMessage { body: body_of(id).into(), dedup_id: id.clone(), ..Default::default() })
                 .collect(),
         };
         let result = bounded(client.messages.clone().produce(request_with_timeout(request, CALL_TIMEOUT))).await;
@@ -236,7 +261,7 @@ pub async fn consume(
         let messages: Vec<Msg> = delivered
             .iter()
             .map(|m| Msg {
-                id: String::from_utf8_lossy(&m.body).into_owned(),
+                id: id_of(&m.body),
                 offset: Some(m.offset),
                 attempt: Some(m.delivery_attempt),
                 receipt: Some(m.receipt.clone()),
@@ -278,5 +303,26 @@ async fn ack(process: &str, queue: &str, endpoints: &mut Endpoints, messages: Ve
                 tokio::time::sleep(PAUSE_AFTER_ERROR).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_names_its_message_only_when_whole() {
+        let body = body_of("p1-42");
+        assert_eq!(body.len(), BODY_BYTES);
+        assert_eq!(id_of(&body), "p1-42");
+        let mut cut = body.clone();
+        cut.pop();
+        assert_ne!(id_of(&cut), "p1-42", "a shortened body");
+        let mut changed = body.clone();
+        changed[700] ^= 1;
+        assert_ne!(id_of(&changed), "p1-42", "a changed byte");
+        let mut other = body_of("p1-43");
+        other[..5].copy_from_slice(b"p1-42");
+        assert_ne!(id_of(&other), "p1-42", "another message's filler");
     }
 }

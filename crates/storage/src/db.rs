@@ -266,21 +266,18 @@ impl Storage {
 
     fn check_format_version(&self) -> Result<(), StorageError> {
         let cf = self.cf(CF_META);
-        match self.db.get_cf(cf, FORMAT_VERSION_KEY)? {
-            Some(bytes) => {
-                let found = bytes
-                    .as_slice()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StorageError::MalformedKey { cf: CF_META })?;
-                if found == FORMAT_VERSION {
-                    return Ok(());
-                }
-                if found != UPGRADABLE_FORMAT_VERSION {
-                    return Err(StorageError::FormatVersion { found, expected: FORMAT_VERSION });
-                }
+        if let Some(bytes) = self.db.get_cf(cf, FORMAT_VERSION_KEY)? {
+            let found = bytes
+                .as_slice()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| StorageError::MalformedKey { cf: CF_META })?;
+            if found == FORMAT_VERSION {
+                return Ok(());
             }
-            None => {}
+            if found != UPGRADABLE_FORMAT_VERSION {
+                return Err(StorageError::FormatVersion { found, expected: FORMAT_VERSION });
+            }
         }
         let mut write = rocksdb::WriteOptions::default();
         write.set_sync(true);

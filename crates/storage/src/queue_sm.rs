@@ -5,7 +5,9 @@
 //! WriteBatch, to the memtables only (`ApplyWrite::Unlogged`): the log entries
 //! are already durable, and after a crash apply resumes from the applied log id
 //! of the last flush. Snapshots and purges are written the same way, so the
-//! log is never purged past what a crash would leave.
+//! log is never purged past what a crash would leave. A body of
+//! `BODY_IN_LOG_MIN_BYTES` or more stays in its log entry, which the
+//! message's record points into (see [`crate::log_bodies`]).
 //!
 //! A deep backlog stays on disk: after each write the state evicts messages
 //! past [`MESSAGES_IN_MEMORY`] that nobody has received yet, and reads them
@@ -17,7 +19,6 @@ use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-
 use futures::Stream;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -339,7 +340,7 @@ fn send_records(
     let mut stored = records(&bodies_start, &bodies_end).peekable();
     let mut in_log = records(&in_log_start, &in_log_end).peekable();
     loop {
-        let offset_of = |item: Option<&Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>| match item {
+        let offset_of = |item: Option<&Result<RawRecord, rocksdb::Error>>| match item {
             Some(Ok((key, _))) => queue_offset(key),
             _ => None,
         };
@@ -546,6 +547,8 @@ fn load_state(storage: &Storage, group: GroupId) -> Result<QueueState, StorageEr
 }
 
 type RawRecords<'a> = rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>;
+/// A key and value as a RocksDB iterator yields them.
+type RawRecord = (Box<[u8]>, Box<[u8]>);
 
 /// The `queue` records from `start` (inclusive) to `end` (exclusive), in key order.
 fn range_iter(storage: &Storage, start: Vec<u8>, end: Vec<u8>) -> RawRecords<'_> {

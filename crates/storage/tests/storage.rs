@@ -385,6 +385,31 @@ async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     assert_eq!(bodies_of(&sm, 0..7), kept);
 }
 
+/// A database of the version before (4: no bodies left in the log) opens as
+/// it is and is marked as this version; an older one is refused, naming
+/// both versions.
+#[test]
+fn a_version_4_database_opens_and_an_older_one_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let mark = |version: u32| {
+        let storage = open(&dir);
+        let meta = storage.db().cf_handle("meta").unwrap();
+        storage.db().put_cf(meta, b"format_version", version.to_be_bytes()).unwrap();
+    };
+    let version = || {
+        let storage = open(&dir);
+        let meta = storage.db().cf_handle("meta").unwrap();
+        let bytes = storage.db().get_cf(meta, b"format_version").unwrap().unwrap();
+        u32::from_be_bytes(bytes.as_slice().try_into().unwrap())
+    };
+    mark(4);
+    assert_eq!(version(), raftmq_storage::FORMAT_VERSION);
+    assert_eq!(raftmq_storage::FORMAT_VERSION, 5);
+    mark(3);
+    let refused = Storage::open(&dir.path().join("db")).err().expect("version 3 is refused").to_string();
+    assert!(refused.contains("version 3") && refused.contains("version 5"), "{refused}");
+}
+
 /// Replication and apply read back entries that were just appended: those
 /// not yet applied come from memory, applied ones from RocksDB, and a range
 /// across the two is read whole and in order either way.
