@@ -2,8 +2,9 @@
 //! that lease and ack them, each through its own node, recording every
 //! operation in the [`History`].
 //!
-//! A producer sends `p<N>-<seq>` bodies in small batches at a steady rate,
-//! each message with its id as `dedup_id`. A batch of unknown outcome
+//! A producer sends messages with ids `p<N>-<seq>` in small batches at a
+//! steady rate, each body the id padded to 1 KiB ([`body_of`]), each
+//! message with its id as `dedup_id`. A batch of unknown outcome
 //! (recorded as `info`) is sent again with the same ids, up to
 //! `produce_attempts` times in all, as a client that wants its messages in
 //! would; the server's dedup must keep each id stored once. A consumer leases, then acks what it leased,
