@@ -14,7 +14,8 @@
 //!
 //! The log store copies the bodies still stored out of the entries it
 //! deletes ([`copy_out_of_log`]) in the write that deletes them, so no
-//! record ever points at a deleted entry; it holds [`BodyMoves`] meanwhile,
+//! record ever points at a deleted entry. It finds them without a lock, then
+//! holds [`BodyMoves`] while it checks which are still stored and writes,
 //! as apply does while it writes, so that a message deleted by apply is never
 //! copied back. Entries are deleted only [`KEEP_IN_LOG`] after their append,
 //! so the bodies consumed and acknowledged by then (most, when consumers keep
@@ -167,44 +168,78 @@ fn decode_in_log(value: &[u8]) -> Result<(LogBody, StoredMessage), StorageError>
     decode("message in the log", value)
 }
 
-/// Copies the body of every message whose body is in a log entry up to
-/// `through` into its `Body` record, in `batch` (which then deletes those
-/// entries), starting at offset `from`: every `BodyInLog` record below it
-/// was copied before. Returns the offset to start from next time, and how
-/// many bodies were copied. The caller holds the group's [`BodyMoves`].
+/// The bodies still in log entries up to `through`, copied out: found
+/// without holding the group's [`BodyMoves`] (the walk passes the records
+/// of every message acknowledged since the last purge, and apply must not
+/// wait for it), written by [`BodyCopies::write_into`] under it.
+pub(crate) struct BodyCopies {
+    /// Each message's `BodyInLog` key and its `Body` record.
+    copies: Vec<(Vec<u8>, [u8; 17], Vec<u8>)>,
+    /// Every `BodyInLog` record below this offset is copied or gone.
+    pub next: Offset,
+}
+
+/// Reads the body of every message whose body is in a log entry up to
+/// `through`, starting at offset `from` (every `BodyInLog` record below it
+/// was copied before). The entries are still there: only the purge that
+/// writes these copies deletes them.
 pub(crate) fn copy_out_of_log(
     storage: &Storage,
-    writes: &BodyWrites,
     group: GroupId,
     through: u64,
     from: Offset,
-    batch: &mut WriteBatch,
-) -> Result<Offset, StorageError> {
+) -> Result<BodyCopies, StorageError> {
     let cf = storage.cf(CF_QUEUE);
     let (_, end) = queue_kind_range(group, QueueKind::BodyInLog);
     let start = queue_key(group, QueueKind::BodyInLog, from);
     let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(end);
-    let mut next = from;
+    let mut copies = BodyCopies { copies: Vec::new(), next: from };
     let mut reader = FromLog::new(storage, group);
-    let mut copied = 0;
     for item in storage.db().iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
         let (key, value) = item?;
         let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
         let (at, message) = decode_in_log(&value)?;
         if at.index > through {
             // Offsets rise with log indexes: every later record is in a later entry.
-            next = offset;
+            copies.next = offset;
             break;
         }
         let message = reader.resolve(at, message, &ReadOptions::default())?;
-        batch.put_cf(cf, queue_key(group, QueueKind::Body, offset), encode("message", &message)?);
-        batch.delete_cf(cf, &key);
-        copied += 1;
-        next = Offset(offset.0 + 1);
+        let body_key = queue_key(group, QueueKind::Body, offset);
+        copies.copies.push((key.into_vec(), body_key, encode("message", &message)?));
+        copies.next = Offset(offset.0 + 1);
     }
-    writes.copied.fetch_add(copied, Ordering::Relaxed);
-    Ok(next)
+    Ok(copies)
+}
+
+impl BodyCopies {
+    /// Adds to `batch` the copies of the messages still stored (apply may
+    /// have deleted some since they were read). The caller holds the
+    /// group's [`BodyMoves`] from this call until `batch` is written.
+    pub fn write_into(
+        self,
+        storage: &Storage,
+        writes: &BodyWrites,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let cf = storage.cf(CF_QUEUE);
+        let keys: Vec<&[u8]> = self.copies.iter().map(|(key, _, _)| key.as_slice()).collect();
+        let stored = storage.db().batched_multi_get_cf(cf, &keys, true);
+        let mut copied = 0;
+        for ((key, body_key, body), stored) in self.copies.iter().zip(stored) {
+            if stored?.is_some() {
+                batch.put_cf(cf, body_key, body);
+                batch.delete_cf(cf, key);
+                copied += 1;
+            }
+        }
+        writes.copied.fetch_add(copied, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

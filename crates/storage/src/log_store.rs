@@ -389,12 +389,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             (through, bodies.copy_from)
         };
-        let mut copied_to = copy_from;
+        let copies = match through {
+            Some(through) => Some(copy_out_of_log(&self.storage, self.group, through, copy_from)?),
+            None => None,
+        };
+        let copied_to = copies.as_ref().map_or(copy_from, |copies| copies.next);
         {
             let _moves = self.cache.body_moves().hold();
-            if let Some(through) = through {
-                let writes = self.storage.body_writes();
-                copied_to = copy_out_of_log(&self.storage, writes, self.group, through, copy_from, &mut batch)?;
+            if let (Some(through), Some(copies)) = (through, copies) {
+                copies.write_into(&self.storage, self.storage.body_writes(), &mut batch)?;
                 batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, through + 1));
             }
             self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;
