@@ -898,6 +898,41 @@ mod tests {
         assert_eq!(*reopened.applied.borrow(), 2);
     }
 
+    /// A message that apply deletes after a purge read its body out of the
+    /// log, but before the purge writes, is not copied back: the purge
+    /// checks, under `BodyMoves`, which of the messages it read are still
+    /// stored.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_purge_does_not_copy_back_a_message_deleted_after_it_read_it() {
+        use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+        use openraft::type_config::TypeConfigExt;
+
+        let dir = TempDir::new().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut log = crate::LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        let large = "x".repeat(crate::BODY_IN_LOG_MIN_BYTES);
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![produce(1, 1, &[&large, &large])], IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        apply(&mut sm, log.try_get_log_entries(1..=1).await.unwrap()).await;
+        assert_eq!(storage.body_writes().left_in_log(), 2);
+
+        let copies = crate::log_bodies::copy_out_of_log(&storage, GROUP, 1, Offset(0)).unwrap();
+        assert_eq!(copies.next, Offset(2), "both read");
+        let purge = RaftRequest::Queue(QueueRequest { now: TimestampMs(2), command: QueueCommand::Purge });
+        let purge = openraft::alias::EntryOf::<TypeConfig>::new(
+            openraft::testing::log_id::<TypeConfig>(1, 1, 2),
+            EntryPayload::Normal(purge),
+        );
+        apply(&mut sm, vec![purge]).await;
+        let mut batch = WriteBatch::default();
+        copies.write_into(&storage, storage.body_writes(), &mut batch).unwrap();
+        assert!(batch.is_empty(), "deleted messages copied back");
+        assert_eq!(storage.body_writes().copied_out_of_log(), 0);
+        assert!(sm.reader().read_messages(&[Offset(0), Offset(1)]).unwrap().is_empty());
+    }
+
     /// Whatever arrives, reading frames ends with the records or an error,
     /// never a panic or an allocation of what a length claims.
     #[test]
