@@ -22,12 +22,13 @@
 //! up) are never copied. Readers resolve `BodyInLog` records through one
 //! RocksDB snapshot together with the entry they point to.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftmq_types::{GroupId, Offset, StoredMessage};
+use raftmq_types::{GroupId, Offset, StoredMessage, TimestampMs};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -69,16 +70,29 @@ impl LogBody {
 }
 
 /// The value of a `BodyInLog` record: where the body is, and the message
-/// without it.
+/// without it (decoded as a `StoredMessage` with an empty body).
 pub(crate) fn encode_in_log(at: LogBody, message: &StoredMessage) -> Result<Vec<u8>, StorageError> {
-    let without_body = StoredMessage {
+    let without_body = WithoutBody {
         offset: message.offset,
         publish_time: message.publish_time,
-        body: Bytes::new(),
-        headers: message.headers.clone(),
-        correlation_id: message.correlation_id.clone(),
+        body: &[],
+        headers: &message.headers,
+        correlation_id: &message.correlation_id,
     };
     encode("message in the log", &(at, without_body))
+}
+
+/// A `StoredMessage` borrowed, with an empty body: the same fields in the
+/// same order, so postcard writes what it writes for the message with its
+/// body emptied, without apply copying the headers to make one.
+#[derive(Serialize)]
+struct WithoutBody<'a> {
+    offset: Offset,
+    publish_time: TimestampMs,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+    headers: &'a BTreeMap<String, String>,
+    correlation_id: &'a Option<String>,
 }
 
 /// Held by apply while it writes a group's changes, and by the log store
@@ -217,12 +231,7 @@ impl BodyCopies {
     /// Adds to `batch` the copies of the messages still stored (apply may
     /// have deleted some since they were read). The caller holds the
     /// group's [`BodyMoves`] from this call until `batch` is written.
-    pub fn write_into(
-        self,
-        storage: &Storage,
-        writes: &BodyWrites,
-        batch: &mut WriteBatch,
-    ) -> Result<(), StorageError> {
+    pub fn write_into(self, storage: &Storage, batch: &mut WriteBatch) -> Result<(), StorageError> {
         if self.copies.is_empty() {
             return Ok(());
         }
@@ -237,7 +246,7 @@ impl BodyCopies {
                 copied += 1;
             }
         }
-        writes.copied.fetch_add(copied, Ordering::Relaxed);
+        storage.body_writes().copied.fetch_add(copied, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -264,5 +273,20 @@ mod tests {
         let past_the_end = overlapping.slice(4000..5000);
         let first_half = overlapping.slice(0..4096);
         assert_eq!(LogBody::locate(9, &first_half, &past_the_end), None, "runs past the entry's end");
+    }
+
+    #[test]
+    fn a_record_decodes_as_the_message_with_an_empty_body() {
+        let message = StoredMessage {
+            offset: Offset(7),
+            publish_time: TimestampMs(123),
+            body: Bytes::from(vec![1u8; 600]),
+            headers: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            correlation_id: Some("reply-1".to_string()),
+        };
+        let at = LogBody { index: 9, start: 40, len: 600 };
+        let (decoded_at, decoded) = decode_in_log(&encode_in_log(at, &message).unwrap()).unwrap();
+        assert_eq!(decoded_at, at);
+        assert_eq!(decoded, StoredMessage { body: Bytes::new(), ..message });
     }
 }

@@ -389,15 +389,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             (through, bodies.copy_from)
         };
-        let copies = match through {
-            Some(through) => Some(copy_out_of_log(&self.storage, self.group, through, copy_from)?),
-            None => None,
-        };
+        let copies =
+            through.map(|through| copy_out_of_log(&self.storage, self.group, through, copy_from)).transpose()?;
         let copied_to = copies.as_ref().map_or(copy_from, |copies| copies.next);
         {
             let _moves = self.cache.body_moves().hold();
             if let (Some(through), Some(copies)) = (through, copies) {
-                copies.write_into(&self.storage, self.storage.body_writes(), &mut batch)?;
+                copies.write_into(&self.storage, &mut batch)?;
                 batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, through + 1));
             }
             self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;

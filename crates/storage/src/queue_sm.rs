@@ -339,11 +339,11 @@ fn send_records(
     let mut from_log = FromLog::new(storage, group);
     let mut stored = records(&bodies_start, &bodies_end).peekable();
     let mut in_log = records(&in_log_start, &in_log_end).peekable();
+    let offset_of = |item: Option<&Result<RawRecord, rocksdb::Error>>| match item {
+        Some(Ok((key, _))) => queue_offset(key),
+        _ => None,
+    };
     loop {
-        let offset_of = |item: Option<&Result<RawRecord, rocksdb::Error>>| match item {
-            Some(Ok((key, _))) => queue_offset(key),
-            _ => None,
-        };
         let take_stored = match (stored.peek(), in_log.peek()) {
             (None, None) => break,
             (Some(Err(_)), _) | (_, None) => true,
@@ -927,7 +927,7 @@ mod tests {
         );
         apply(&mut sm, vec![purge]).await;
         let mut batch = WriteBatch::default();
-        copies.write_into(&storage, storage.body_writes(), &mut batch).unwrap();
+        copies.write_into(&storage, &mut batch).unwrap();
         assert!(batch.is_empty(), "deleted messages copied back");
         assert_eq!(storage.body_writes().copied_out_of_log(), 0);
         assert!(sm.reader().read_messages(&[Offset(0), Offset(1)]).unwrap().is_empty());
