@@ -589,6 +589,13 @@ impl QueueState {
         Some(ids)
     }
 
+    /// The offset of the lowest stored message (in memory or evicted), or
+    /// the next offset when none is: every message below it is deleted.
+    pub fn first_stored(&self) -> Offset {
+        let evicted = self.cold.first().map(|(start, _)| start);
+        self.table.first().into_iter().chain(evicted).min().unwrap_or(self.next_offset)
+    }
+
     /// Messages held in memory and evicted.
     pub fn resident(&self) -> (u64, u64) {
         (self.table.len() as u64, self.cold.totals().0)

@@ -73,6 +73,11 @@ impl Table {
         (self.retained.len() as u64, self.retained_bytes)
     }
 
+    /// The lowest offset in memory.
+    pub fn first(&self) -> Option<Offset> {
+        self.entries.first_key_value().map(|(offset, _)| *offset)
+    }
+
     pub fn info(&self, offset: Offset) -> Option<&MessageInfo> {
         self.entries.get(&offset).map(|entry| &entry.info)
     }

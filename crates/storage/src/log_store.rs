@@ -345,6 +345,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let started = Instant::now();
+        let purged = self.purge_through(log_id).await;
+        stages::record(Stage::Purge, started.elapsed());
+        purged
+    }
+}
+
+impl LogStore {
+    async fn purge_through(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // The entries go only once the applied state they could rebuild
         // cannot be lost. The meta group applies through the WAL: synced
         // here, then the purge is logged too. Queue groups apply to the
@@ -387,7 +396,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             } else {
                 bodies.deletable_through(log_id.index(), Instant::now())
             };
-            (through, bodies.copy_from)
+            // Every message below the first stored one is deleted: no
+            // body of it to copy.
+            (through, bodies.copy_from.max(self.cache.body_moves().first_stored()))
         };
         let copies =
             through.map(|through| copy_out_of_log(&self.storage, self.group, through, copy_from)).transpose()?;

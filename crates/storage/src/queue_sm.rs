@@ -97,8 +97,10 @@ impl QueueStateMachine {
         let state = load_state(&storage, group)?;
         let (applied, _) = read_applied_state(&storage, group)?;
         let index = applied.map(|l| l.index()).unwrap_or(0);
+        let log_cache = storage.log_cache(group);
+        log_cache.body_moves().stored_from(state.first_stored());
         Ok(QueueStateMachine {
-            log_cache: storage.log_cache(group),
+            log_cache,
             bodies: storage.body_cache(),
             storage,
             group,
@@ -774,9 +776,11 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         let mut batch = sized_batch(2 * changes.len(), stored_bytes(&changes, &located));
         self.write_changes(&mut batch, &changes, &located)?;
         self.storage.body_writes().count_in_log(located.iter().flatten().count() as u64);
+        let first_stored = self.state.read().expect("queue state lock poisoned").first_stored();
         // Not while a purge copies bodies out of the log (it would copy back
         // a message deleted here).
-        let _moves = self.log_cache.body_moves().hold();
+        let moves = self.log_cache.body_moves();
+        let _moves = moves.hold();
         // The bodies are cached once written (a read that misses the cache
         // finds them on disk), before waiting readers are woken.
         applied.commit(&self.storage, batch, self.group, &self.log_cache, ApplyWrite::Unlogged, |applied| {
@@ -785,6 +789,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
                 self.applied.send_replace(log_id.index());
             }
         })?;
+        moves.stored_from(first_stored);
         // Only now: evicted messages are read back from what was just written.
         self.state.write().expect("queue state lock poisoned").evict(MESSAGES_IN_MEMORY);
         stages::record(Stage::Apply, started.elapsed());
@@ -815,6 +820,7 @@ impl RaftStateMachine<TypeConfig> for QueueStateMachine {
         self.bodies.clear();
         write_installed_position(&self.storage, self.group, meta)?;
         let state = load_state(&self.storage, self.group)?;
+        self.log_cache.body_moves().stored_from(state.first_stored());
         *self.state.write().expect("queue state lock poisoned") = state;
         if let Some(log_id) = &meta.last_log_id {
             self.applied.send_replace(log_id.index());

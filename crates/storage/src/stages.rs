@@ -40,10 +40,15 @@ pub enum Stage {
     /// Any node: applying one batch of committed entries to a queue (state
     /// machine and the unsynced RocksDB write of its changes).
     Apply,
+    /// Any node: one purge of a group's log, which openraft runs in the
+    /// group's Raft task, so nothing else of the group moves meanwhile
+    /// (queue groups: finding the bodies still stored in the entries it
+    /// deletes, copying them out, and the write).
+    Purge,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::ProduceCall,
         Stage::ProduceCommit,
         Stage::OtherCommit,
@@ -51,6 +56,7 @@ impl Stage {
         Stage::Fsync,
         Stage::Replicate,
         Stage::Apply,
+        Stage::Purge,
     ];
 
     /// The name reported in `GetClusterStatus`.
@@ -63,6 +69,7 @@ impl Stage {
             Stage::Fsync => "fsync",
             Stage::Replicate => "replicate",
             Stage::Apply => "apply",
+            Stage::Purge => "log_purge",
         }
     }
 
