@@ -17,9 +17,12 @@
 //! record ever points at a deleted entry. It finds them without a lock, then
 //! holds [`BodyMoves`] while it checks which are still stored and writes,
 //! as apply does while it writes, so that a message deleted by apply is never
-//! copied back. Entries are deleted only [`KEEP_IN_LOG`] after their append,
-//! so the bodies consumed and acknowledged by then (most, when consumers keep
-//! up) are never copied. Readers resolve `BodyInLog` records through one
+//! copied back. The entries before the first one that holds a stored
+//! message's body are deleted at once; that one and those after it only
+//! [`KEEP_IN_LOG`] after their append, so the bodies consumed and
+//! acknowledged by then (most, when consumers keep up) are never copied, and
+//! a memtable flush writes out no more of the log than the consumers lag
+//! behind (up to that delay). Readers resolve `BodyInLog` records through one
 //! RocksDB snapshot together with the entry they point to.
 
 use std::collections::BTreeMap;
@@ -201,24 +204,31 @@ fn decode_in_log(value: &[u8]) -> Result<(LogBody, StoredMessage), StorageError>
 }
 
 /// The bodies still in log entries up to `through`, copied out: found
-/// without holding the group's [`BodyMoves`] (the walk passes the records
-/// of every message acknowledged since the last purge, and apply must not
-/// wait for it), written by [`BodyCopies::write_into`] under it.
+/// without holding the group's [`BodyMoves`] (apply must not wait for the
+/// walk and the reads of entries), written by [`BodyCopies::write_into`]
+/// under it.
 pub(crate) struct BodyCopies {
     /// Each message's `BodyInLog` key and its `Body` record.
     copies: Vec<(Vec<u8>, [u8; 17], Vec<u8>)>,
     /// Every `BodyInLog` record below this offset is copied or gone.
     pub next: Offset,
+    /// The entry of the first `BodyInLog` record not copied (at `next`),
+    /// if there is one: once the copies are written, no stored message's
+    /// body is in an entry before it. Apply writes records only for the
+    /// entries it applies (after those a purge deletes), so none appears
+    /// there later.
+    pub first_kept: Option<u64>,
 }
 
 /// Reads the body of every message whose body is in a log entry up to
-/// `through`, starting at offset `from` (every `BodyInLog` record below it
-/// was copied before). The entries are still there: only the purge that
-/// writes these copies deletes them.
+/// `through` (none when `None`), starting at offset `from` (every
+/// `BodyInLog` record below it was copied before, or its message deleted).
+/// The entries are still there: only the purge that writes these copies
+/// deletes them.
 pub(crate) fn copy_out_of_log(
     storage: &Storage,
     group: GroupId,
-    through: u64,
+    through: Option<u64>,
     from: Offset,
 ) -> Result<BodyCopies, StorageError> {
     let cf = storage.cf(CF_QUEUE);
@@ -226,15 +236,16 @@ pub(crate) fn copy_out_of_log(
     let start = queue_key(group, QueueKind::BodyInLog, from);
     let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(end);
-    let mut copies = BodyCopies { copies: Vec::new(), next: from };
+    let mut copies = BodyCopies { copies: Vec::new(), next: from, first_kept: None };
     let mut reader = FromLog::new(storage, group);
     for item in storage.db().iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
         let (key, value) = item?;
         let offset = queue_offset(&key).ok_or(StorageError::MalformedKey { cf: CF_QUEUE })?;
         let (at, message) = decode_in_log(&value)?;
-        if at.index > through {
+        if through.is_none_or(|through| at.index > through) {
             // Offsets rise with log indexes: every later record is in a later entry.
             copies.next = offset;
+            copies.first_kept = Some(at.index);
             break;
         }
         let message = reader.resolve(at, message, &ReadOptions::default())?;

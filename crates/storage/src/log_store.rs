@@ -386,10 +386,12 @@ impl LogStore {
             self.cache.release_through(log_id.index());
             return Ok(());
         };
-        // A queue group: openraft sees the log purged through `log_id`; the
-        // entries go once they are old enough, the bodies still stored in
-        // them copied out in the same write (see `crate::log_bodies`).
-        let (through, copy_from) = {
+        // A queue group: openraft sees the log purged through `log_id`. The
+        // entries before the first one that still holds a stored message's
+        // body go at once; the rest once they are old enough, the bodies
+        // still stored in them copied out in the same write (see
+        // `crate::log_bodies`).
+        let (old_through, copy_from) = {
             let bodies = bodies.lock().expect("log bodies lock poisoned");
             let through = if beyond_log {
                 Some(log_id.index())
@@ -400,13 +402,16 @@ impl LogStore {
             // body of it to copy.
             (through, bodies.copy_from.max(self.cache.body_moves().first_stored()))
         };
-        let copies =
-            through.map(|through| copy_out_of_log(&self.storage, self.group, through, copy_from)).transpose()?;
-        let copied_to = copies.as_ref().map_or(copy_from, |copies| copies.next);
+        let copies = copy_out_of_log(&self.storage, self.group, old_through, copy_from)?;
+        let copied_to = copies.next;
+        let through = match copies.first_kept {
+            Some(kept) => kept.checked_sub(1).map(|before| before.min(log_id.index())),
+            None => Some(log_id.index()),
+        };
         {
             let _moves = self.cache.body_moves().hold();
-            if let (Some(through), Some(copies)) = (through, copies) {
-                copies.write_into(&self.storage, &mut batch)?;
+            copies.write_into(&self.storage, &mut batch)?;
+            if let Some(through) = through {
                 batch.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, through + 1));
             }
             self.storage.db().write_opt(batch, &write.options()).map_err(StorageError::from)?;

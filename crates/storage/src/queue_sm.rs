@@ -924,7 +924,7 @@ mod tests {
         apply(&mut sm, log.try_get_log_entries(1..=1).await.unwrap()).await;
         assert_eq!(storage.body_writes().left_in_log(), 2);
 
-        let copies = crate::log_bodies::copy_out_of_log(&storage, GROUP, 1, Offset(0)).unwrap();
+        let copies = crate::log_bodies::copy_out_of_log(&storage, GROUP, Some(1), Offset(0)).unwrap();
         assert_eq!(copies.next, Offset(2), "both read");
         let purge = RaftRequest::Queue(QueueRequest { now: TimestampMs(2), command: QueueCommand::Purge });
         let purge = openraft::alias::EntryOf::<TypeConfig>::new(

@@ -318,8 +318,9 @@ fn bodies_of(sm: &QueueStateMachine, offsets: std::ops::Range<u64>) -> Vec<Vec<u
 /// leader encoded it or as a follower received it), the reads find them
 /// there, a snapshot carries them, and the purge that deletes the entry
 /// copies out first the bodies still stored, none that were deleted. Entries
-/// stay until `KEEP_IN_LOG` after their append, though openraft sees them
-/// purged at once.
+/// that hold a stored message's body, and those after them, stay until
+/// `KEEP_IN_LOG` after their append, though openraft sees them purged at
+/// once; those before go at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     let dir = TempDir::new().unwrap();
@@ -368,13 +369,20 @@ async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     assert_eq!(storage.body_writes().left_in_log(), 6);
     let kept = vec![large(5), large(6)];
     assert_eq!(bodies_of(&sm, 0..7), kept);
+    // Entries before the first one holding a stored message's body go at
+    // once, however recent: 3 and 4 with 1 and 2, not 5.
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
+    let raft_log = storage.db().cf_handle("raft_log").unwrap();
+    let left = || storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
+    assert_eq!(left(), 1, "entries 1-4 deleted, 5 kept");
+    assert_eq!(storage.body_writes().copied_out_of_log(), 0);
+    assert_eq!(bodies_of(&sm, 0..7), kept);
     tokio::time::sleep(KEEP_IN_LOG).await;
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
     assert_eq!(storage.body_writes().copied_out_of_log(), 2, "only the bodies still stored");
-    let raft_log = storage.db().cf_handle("raft_log").unwrap();
-    let left = storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
-    assert_eq!(left, 0, "every entry deleted");
+    assert_eq!(left(), 0, "every entry deleted");
     assert_eq!(bodies_of(&sm, 0..7), kept);
 
     // The copies are what a restart reads (with a flush: the writes were unlogged).
