@@ -13,8 +13,10 @@ pub enum Change {
     /// The subscription is done with the message.
     DeleteDelivery { subscription: SubscriptionId, offset: Offset },
     /// Drop a message's body, info and correlation id (its delivery records
-    /// are gone already).
-    DeleteMessage(Offset),
+    /// are gone already). `size` is its info's (body plus headers, so the
+    /// body is no longer), and `correlated` whether it has a correlation id:
+    /// storage deletes only the records such a message can have.
+    DeleteMessage { offset: Offset, size: u64, correlated: bool },
     /// Drop every message of the queue and every delivery record (purge).
     DeleteAllMessages,
     /// Drop every delivery record of one subscription (delete, seek).

@@ -238,10 +238,12 @@ impl Table {
         if let Some(at) = entry.info.expires_at {
             self.expiring.remove(&(at, offset));
         }
-        if let Some(id) = self.correlation_of.remove(&offset) {
+        let correlation = self.correlation_of.remove(&offset);
+        let correlated = correlation.is_some();
+        if let Some(id) = correlation {
             self.by_correlation.remove(&(id, offset));
         }
-        changes.push(Change::DeleteMessage(offset));
+        changes.push(Change::DeleteMessage { offset, size: entry.info.size, correlated });
     }
 
     /// Offsets of stored messages carrying `id`, lowest first.

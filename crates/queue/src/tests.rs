@@ -94,7 +94,10 @@ impl Harness {
                 Change::DeleteDelivery { subscription, offset } => {
                     assert!(self.stored_deliveries.remove(&(subscription, offset)).is_some(), "deleted twice");
                 }
-                Change::DeleteMessage(offset) => {
+                Change::DeleteMessage { offset, size, correlated } => {
+                    // Storage deletes only the records these say exist.
+                    assert_eq!(self.stored_infos.get(&offset).map(|info| info.size), Some(size), "size of {offset}");
+                    assert_eq!(self.stored_correlations.contains_key(&offset), correlated, "correlation of {offset}");
                     assert!(
                         !self.stored_deliveries.keys().any(|(_, o)| *o == offset),
                         "message {offset} deleted while a subscription holds it"

@@ -131,7 +131,7 @@ impl BodyCache {
         for change in changes {
             match change {
                 Change::PutMessage { message, .. } => bodies.insert(message),
-                Change::DeleteMessage(offset) => {
+                Change::DeleteMessage { offset, .. } => {
                     bodies.remove(*offset);
                 }
                 Change::DeleteAllMessages => bodies.clear(),
@@ -229,7 +229,12 @@ mod tests {
     fn deleted_messages_are_forgotten() {
         let cache = BodyCaches::default().group();
         cache.take(&[]);
-        cache.written(&[put(0, 10), put(1, 10), put(2, 10), Change::DeleteMessage(Offset(1))]);
+        cache.written(&[
+            put(0, 10),
+            put(1, 10),
+            put(2, 10),
+            Change::DeleteMessage { offset: Offset(1), size: 10, correlated: false },
+        ]);
         assert_eq!(offsets(&cache.take(&[Offset(1)])), [None]);
         cache.written(&[Change::DeleteAllMessages]);
         assert_eq!(offsets(&cache.take(&[Offset(0), Offset(2)])), [None, None]);

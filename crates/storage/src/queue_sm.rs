@@ -37,7 +37,7 @@ use crate::keys::{
     CF_QUEUE, GROUP_PREFIX_LEN, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key,
     queue_key, queue_kind_range, queue_offset, subscription_range,
 };
-use crate::log_bodies::{FromLog, LogBody, encode_in_log};
+use crate::log_bodies::{BODY_IN_LOG_MIN_BYTES, FromLog, LogBody, encode_in_log};
 use crate::log_cache::LogCache;
 use crate::sm_meta::{
     ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
@@ -184,10 +184,19 @@ impl QueueStateMachine {
                 Change::DeleteDelivery { subscription, offset } => {
                     batch.delete_cf(cf, delivery_key(self.group, *subscription, *offset))
                 }
-                Change::DeleteMessage(offset) => {
-                    for kind in [QueueKind::Body, QueueKind::BodyInLog, QueueKind::MessageInfo, QueueKind::Correlation]
-                    {
-                        batch.delete_cf(cf, queue_key(self.group, kind, *offset));
+                Change::DeleteMessage { offset, size, correlated } => {
+                    // Each deletion is a memtable insert and a tombstone to
+                    // flush and compact away: only the records the message
+                    // can have. A body shorter than `BODY_IN_LOG_MIN_BYTES`
+                    // is never left in the log; a longer one may be either.
+                    let in_log = *size >= BODY_IN_LOG_MIN_BYTES as u64;
+                    batch.delete_cf(cf, queue_key(self.group, QueueKind::Body, *offset));
+                    if in_log {
+                        batch.delete_cf(cf, queue_key(self.group, QueueKind::BodyInLog, *offset));
+                    }
+                    batch.delete_cf(cf, queue_key(self.group, QueueKind::MessageInfo, *offset));
+                    if *correlated {
+                        batch.delete_cf(cf, queue_key(self.group, QueueKind::Correlation, *offset));
                     }
                 }
                 Change::DeleteAllMessages => {
@@ -941,6 +950,72 @@ mod tests {
         assert!(batch.is_empty(), "deleted messages copied back");
         assert_eq!(storage.body_writes().copied_out_of_log(), 0);
         assert!(sm.reader().read_messages(&[Offset(0), Offset(1)]).unwrap().is_empty());
+    }
+
+    /// An acknowledged message leaves no record behind, though its deletion
+    /// writes only the deletions such a message can need: a body shorter
+    /// than `BODY_IN_LOG_MIN_BYTES` is never left in the log, and only a
+    /// message with a correlation id has that record.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_acknowledged_message_leaves_no_record_behind() {
+        use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+        use openraft::type_config::TypeConfigExt;
+
+        let dir = TempDir::new().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut log = crate::LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        let large = "x".repeat(crate::BODY_IN_LOG_MIN_BYTES);
+        let messages = vec![
+            NewMessage { body: "short".into(), ..Default::default() },
+            NewMessage { body: large.into(), ..Default::default() },
+            NewMessage { body: "reply".into(), correlation_id: Some("c".into()), ..Default::default() },
+        ];
+        let lease = QueueCommand::Lease {
+            subscription: raftmq_types::SubscriptionName::default_subscription(),
+            max_messages: 3,
+            max_bytes: 0,
+            visibility_timeout_ms: 60_000,
+            policy: Default::default(),
+            correlation_id: None,
+        };
+        let receipts = (0..3).map(|o| raftmq_types::Receipt::new(Offset(o), 2)).collect();
+        let commands = [
+            QueueCommand::Produce { messages, dedup_window_ms: 0, limits: Default::default() },
+            lease,
+            QueueCommand::Ack { receipts, retention: Default::default() },
+        ];
+        let records = |kind: QueueKind| {
+            let (start, end) = queue_kind_range(GROUP, kind);
+            let mut options = rocksdb::ReadOptions::default();
+            options.set_iterate_upper_bound(end);
+            let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
+            storage.db().iterator_cf_opt(storage.cf(CF_QUEUE), options, mode).count()
+        };
+        let kinds = [
+            QueueKind::Body,
+            QueueKind::BodyInLog,
+            QueueKind::MessageInfo,
+            QueueKind::Correlation,
+            QueueKind::Delivery,
+        ];
+        let mut counts = Vec::new();
+        for (i, command) in commands.into_iter().enumerate() {
+            let index = i as u64 + 1;
+            let request = RaftRequest::Queue(QueueRequest { now: TimestampMs(index), command });
+            let entry = openraft::alias::EntryOf::<TypeConfig>::new(
+                openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                EntryPayload::Normal(request),
+            );
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+            apply(&mut sm, log.try_get_log_entries(index..=index).await.unwrap()).await;
+            counts.push(kinds.map(records));
+        }
+        assert_eq!(counts[0], [2, 1, 3, 1, 3], "stored, each held by the default subscription");
+        assert_eq!(counts[1], [2, 1, 3, 1, 3], "leased");
+        assert_eq!(counts[2], [0, 0, 0, 0, 0], "acknowledged");
     }
 
     /// Whatever arrives, reading frames ends with the records or an error,
