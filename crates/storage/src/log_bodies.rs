@@ -51,6 +51,12 @@ pub const BODY_IN_LOG_MIN_BYTES: usize = 512;
 /// load for this delay) and is written out at a flush.
 pub const KEEP_IN_LOG: Duration = Duration::from_millis(500);
 
+/// Whether a body of `len` bytes is long enough to be left in its log
+/// entry: the one test of [`BODY_IN_LOG_MIN_BYTES`].
+pub(crate) fn long_enough_for_log(len: u64) -> bool {
+    len >= BODY_IN_LOG_MIN_BYTES as u64
+}
+
 /// Where a body lies in the value of its log entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LogBody {
@@ -63,7 +69,7 @@ impl LogBody {
     /// `body`'s place in `encoded`, the value of log entry `index`, if it is
     /// a slice of it (and long enough to be worth leaving there).
     pub fn locate(index: u64, encoded: &Bytes, body: &Bytes) -> Option<LogBody> {
-        if body.len() < BODY_IN_LOG_MIN_BYTES {
+        if !long_enough_for_log(body.len() as u64) {
             return None;
         }
         let base = encoded.as_ptr() as usize;

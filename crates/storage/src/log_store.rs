@@ -30,7 +30,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use crate::db::sized_batch;
 use crate::error::{decode, decode_shared, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
-use crate::log_bodies::{BODY_IN_LOG_MIN_BYTES, KEEP_IN_LOG, copy_out_of_log};
+use crate::log_bodies::{KEEP_IN_LOG, copy_out_of_log, long_enough_for_log};
 use crate::log_cache::LogCache;
 use crate::log_growth::{LogGrowth, SnapshotDue};
 use crate::sm_meta::ApplyWrite;
@@ -203,12 +203,12 @@ impl LogStore {
 }
 
 /// Whether applying `request` stores a body that apply leaves in the log
-/// (one of [`BODY_IN_LOG_MIN_BYTES`] or more).
+/// (one of [`crate::BODY_IN_LOG_MIN_BYTES`] or more).
 fn carries_bodies(request: &RaftRequest) -> bool {
     fn produces(command: &QueueCommand) -> bool {
         match command {
             QueueCommand::Produce { messages, .. } => {
-                messages.iter().any(|message| message.body.len() >= BODY_IN_LOG_MIN_BYTES)
+                messages.iter().any(|message| long_enough_for_log(message.body.len() as u64))
             }
             QueueCommand::Batch(commands) => commands.iter().any(produces),
             _ => false,

@@ -37,7 +37,7 @@ use crate::keys::{
     CF_QUEUE, GROUP_PREFIX_LEN, QueueKind, delivery_key, delivery_key_parts, group_range, installed_snapshot_key,
     queue_key, queue_kind_range, queue_offset, subscription_range,
 };
-use crate::log_bodies::{BODY_IN_LOG_MIN_BYTES, FromLog, LogBody, encode_in_log};
+use crate::log_bodies::{FromLog, LogBody, encode_in_log, long_enough_for_log};
 use crate::log_cache::LogCache;
 use crate::sm_meta::{
     ApplyWrite, LogId, Membership, Snapshot, SnapshotMeta, apply_entries, put_applied_state, put_snapshot,
@@ -189,9 +189,8 @@ impl QueueStateMachine {
                     // flush and compact away: only the records the message
                     // can have. A body shorter than `BODY_IN_LOG_MIN_BYTES`
                     // is never left in the log; a longer one may be either.
-                    let in_log = *size >= BODY_IN_LOG_MIN_BYTES as u64;
                     batch.delete_cf(cf, queue_key(self.group, QueueKind::Body, *offset));
-                    if in_log {
+                    if long_enough_for_log(*size) {
                         batch.delete_cf(cf, queue_key(self.group, QueueKind::BodyInLog, *offset));
                     }
                     batch.delete_cf(cf, queue_key(self.group, QueueKind::MessageInfo, *offset));
@@ -875,6 +874,31 @@ mod tests {
         sm.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.expect("apply");
     }
 
+    /// A queue group's log store and state machine on a fresh database.
+    async fn log_and_state(dir: &TempDir) -> (Storage, crate::LogStore, QueueStateMachine) {
+        let storage = Storage::open(dir.path()).unwrap();
+        let log = crate::LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+        let sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        (storage, log, sm)
+    }
+
+    /// Appends `entry` and applies it as read back from the log store, as
+    /// openraft does: a leader's bodies are then slices of what it wrote.
+    async fn append_and_apply(
+        log: &mut crate::LogStore,
+        sm: &mut QueueStateMachine,
+        entry: openraft::alias::EntryOf<TypeConfig>,
+    ) {
+        use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+        use openraft::type_config::TypeConfigExt;
+
+        let index = entry.index();
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        apply(sm, log.try_get_log_entries(index..=index).await.unwrap()).await;
+    }
+
     /// A crash after the SST with the snapshot's data was ingested but before
     /// the applied position was written: the next open sets the position to
     /// the snapshot's, so the log is not applied a second time over its data.
@@ -919,18 +943,10 @@ mod tests {
     /// stored.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_purge_does_not_copy_back_a_message_deleted_after_it_read_it() {
-        use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
-        use openraft::type_config::TypeConfigExt;
-
         let dir = TempDir::new().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
-        let mut log = crate::LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        let (storage, mut log, mut sm) = log_and_state(&dir).await;
         let large = "x".repeat(crate::BODY_IN_LOG_MIN_BYTES);
-        let (tx, rx) = TypeConfig::oneshot();
-        log.append(vec![produce(1, 1, &[&large, &large])], IOFlushed::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
-        apply(&mut sm, log.try_get_log_entries(1..=1).await.unwrap()).await;
+        append_and_apply(&mut log, &mut sm, produce(1, 1, &[&large, &large])).await;
         assert_eq!(storage.body_writes().left_in_log(), 2);
 
         // Nothing old enough to copy: the walk stops at the first record and
@@ -958,13 +974,8 @@ mod tests {
     /// message with a correlation id has that record.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_acknowledged_message_leaves_no_record_behind() {
-        use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
-        use openraft::type_config::TypeConfigExt;
-
         let dir = TempDir::new().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
-        let mut log = crate::LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-        let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+        let (storage, mut log, mut sm) = log_and_state(&dir).await;
         let large = "x".repeat(crate::BODY_IN_LOG_MIN_BYTES);
         let messages = vec![
             NewMessage { body: "short".into(), ..Default::default() },
@@ -1007,10 +1018,7 @@ mod tests {
                 openraft::testing::log_id::<TypeConfig>(1, 1, index),
                 EntryPayload::Normal(request),
             );
-            let (tx, rx) = TypeConfig::oneshot();
-            log.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
-            rx.await.unwrap().unwrap();
-            apply(&mut sm, log.try_get_log_entries(index..=index).await.unwrap()).await;
+            append_and_apply(&mut log, &mut sm, entry).await;
             counts.push(kinds.map(records));
         }
         assert_eq!(counts[0], [2, 1, 3, 1, 3], "stored, each held by the default subscription");
