@@ -88,6 +88,7 @@ impl Client {
                             .tcp_nodelay(true)
                             .initial_stream_window_size(raftmq_proto::HTTP2_STREAM_WINDOW)
                             .initial_connection_window_size(raftmq_proto::HTTP2_CONNECTION_WINDOW)
+                            .max_frame_size(raftmq_proto::HTTP2_MAX_FRAME_SIZE)
                             .http2_keep_alive_interval(Duration::from_secs(10))
                             .connect_lazy()
                     })

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftmq_proto::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
+use raftmq_proto::{HTTP2_CONNECTION_WINDOW, HTTP2_MAX_FRAME_SIZE, HTTP2_STREAM_WINDOW};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
@@ -67,6 +67,7 @@ impl PeerChannels {
             // default 64 KiB windows would make each wait for window updates.
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_frame_size(HTTP2_MAX_FRAME_SIZE)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);

@@ -102,6 +102,7 @@ pub async fn run_with_listener(
         .tcp_nodelay(true)
         .initial_stream_window_size(raftmq_proto::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(raftmq_proto::HTTP2_CONNECTION_WINDOW)
+        .max_frame_size(raftmq_proto::HTTP2_MAX_FRAME_SIZE)
         // A peer holds a replication stream open per group it leads and
         // this node follows: the bound is stated, far above that.
         .max_concurrent_streams(raftmq_raft::peers::MAX_STREAMS_PER_CONNECTION)
