@@ -257,7 +257,9 @@ ensure_raftmq() {
 
 RAFTMQ_ENDPOINTS="127.0.0.1:$RAFTMQ_BASE_PORT,127.0.0.1:$((RAFTMQ_BASE_PORT + 1)),127.0.0.1:$((RAFTMQ_BASE_PORT + 2))"
 
-# Like `raftmq dev`: three `raftmq server` processes, each with its own data dir.
+# Like `raftmq dev`: three `raftmq server` processes, each with its own data
+# dir and, as `raftmq dev` gives them, a third of the cores (at least one).
+RAFTMQ_WORKERS=$(( $(nproc) / 3 )); [ "$RAFTMQ_WORKERS" -ge 1 ] || RAFTMQ_WORKERS=1
 start_raftmq() {
     local dir="$WORK/raftmq" peers="" i
     ports_free "$RAFTMQ_BASE_PORT" $((RAFTMQ_BASE_PORT + 1)) $((RAFTMQ_BASE_PORT + 2)) || return 1
@@ -265,7 +267,8 @@ start_raftmq() {
     for i in 1 2 3; do peers+="${peers:+,}$i=127.0.0.1:$((RAFTMQ_BASE_PORT + i - 1))"; done
     for i in 1 2 3; do
         LOG_FILE="$WORK/logs/raftmq-node-$i.log" spawn "$RAFTMQ_BIN" server --node-id "$i" \
-            --listen-addr "127.0.0.1:$((RAFTMQ_BASE_PORT + i - 1))" --peers "$peers" --data-dir "$dir/node-$i"
+            --listen-addr "127.0.0.1:$((RAFTMQ_BASE_PORT + i - 1))" --peers "$peers" --data-dir "$dir/node-$i" \
+            --worker-threads "$RAFTMQ_WORKERS"
     done
     # Ready when the meta group has a leader: a queue can be created.
     wait_for 90 timeout 10 "$RAFTMQ_BIN" queue create compare-ready --endpoints "$RAFTMQ_ENDPOINTS" \

@@ -3,7 +3,9 @@
 //! code 0, and a second `raftmq dev` on the same data directory has the
 //! first one's queue and messages. A third, whose standard output is a pipe
 //! nobody reads (`raftmq dev | head -1`), still runs and stops its nodes.
-//! `--memtable-budget-mib` reaches every node.
+//! `--memtable-budget-mib` reaches every node, and so do the runtime
+//! threads: a third of the machine's cores each by default, or
+//! `--worker-threads`.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -48,13 +50,13 @@ struct Dev {
 }
 
 impl Dev {
-    fn start(data_dir: &std::path::Path, base_port: u16) -> Dev {
-        Dev::start_with_stdout(data_dir, base_port, Stdio::piped())
+    fn start(data_dir: &std::path::Path, base_port: u16, args: &[&str]) -> Dev {
+        Dev::start_with_stdout(data_dir, base_port, Stdio::piped(), args)
     }
 
-    fn start_with_stdout(data_dir: &std::path::Path, base_port: u16, stdout: Stdio) -> Dev {
+    fn start_with_stdout(data_dir: &std::path::Path, base_port: u16, stdout: Stdio, args: &[&str]) -> Dev {
         let mut command = raftmq_command(["dev", "--base-port", &base_port.to_string()]);
-        command.args(["--memtable-budget-mib", &DEV_BUDGET_MIB.to_string()]);
+        command.args(["--memtable-budget-mib", &DEV_BUDGET_MIB.to_string()]).args(args);
         command.arg("--data-dir").arg(data_dir).stdout(stdout).stderr(Stdio::inherit());
         let mut child = command.spawn().expect("start raftmq dev");
         let (tx, lines) = mpsc::channel();
@@ -129,6 +131,19 @@ impl Drop for Dev {
     }
 }
 
+/// Each node's runtime threads, as `cluster status` asked of that node says.
+async fn runtime_threads(base: u16) -> Vec<usize> {
+    let mut threads = Vec::new();
+    for node in 0..3 {
+        let status = raftmq_cli(&format!("127.0.0.1:{}", base + node), &["cluster", "status"], None).await;
+        let out = &status.assert_success().stdout;
+        assert!(out.starts_with(&format!("answered by node {}", node + 1)), "{status}");
+        let count = out.split(" runtime threads").next().and_then(|s| s.rsplit(' ').next()?.parse().ok());
+        threads.push(count.unwrap_or_else(|| panic!("no runtime threads in {status}")));
+    }
+    threads
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_cluster_serves_keeps_data_and_stops() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -136,8 +151,12 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
     let base = free_base_port();
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
 
-    let mut dev = Dev::start(&data_dir, base);
+    let mut dev = Dev::start(&data_dir, base, &[]);
     dev.wait_up();
+    // The three nodes share the machine's cores: a third each, at least one.
+    let cores = std::thread::available_parallelism().expect("count the cores").get();
+    assert_eq!(runtime_threads(base).await, vec![(cores / 3).max(1); 3], "{cores} cores");
+    assert!(dev.printed.iter().any(|l| l.contains("runtime thread(s) each")), "{:?}", dev.printed);
     // Every node took the memtable budget given to raftmq dev (75-100% of it).
     for node in 1..=3 {
         let db = data_dir.join(format!("node-{node}")).join("db");
@@ -158,8 +177,9 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
     assert!(ports_free(base), "a node still holds its port after raftmq dev stopped");
 
     // Its data stays: a second start serves the same queue and messages.
-    let mut dev = Dev::start(&data_dir, base);
+    let mut dev = Dev::start(&data_dir, base, &["--worker-threads", "3"]);
     dev.wait_up();
+    assert_eq!(runtime_threads(base).await, vec![3; 3], "--worker-threads reaches every node");
     let peek = raftmq_cli(&endpoints, &["peek", QUEUE, "--json"], None).await;
     let out = &peek.assert_success().stdout;
     assert!(out.contains("one") && out.contains("two"), "peek after a restart of raftmq dev: {peek}");
@@ -173,7 +193,7 @@ async fn dev_cluster_serves_keeps_data_and_stops() {
     // CLI gets an answer.
     let (reader, writer) = std::io::pipe().expect("make a pipe");
     drop(reader);
-    let mut dev = Dev::start_with_stdout(&data_dir, base, Stdio::from(writer));
+    let mut dev = Dev::start_with_stdout(&data_dir, base, Stdio::from(writer), &[]);
     let deadline = Instant::now() + UP_TIMEOUT;
     loop {
         assert!(

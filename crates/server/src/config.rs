@@ -87,6 +87,13 @@ pub struct ServerConfig {
     pub storage: StorageTuning,
     /// tracing filter, e.g. "info" or "raftmq_server=debug,info".
     pub log: String,
+    /// Threads of the node's async runtime, which run its gRPC service, Raft
+    /// groups and storage writes. Unset: one per core. Nodes that share a
+    /// machine do best with a share of its cores each (`raftmq dev` gives
+    /// each of its three a third, at least one): more threads than cores only
+    /// add wake-ups and thread switches (docs/performance.md).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Values from command-line flags; they win over everything else.
@@ -98,6 +105,7 @@ pub struct ConfigOverrides {
     pub data_dir: Option<PathBuf>,
     pub peers: Option<Vec<PeerConfig>>,
     pub memtable_budget_mib: Option<u64>,
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +153,7 @@ const ENV_SETTINGS: &[&str] = &[
     "raft__election_timeout_max_ms",
     "raft__quiet_idle_groups",
     "storage__memtable_budget_mib",
+    "worker_threads",
 ];
 
 /// The defaults, expressed as a partial document so that required settings
@@ -158,6 +167,9 @@ struct Defaults {
 }
 
 impl ServerConfig {
+    /// More runtime threads than any machine this runs on has cores.
+    pub const MAX_WORKER_THREADS: usize = 1024;
+
     pub fn load(path: Option<&Path>, overrides: ConfigOverrides) -> Result<ServerConfig, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Defaults {
             listen_addr: "127.0.0.1:7001".into(),
@@ -198,6 +210,9 @@ impl ServerConfig {
         }
         if let Some(v) = overrides.memtable_budget_mib {
             figment = figment.merge(Serialized::default("storage.memtable_budget_mib", v));
+        }
+        if let Some(v) = overrides.worker_threads {
+            figment = figment.merge(Serialized::default("worker_threads", v));
         }
         // data_dir defaults from node_id, so it is filled in after the rest.
         if figment.find_value("data_dir").is_err()
@@ -270,6 +285,14 @@ impl ServerConfig {
             return Err(setting(
                 "storage.memtable_budget_mib",
                 format!("{budget} is not between {min} and {max}; the budget is in MiB (512 by default)"),
+            ));
+        }
+        if let Some(threads) = self.worker_threads
+            && !(1..=Self::MAX_WORKER_THREADS).contains(&threads)
+        {
+            return Err(setting(
+                "worker_threads",
+                format!("{threads} is not between 1 and {}; leave it unset for one per core", Self::MAX_WORKER_THREADS),
             ));
         }
         Ok(())
@@ -395,6 +418,25 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_from_file_environment_and_flag() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(load_str(GOOD).unwrap().worker_threads, None, "one per core unless set");
+            let in_file = format!("worker_threads = 3\n{GOOD}");
+            assert_eq!(load_str(&in_file).unwrap().worker_threads, Some(3));
+            jail.set_env("RAFTMQ_WORKER_THREADS", "2");
+            assert_eq!(load_str(&in_file).unwrap().worker_threads, Some(2));
+            let overrides = ConfigOverrides {
+                node_id: Some(3),
+                peers: Some(peers3()),
+                worker_threads: Some(1),
+                ..Default::default()
+            };
+            assert_eq!(ServerConfig::load(None, overrides).unwrap().worker_threads, Some(1));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn flags_alone_are_enough_and_data_dir_defaults_from_node_id() {
         figment::Jail::expect_with(|_| {
             let overrides = ConfigOverrides { node_id: Some(3), peers: Some(peers3()), ..Default::default() };
@@ -442,6 +484,12 @@ mod tests {
             let message = error_of(&format!("{GOOD}\n[storage]\nmemtable_budget_mib = {budget}\n"));
             assert!(message.contains("storage.memtable_budget_mib") && message.contains("in MiB"), "{message}");
         }
+        for threads in [0, 1025] {
+            let message = error_of(&format!("worker_threads = {threads}\n{GOOD}"));
+            assert!(message.contains("worker_threads") && message.contains("between 1 and 1024"), "{message}");
+        }
+        let negative = error_of(&format!("worker_threads = -1\n{GOOD}"));
+        assert!(negative.contains("worker_threads"), "{negative}");
         let unknown_storage = error_of(&format!("{GOOD}\n[storage]\nblock_cache_mib = 1\n"));
         assert!(unknown_storage.contains("block_cache_mib"), "{unknown_storage}");
     }

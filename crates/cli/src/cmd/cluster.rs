@@ -16,10 +16,11 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
         ClusterCommand::Status => {
             let status = client.cluster_status().await?;
             outln!(
-                "answered by node {} (cpu {:.1} s since start, {} MiB resident)",
+                "answered by node {} (cpu {:.1} s since start, {} MiB resident, {} runtime threads)",
                 status.node_id,
                 status.process_cpu_micros as f64 / 1e6,
-                status.process_rss_bytes / (1024 * 1024)
+                status.process_rss_bytes / (1024 * 1024),
+                status.worker_threads
             );
             outln!("{:<6} {:<24} reachable", "node", "address");
             for node in &status.nodes {

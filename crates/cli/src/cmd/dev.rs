@@ -26,6 +26,17 @@ pub struct DevArgs {
     /// Memory for each node's RocksDB memtables in MiB (default 512).
     #[arg(long)]
     memtable_budget_mib: Option<u64>,
+    /// Runtime threads of each node (default: a third of this machine's
+    /// cores, at least one, as the three nodes share them).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
+}
+
+/// Each node's share of this machine's cores: three nodes with a runtime
+/// thread per core each would run three times as many threads as there are
+/// cores, and pay for it in wake-ups and thread switches.
+fn worker_threads_per_node() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / usize::from(NODES)).max(1))
 }
 
 struct Node {
@@ -54,6 +65,7 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
     let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let peers = peers.join(",");
     let exe = std::env::current_exe().context("find the raftmq executable")?;
+    let worker_threads = args.worker_threads.map_or_else(worker_threads_per_node, usize::from);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Listening for Ctrl-C and SIGTERM before any node starts: either would
@@ -71,6 +83,7 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
         let child = Command::new(&exe)
             .arg("server")
             .args(["--node-id", &id.to_string(), "--listen-addr", addr, "--peers", &peers])
+            .args(["--worker-threads", &worker_threads.to_string()])
             .arg("--data-dir")
             .arg(args.data_dir.join(format!("node-{id}")))
             .args(args.memtable_budget_mib.map(|mib| format!("--memtable-budget-mib={mib}")))
@@ -101,7 +114,10 @@ fn run_cluster(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    say(format_args!("raftmq dev cluster is up: three nodes, data in {}", args.data_dir.display()));
+    say(format_args!(
+        "raftmq dev cluster is up: three nodes of {worker_threads} runtime thread(s) each, data in {}",
+        args.data_dir.display()
+    ));
     for node in &nodes {
         say(format_args!("  node {}  {}  log: {}", node.id, node.addr, node.log.display()));
     }

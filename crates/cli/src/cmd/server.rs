@@ -26,6 +26,10 @@ pub struct ServerArgs {
     /// default 512): most of a loaded node's RSS.
     #[arg(long)]
     memtable_budget_mib: Option<u64>,
+    /// Threads of the node's async runtime (worker_threads; default one per
+    /// core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 pub fn run(args: ServerArgs) -> ExitCode {
@@ -43,6 +47,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
         data_dir: args.data_dir,
         peers,
         memtable_budget_mib: args.memtable_budget_mib,
+        worker_threads: args.worker_threads,
     };
     let config = match ServerConfig::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
@@ -58,7 +63,11 @@ pub fn run(args: ServerArgs) -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build().expect("start the tokio runtime");
     match runtime.block_on(raftmq_server::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

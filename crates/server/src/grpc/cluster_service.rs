@@ -56,6 +56,7 @@ fn status(manager: &GroupManager, nodes: Vec<NodeInfo>, groups: Vec<GroupStatus>
         bodies_copied_out_of_log: manager.storage().body_writes().copied_out_of_log(),
         process_cpu_micros: usage.cpu_micros,
         process_rss_bytes: usage.rss_bytes,
+        worker_threads: u32::try_from(tokio::runtime::Handle::current().metrics().num_workers()).unwrap_or(u32::MAX),
         stage_latencies: stages::serialized()
             .into_iter()
             .map(|(stage, histogram, count)| StageLatency { stage: stage.name().to_string(), histogram, count })
