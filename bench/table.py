@@ -179,6 +179,11 @@ def main():
                    "connects to the RabbitMQ node that declared the quorum queue (leader locator client-local), "
                    "and for NATS its producers to the stream leader's server, its consumers to the consumer "
                    "leader's server.")
+    if meta.get("raftmq_threads"):
+        peer = meta.get("peer_threads", "default")
+        out.append(f"- runtime threads per node: raftmq {meta['raftmq_threads']} (a third of the cores, as "
+                   f"`raftmq dev` gives each node); RabbitMQ schedulers and NATS GOMAXPROCS "
+                   + ("their defaults (one per core)." if peer == "default" else f"{peer} (PEER_THREADS)."))
     if flagged:
         out.append("- a flagged cell's medians are over the runs that printed a summary; see the JSON lines.")
     out.append("")
