@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use raftmq_client::Client;
+use raftmq_server::config::ServerConfig;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 const NODES: u16 = 3;
@@ -28,7 +29,7 @@ pub struct DevArgs {
     memtable_budget_mib: Option<u64>,
     /// Runtime threads of each node (default: a third of this machine's
     /// cores, at least one, as the three nodes share them).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=ServerConfig::MAX_WORKER_THREADS as i64))]
     worker_threads: Option<u16>,
 }
 
