@@ -8,34 +8,29 @@
 use std::time::Duration;
 
 use raftmq_cluster_tests::{
-    READY_TIMEOUT, TestCluster, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
+    CommandOutput, READY_TIMEOUT, TestCluster, poll_until, raftmq_command, retry_unavailable, run_with_timeout,
 };
 use tonic::Code;
+
+/// `raftmq bench --endpoints <endpoints> <args>` (`args` as on a command
+/// line, split at spaces), within a minute: its output, once it succeeded.
+async fn bench(endpoints: &str, args: &str) -> CommandOutput {
+    let command = raftmq_command(["bench", "--endpoints", endpoints].into_iter().chain(args.split_whitespace()));
+    let output = run_with_timeout(command, None, Duration::from_secs(60)).await;
+    output.assert_success();
+    output
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_against_cluster() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_ready(READY_TIMEOUT).await;
     let endpoints = cluster.endpoints();
-    let args = [
-        "bench",
-        "--endpoints",
+    let output = bench(
         &endpoints,
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--batch",
-        "16",
-        "--message-size",
-        "1024",
-        "--duration-secs",
-        "2",
-        "--drain-secs",
-        "20",
-    ];
-    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
-    output.assert_success();
+        "--producers 2 --consumers 2 --batch 16 --message-size 1024 --duration-secs 2 --drain-secs 20",
+    )
+    .await;
     let summary = output.bench_summary();
     let produced = summary["produced"].as_u64().expect("produced count");
     assert!(produced > 0, "nothing produced: {summary}");
@@ -111,27 +106,11 @@ async fn bench_runs_against_cluster() {
     // 8 MiB of log after which a queue group snapshots and purges its log
     // (`raftmq_storage::SNAPSHOT_EVERY_BYTES`), on every node. Each purge
     // holds its queue up while it runs, so each is timed on every node.
-    let args = [
-        "bench",
-        "--endpoints",
+    let output = bench(
         &endpoints,
-        "--queue",
-        "large",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--batch",
-        "16",
-        "--message-size",
-        "65536",
-        "--count",
-        "640",
-        "--drain-secs",
-        "20",
-    ];
-    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
-    output.assert_success();
+        "--queue large --producers 2 --consumers 2 --batch 16 --message-size 65536 --count 640 --drain-secs 20",
+    )
+    .await;
     let summary = output.bench_summary();
     assert_eq!((summary["produced"].as_u64(), summary["consumed"].as_u64()), (Some(640), Some(640)), "{summary}");
     let stages = summary["stages_ms"].as_array().expect("stages_ms");
@@ -153,31 +132,7 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     let endpoints = cluster.endpoints();
     // 3000 messages at 2000 msg/s take 1.5 s, well before --duration-secs.
     // Unpaced, two producers of 50 messages per call go several times faster.
-    let args = [
-        "bench",
-        "--endpoints",
-        &endpoints,
-        "--queues",
-        "2",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--batch",
-        "50",
-        "--message-size",
-        "256",
-        "--rate",
-        "2000",
-        "--count",
-        "3000",
-        "--duration-secs",
-        "10",
-        "--drain-secs",
-        "20",
-    ];
-    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
-    output.assert_success();
+    let output = bench(&endpoints, "--queues 2 --producers 2 --consumers 2 --batch 50 --message-size 256 --rate 2000 --count 3000 --duration-secs 10 --drain-secs 20").await;
     let summary = output.bench_summary();
     assert_eq!(
         (summary["queues"].as_u64(), summary["rate"].as_u64(), summary["count"].as_u64()),
@@ -214,23 +169,7 @@ async fn bench_paces_a_counted_run_over_two_queues() {
 
     // --consumers 0 fills a backlog: it produces the count, consumes nothing
     // and does not wait for a drain.
-    let args = [
-        "bench",
-        "--endpoints",
-        &endpoints,
-        "--queue",
-        "backlog",
-        "--producers",
-        "1",
-        "--consumers",
-        "0",
-        "--batch",
-        "50",
-        "--count",
-        "500",
-    ];
-    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
-    output.assert_success();
+    let output = bench(&endpoints, "--queue backlog --producers 1 --consumers 0 --batch 50 --count 500").await;
     let summary = output.bench_summary();
     assert_eq!((summary["produced"].as_u64(), summary["consumed"].as_u64()), (Some(500), Some(0)), "{summary}");
     let depth = poll_until(Duration::from_secs(10), "the backlog holds 500 messages", async || {
@@ -244,24 +183,8 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     assert!(default_bodies.iter().all(|m| m.body.iter().all(|&b| b == b'x')), "by default every body is x repeated");
 
     // --random-bodies: random bytes, a different body for each message of a call.
-    let args = [
-        "bench",
-        "--endpoints",
-        &endpoints,
-        "--queue",
-        "random",
-        "--producers",
-        "1",
-        "--consumers",
-        "0",
-        "--batch",
-        "32",
-        "--count",
-        "32",
-        "--random-bodies",
-    ];
-    let output = run_with_timeout(raftmq_command(args), None, Duration::from_secs(60)).await;
-    output.assert_success();
+    let output =
+        bench(&endpoints, "--queue random --producers 1 --consumers 0 --batch 32 --count 32 --random-bodies").await;
     assert_eq!(output.bench_summary()["random_bodies"].as_bool(), Some(true));
     let messages = client.consume("random", 32, 5_000, 0).await.expect("consume the random bodies");
     assert_eq!(messages.len(), 32, "one call of 32 messages");
