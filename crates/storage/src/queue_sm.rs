@@ -996,13 +996,7 @@ mod tests {
             lease,
             QueueCommand::Ack { receipts, retention: Default::default() },
         ];
-        let records = |kind: QueueKind| {
-            let (start, end) = queue_kind_range(GROUP, kind);
-            let mut options = rocksdb::ReadOptions::default();
-            options.set_iterate_upper_bound(end);
-            let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
-            storage.db().iterator_cf_opt(storage.cf(CF_QUEUE), options, mode).count()
-        };
+        let records = |kind: QueueKind| read_kind(&storage, GROUP, kind, |_, _| Ok(())).unwrap().len();
         let kinds = [
             QueueKind::Body,
             QueueKind::BodyInLog,
