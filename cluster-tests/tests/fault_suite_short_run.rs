@@ -55,6 +55,7 @@ async fn fault_suite_short_run() {
         },
         out_dir: out.path().to_path_buf(),
         image: IMAGE.to_string(),
+        worker_threads: None,
     };
     println!("fault run with seed {seed} for {duration:?}; history in {}", out.path().display());
     let outcome = match run(&options).await {

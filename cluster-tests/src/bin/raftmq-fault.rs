@@ -3,6 +3,7 @@
 //! ```text
 //! raftmq-fault run --mode docker --duration 1h        # the long run
 //! raftmq-fault run --mode processes --duration 2m     # no containers, no partitions
+//! raftmq-fault run --mode processes --worker-threads 1 # nodes as `raftmq dev` runs them on 2 or 3 cores
 //! raftmq-fault check target/fault/<run>/history.jsonl # check a history again
 //! ```
 //!
@@ -65,6 +66,10 @@ enum Command {
         out: Option<PathBuf>,
         #[arg(long, env = "RAFTMQ_IMAGE", default_value = "raftmq:local")]
         image: String,
+        /// Runtime threads of each node (`raftmq server --worker-threads`);
+        /// the server's default, one per core, if absent. `--mode processes` only.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
     },
     /// Checks a history written by `run` and prints the report.
     Check { history: PathBuf },
@@ -85,7 +90,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { mode, duration, seed, faults, queues, producers, consumers, batch, rate, out, image } => {
+        Command::Run {
+            mode,
+            duration,
+            seed,
+            faults,
+            queues,
+            producers,
+            consumers,
+            batch,
+            rate,
+            out,
+            image,
+            worker_threads,
+        } => {
             let mode = match mode {
                 ModeArg::Processes => Mode::Processes,
                 ModeArg::Docker => Mode::Docker,
@@ -113,6 +131,7 @@ fn main() -> ExitCode {
                 },
                 out_dir: out.unwrap_or_else(|| PathBuf::from(format!("target/fault/{seed}"))),
                 image,
+                worker_threads: worker_threads.map(usize::from),
             };
             println!("fault run: seed {seed}, output in {}", options.out_dir.display());
             match runtime.block_on(run(&options)) {

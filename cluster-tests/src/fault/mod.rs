@@ -58,6 +58,10 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// The image for the docker mode.
     pub image: String,
+    /// Runtime threads of each node (`raftmq server --worker-threads`), in
+    /// the processes mode; `None` leaves the server's default, one per core.
+    /// The docker mode's nodes take theirs from `deploy/node*.toml`.
+    pub worker_threads: Option<usize>,
 }
 
 /// What a run produced: the checker's report and how the end went.
@@ -66,6 +70,8 @@ pub struct Outcome {
     /// Time from the end of the faults until every queue had been drained, if it was.
     pub drained_after: Option<Duration>,
     pub history: PathBuf,
+    /// Each node's runtime threads, as it reported them at the start.
+    pub runtime_threads: Vec<u32>,
 }
 
 impl Outcome {
@@ -80,10 +86,12 @@ impl Outcome {
             Some(d) => format!("drained {:.1} s after the last fault", d.as_secs_f64()),
             None => format!("NOT drained within {DRAIN_TIMEOUT:?}: the cluster did not recover"),
         };
+        let threads: Vec<String> = self.runtime_threads.iter().map(u32::to_string).collect();
         format!(
-            "seed {} · {:?} mode · {} of faults ({}) · queues {} · {} producers ({} msg × {}/s) · {} consumers · {}\n\n{}\n{}\n",
+            "seed {} · {:?} mode · runtime threads per node {} · {} of faults ({}) · queues {} · {} producers ({} msg × {}/s) · {} consumers · {}\n\n{}\n{}\n",
             options.seed,
             options.mode,
+            threads.join(", "),
             humantime::format_duration(options.duration),
             faults.join(", "),
             options.workload.queues.join(", "),
@@ -105,13 +113,21 @@ impl Outcome {
 /// Runs the workload and the nemesis for `options.duration`, heals, drains,
 /// and checks the history.
 pub async fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
+    if options.mode == Mode::Docker && options.worker_threads.is_some() {
+        bail!("--worker-threads needs --mode processes: the docker mode's nodes take theirs from deploy/node*.toml");
+    }
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
     let history_path = options.out_dir.join("history.jsonl");
     let history = History::create(&history_path).with_context(|| format!("create {}", history_path.display()))?;
 
     let mut backend = match options.mode {
         Mode::Processes => {
-            let mut cluster = TestCluster::start(3);
+            let threads = options.worker_threads.map(|n| n.to_string());
+            let args = match &threads {
+                Some(n) => vec!["--worker-threads", n.as_str()],
+                None => Vec::new(),
+            };
+            let mut cluster = TestCluster::start_with(3, &[], &args);
             cluster.wait_ready(READY_TIMEOUT).await;
             Backend::Processes(cluster)
         }
@@ -133,19 +149,26 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     if let Err(e) = backend.save_logs(&options.out_dir).await {
         eprintln!("could not save the node logs: {e:#}");
     }
-    let drained_after = result?;
+    let (drained_after, runtime_threads) = result?;
     drop(backend);
 
     let events = history::read(&history_path)?;
     let report = checker::check(&events);
-    let outcome = Outcome { report, drained_after, history: history_path };
+    let outcome = Outcome { report, drained_after, history: history_path, runtime_threads };
     std::fs::write(options.out_dir.join("report.md"), outcome.summary(options))?;
     Ok(outcome)
 }
 
-async fn drive(options: &RunOptions, backend: &mut Backend, history: &History) -> anyhow::Result<Option<Duration>> {
+/// Returns when the queues were drained after the faults (`None` if they
+/// were not), and each node's runtime threads.
+async fn drive(
+    options: &RunOptions,
+    backend: &mut Backend,
+    history: &History,
+) -> anyhow::Result<(Option<Duration>, Vec<u32>)> {
     let queues = &options.workload.queues;
-    wait_serving(backend, READY_TIMEOUT).await?;
+    let runtime_threads = wait_serving(backend, READY_TIMEOUT).await?;
+    println!("runtime threads per node: {runtime_threads:?}");
     for queue in queues {
         create_queue(backend, queue).await?;
     }
@@ -183,7 +206,7 @@ async fn drive(options: &RunOptions, backend: &mut Backend, history: &History) -
     let drained = drain(backend, queues).await;
     control.stop_consuming.store(true, Ordering::Relaxed);
     join_all(&mut consumers, "consumers").await?;
-    Ok(drained.then(|| faults_ended.elapsed()))
+    Ok((drained.then(|| faults_ended.elapsed()), runtime_threads))
 }
 
 /// Undoes whatever may still be in force: cuts, pauses, dead nodes.
@@ -203,20 +226,27 @@ async fn recover_everything(backend: &mut Backend) {
     }
 }
 
-/// Waits until every node agrees on a meta-group leader.
-async fn wait_serving(backend: &Backend, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until every node agrees on a meta-group leader; returns each node's
+/// runtime threads, from the same answers.
+async fn wait_serving(backend: &Backend, timeout: Duration) -> anyhow::Result<Vec<u32>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut leaders = Vec::new();
+        let mut threads = Vec::new();
         for (node, client) in backend.clients() {
-            let leader = match tokio::time::timeout(Duration::from_secs(3), client.cluster_status()).await {
-                Ok(Ok(status)) => status.groups.iter().find(|g| g.group_id == 0).map(|g| g.leader_id).unwrap_or(0),
-                _ => 0,
-            };
+            let (leader, node_threads) =
+                match tokio::time::timeout(Duration::from_secs(3), client.cluster_status()).await {
+                    Ok(Ok(status)) => (
+                        status.groups.iter().find(|g| g.group_id == 0).map(|g| g.leader_id).unwrap_or(0),
+                        status.worker_threads,
+                    ),
+                    _ => (0, 0),
+                };
             leaders.push((node, leader));
+            threads.push(node_threads);
         }
         if leaders[0].1 != 0 && leaders.iter().all(|(_, leader)| *leader == leaders[0].1) {
-            return Ok(());
+            return Ok(threads);
         }
         if Instant::now() >= deadline {
             bail!("the cluster did not agree on a meta leader within {timeout:?}: (node, leader) = {leaders:?}");
