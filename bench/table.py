@@ -11,6 +11,7 @@ medians over the runs that printed a summary.
 
 import argparse
 import json
+import math
 import statistics
 import sys
 
@@ -60,9 +61,11 @@ def fmt_ms(v):
 
 
 def fmt_ratio(ours, theirs):
+    """Cut to two decimals, not rounded: the targets are "at least 2×" and
+    "at least 1×", and 1.998 must not print as 2.00."""
     if ours is None or not theirs:
         return "–"
-    return f"{ours / theirs:.2f}×"
+    return f"{math.floor(ours / theirs * 100) / 100:.2f}×"
 
 
 def summarize(runs):
@@ -163,7 +166,8 @@ def main():
         out.append("- bodies: the letter x repeated (peerbench: after 16 bytes of publish time and id), which "
                    "RocksDB's LZ4 shrinks to almost nothing when it flushes; RabbitMQ and NATS store them as "
                    "they are. `BODIES=random` measures incompressible bodies.")
-    out.append("- ratio: raftmq's median ÷ the target's median; above 1× raftmq is faster.")
+    out.append("- ratio: raftmq's median ÷ the target's median, cut (not rounded) to two decimals, so that 2.00× "
+               "means at least 2; above 1× raftmq is faster.")
     out.append("- durability: raftmq and RabbitMQ quorum queues fsync before acknowledging a publish "
                "(on a majority); NATS by default acknowledges once a majority has the message in memory and "
                "fsyncs every 2 minutes; `sync_interval: always` makes it sync every write before acknowledging.")
