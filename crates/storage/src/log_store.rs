@@ -30,7 +30,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use crate::db::sized_batch;
 use crate::error::{decode, decode_shared, encode};
 use crate::keys::{CF_RAFT_LOG, CF_RAFT_META, MetaTag, log_index, log_key, meta_key};
-use crate::log_bodies::{KEEP_IN_LOG, copy_out_of_log, long_enough_for_log};
+use crate::log_bodies::{COPY_PER_PURGE_BYTES, KEEP_IN_LOG, copy_out_of_log, long_enough_for_log};
 use crate::log_cache::LogCache;
 use crate::log_growth::{LogGrowth, SnapshotDue};
 use crate::sm_meta::ApplyWrite;
@@ -402,7 +402,7 @@ impl LogStore {
             // body of it to copy.
             (through, bodies.copy_from.max(self.cache.body_moves().first_stored()))
         };
-        let copies = copy_out_of_log(&self.storage, self.group, old_through, copy_from)?;
+        let copies = copy_out_of_log(&self.storage, self.group, old_through, copy_from, COPY_PER_PURGE_BYTES)?;
         let copied_to = copies.next;
         let through = match copies.first_kept {
             Some(kept) => kept.checked_sub(1).map(|before| before.min(log_id.index())),

@@ -951,9 +951,9 @@ mod tests {
 
         // Nothing old enough to copy: the walk stops at the first record and
         // names its entry, before which a purge may delete everything.
-        let none = crate::log_bodies::copy_out_of_log(&storage, GROUP, None, Offset(0)).unwrap();
+        let none = crate::log_bodies::copy_out_of_log(&storage, GROUP, None, Offset(0), u64::MAX).unwrap();
         assert_eq!((none.next, none.first_kept), (Offset(0), Some(1)));
-        let copies = crate::log_bodies::copy_out_of_log(&storage, GROUP, Some(1), Offset(0)).unwrap();
+        let copies = crate::log_bodies::copy_out_of_log(&storage, GROUP, Some(1), Offset(0), u64::MAX).unwrap();
         assert_eq!((copies.next, copies.first_kept), (Offset(2), None), "both read, none left");
         let purge = RaftRequest::Queue(QueueRequest { now: TimestampMs(2), command: QueueCommand::Purge });
         let purge = openraft::alias::EntryOf::<TypeConfig>::new(

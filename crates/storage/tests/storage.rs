@@ -9,8 +9,8 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError as RaftStorageError};
 use raftmq_storage::{
-    ApplyWrite, BODY_IN_LOG_MIN_BYTES, KEEP_IN_LOG, LogStore, MESSAGES_IN_MEMORY, MetaStateMachine, QueueStateMachine,
-    SnapshotData, Storage, TypeConfig,
+    ApplyWrite, BODY_IN_LOG_MIN_BYTES, COPY_PER_PURGE_BYTES, KEEP_IN_LOG, LogStore, MESSAGES_IN_MEMORY,
+    MetaStateMachine, QueueStateMachine, SnapshotData, Storage, TypeConfig,
 };
 use raftmq_types::{
     GroupId, META_GROUP_ID, MetaCommand, NewMessage, Offset, QueueCommand, QueueConfig, QueueName, QueueRequest,
@@ -391,6 +391,62 @@ async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     drop(storage);
     let sm = QueueStateMachine::open(open(&dir), GROUP).await.unwrap();
     assert_eq!(bodies_of(&sm, 0..7), kept);
+}
+
+/// A purge copies no more than `COPY_PER_PURGE_BYTES` of bodies out of the
+/// log (openraft's Raft task waits for it): it stops at the next stored
+/// body, keeps that body's entry and those after it, and the next purge goes
+/// on from there. Every body reads back the same all along, and after a
+/// restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_copies_a_bounded_amount_and_the_next_purge_goes_on() {
+    let dir = TempDir::new().unwrap();
+    let storage = open(&dir);
+    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    const BODY: usize = 64 << 10;
+    const PER_ENTRY: usize = 8;
+    // Entries whose bodies fill the budget exactly, and one more.
+    let within_budget = COPY_PER_PURGE_BYTES as usize / (BODY * PER_ENTRY);
+    let n_entries = within_budget + 1;
+    let body = |i: usize| vec![i as u8; BODY];
+    let entries: Vec<Entry> = (0..n_entries)
+        .map(|e| {
+            let bodies: Vec<Vec<u8>> = (0..PER_ENTRY).map(|j| body(e * PER_ENTRY + j)).collect();
+            queue_entry(1, e as u64 + 1, 1, produce_bodies(&bodies))
+        })
+        .collect();
+    append(&mut log, entries).await;
+    apply(&mut sm, log.try_get_log_entries(1..=n_entries as u64).await.unwrap()).await;
+    let n_bodies = (n_entries * PER_ENTRY) as u64;
+    assert_eq!(storage.body_writes().left_in_log(), n_bodies);
+    let expected: Vec<Vec<u8>> = (0..n_bodies as usize).map(body).collect();
+
+    tokio::time::sleep(KEEP_IN_LOG).await;
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let last = snapshot.meta.last_log_id.unwrap();
+    log.purge(last).await.unwrap();
+    let raft_log = storage.db().cf_handle("raft_log").unwrap();
+    let left = || storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
+    assert_eq!(
+        storage.body_writes().copied_out_of_log(),
+        (within_budget * PER_ENTRY) as u64,
+        "the first purge copies the budget's worth"
+    );
+    assert_eq!(left(), 1, "the entry of the first body not copied stays");
+    assert!(log.try_get_log_entries(..).await.unwrap().is_empty(), "openraft sees it all purged");
+    assert_eq!(bodies_of(&sm, 0..n_bodies), expected);
+
+    log.purge(last).await.unwrap();
+    assert_eq!(storage.body_writes().copied_out_of_log(), n_bodies, "the next purge copies the rest");
+    assert_eq!(left(), 0);
+    assert_eq!(bodies_of(&sm, 0..n_bodies), expected);
+
+    storage.flush_memtables().unwrap();
+    drop((log, sm));
+    drop(storage);
+    let sm = QueueStateMachine::open(open(&dir), GROUP).await.unwrap();
+    assert_eq!(bodies_of(&sm, 0..n_bodies), expected);
 }
 
 /// A database of the version before (4: no bodies left in the log) opens as
