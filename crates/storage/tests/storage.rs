@@ -27,6 +27,14 @@ fn open(dir: &TempDir) -> Storage {
     Storage::open(&dir.path().join("db")).expect("open storage")
 }
 
+/// A queue group's log store and state machine on `dir`'s database.
+async fn queue_group(dir: &TempDir) -> (Storage, LogStore, QueueStateMachine) {
+    let storage = open(dir);
+    let log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
+    let sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    (storage, log, sm)
+}
+
 struct QueueStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, QueueStateMachine, TempDir> for QueueStoreBuilder {
@@ -197,9 +205,7 @@ async fn concurrent_appends_of_many_groups_share_fsyncs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queue_group_purged_before_a_flush_writes_no_purged_entry_to_sst_files() {
     let dir = TempDir::new().unwrap();
-    let storage = open(&dir);
-    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let (storage, mut log, mut sm) = queue_group(&dir).await;
     let entries: Vec<_> = (1..=110).map(|index| queue_entry(1, index, index, produce(8))).collect();
     append(&mut log, entries[..100].to_vec()).await;
     apply(&mut sm, entries[..100].to_vec()).await;
@@ -233,9 +239,7 @@ async fn a_queue_group_purged_before_a_flush_writes_no_purged_entry_to_sst_files
 #[tokio::test(flavor = "multi_thread")]
 async fn large_values_are_flushed_to_blob_files_and_read_back() {
     let dir = TempDir::new().unwrap();
-    let storage = open(&dir);
-    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let (storage, mut log, mut sm) = queue_group(&dir).await;
     let body = |offset: usize| {
         let len = if offset.is_multiple_of(2) { 8 * 1024 } else { 100 };
         vec![b'a' + (offset % 26) as u8; len]
@@ -324,9 +328,7 @@ fn bodies_of(sm: &QueueStateMachine, offsets: std::ops::Range<u64>) -> Vec<Vec<u
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     let dir = TempDir::new().unwrap();
-    let storage = open(&dir);
-    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let (storage, mut log, mut sm) = queue_group(&dir).await;
     let large = |i: u8| vec![i; BODY_IN_LOG_MIN_BYTES + usize::from(i)];
     let leader_encoded = queue_entry(1, 1, 1, produce_bodies(&[large(1), b"small".to_vec(), large(2)]));
     let received = queue_entry(1, 2, 2, produce_bodies(&[large(3)]));
@@ -401,9 +403,7 @@ async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_purge_copies_a_bounded_amount_and_the_next_purge_goes_on() {
     let dir = TempDir::new().unwrap();
-    let storage = open(&dir);
-    let mut log = LogStore::new(storage.clone(), GROUP, ApplyWrite::Unlogged);
-    let mut sm = QueueStateMachine::open(storage.clone(), GROUP).await.unwrap();
+    let (storage, mut log, mut sm) = queue_group(&dir).await;
     const BODY: usize = 64 << 10;
     const PER_ENTRY: usize = 8;
     // Entries whose bodies fill the budget exactly, and one more.
