@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use common::{ChildTest, Entry, produce_entry};
@@ -73,8 +74,12 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
             "after 60 s: {durable} appends durable, {} WAL file switches",
             wal_switches(&db)
         );
-        if let Some(index) = child.lines.recv_timeout(Duration::from_millis(100)).ok().and_then(durable_index) {
-            durable = index;
+        match child.lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => durable = durable_index(line).unwrap_or(durable),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the child exited after {durable} durable appends, before it was killed:\n{}", child.stderr())
+            }
         }
     }
     child.kill();

@@ -30,12 +30,15 @@ pub fn produce_entry(index: u64, body_bytes: usize) -> Entry {
 
 /// A child process running the test `test_name` of this binary with `env`
 /// set (the test tells from the environment that it is the child). Every
-/// line it prints arrives on `lines`; its stderr is dropped. Killed with
-/// SIGKILL when dropped, so a failing parent leaves no child behind.
+/// line it prints arrives on `lines`, which disconnects when the child
+/// exits; its stderr is kept apart ([`ChildTest::stderr`]), where a panic
+/// of the child says why. Killed with SIGKILL when dropped, so a failing
+/// parent leaves no child behind.
 pub struct ChildTest {
     process: std::process::Child,
     pub lines: mpsc::Receiver<String>,
     reader: Option<std::thread::JoinHandle<()>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl ChildTest {
@@ -45,15 +48,28 @@ impl ChildTest {
         for (name, value) in env {
             command.env(name, value);
         }
-        let mut process = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start the child");
+        let mut process = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the child");
         let stdout = process.stdout.take().unwrap();
+        let mut stderr = process.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        ChildTest { process, lines, reader: Some(reader) }
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        ChildTest { process, lines, reader: Some(reader), stderr: Some(stderr) }
+    }
+
+    /// Everything the child wrote to stderr, once it has exited (waits for
+    /// that); empty if asked before.
+    pub fn stderr(&mut self) -> String {
+        let _ = self.process.wait();
+        self.stderr.take().and_then(|reader| reader.join().ok()).unwrap_or_default()
     }
 
     /// SIGKILL, then waits for the process and for the last of its output,
