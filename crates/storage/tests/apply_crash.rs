@@ -30,7 +30,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use common::{ChildTest, Entry, produce_entry};
@@ -111,23 +110,12 @@ async fn child(dir: &Path, budget: usize) {
 }
 
 /// Waits until the child says it stopped (within 120 s), then kills it.
-/// Fails at once, with the child's output, if the child exits first (a
-/// failed assertion of its own, say).
+/// Fails at once if the child exits first ([`ChildTest::next_line`]).
 fn stop_and_kill(child: &mut ChildTest) {
     // Printed after the test harness's "test NAME ... " on the same line.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut output = Vec::new();
-    loop {
-        match child.lines.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.contains("stopped at") => break,
-            Ok(line) => output.push(line),
-            Err(RecvTimeoutError::Timeout) => {
-                assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("the child exited before it stopped; its output:\n{}\n{}", output.join("\n"), child.stderr())
-            }
-        }
+    while !child.next_line(Duration::from_secs(1)).is_some_and(|line| line.contains("stopped at")) {
+        assert!(std::time::Instant::now() < deadline, "the child did not stop within 120 s");
     }
     child.kill();
 }

@@ -35,6 +35,12 @@ async fn queue_group(dir: &TempDir) -> (Storage, LogStore, QueueStateMachine) {
     (storage, log, sm)
 }
 
+/// How many Raft log entries the database holds, purged or not.
+fn log_entries_on_disk(storage: &Storage) -> usize {
+    let raft_log = storage.db().cf_handle("raft_log").unwrap();
+    storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count()
+}
+
 struct QueueStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, QueueStateMachine, TempDir> for QueueStoreBuilder {
@@ -375,8 +381,7 @@ async fn bodies_are_left_in_the_log_and_copied_out_before_their_entry_goes() {
     // once, however recent: 3 and 4 with 1 and 2, not 5.
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     log.purge(snapshot.meta.last_log_id.unwrap()).await.unwrap();
-    let raft_log = storage.db().cf_handle("raft_log").unwrap();
-    let left = || storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
+    let left = || log_entries_on_disk(&storage);
     assert_eq!(left(), 1, "entries 1-4 deleted, 5 kept");
     assert_eq!(storage.body_writes().copied_out_of_log(), 0);
     assert_eq!(bodies_of(&sm, 0..7), kept);
@@ -426,8 +431,7 @@ async fn a_purge_copies_a_bounded_amount_and_the_next_purge_goes_on() {
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let last = snapshot.meta.last_log_id.unwrap();
     log.purge(last).await.unwrap();
-    let raft_log = storage.db().cf_handle("raft_log").unwrap();
-    let left = || storage.db().iterator_cf(raft_log, rocksdb::IteratorMode::Start).count();
+    let left = || log_entries_on_disk(&storage);
     assert_eq!(
         storage.body_writes().copied_out_of_log(),
         (within_budget * PER_ENTRY) as u64,

@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use common::{ChildTest, Entry, produce_entry};
@@ -74,12 +73,8 @@ async fn appends_reported_durable_survive_sigkill_across_wal_file_switches() {
             "after 60 s: {durable} appends durable, {} WAL file switches",
             wal_switches(&db)
         );
-        match child.lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => durable = durable_index(line).unwrap_or(durable),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("the child exited after {durable} durable appends, before it was killed:\n{}", child.stderr())
-            }
+        if let Some(index) = child.next_line(Duration::from_millis(100)).and_then(durable_index) {
+            durable = index;
         }
     }
     child.kill();

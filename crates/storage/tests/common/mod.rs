@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
@@ -30,13 +31,15 @@ pub fn produce_entry(index: u64, body_bytes: usize) -> Entry {
 
 /// A child process running the test `test_name` of this binary with `env`
 /// set (the test tells from the environment that it is the child). Every
-/// line it prints arrives on `lines`, which disconnects when the child
-/// exits; its stderr is kept apart ([`ChildTest::stderr`]), where a panic
-/// of the child says why. Killed with SIGKILL when dropped, so a failing
+/// line it prints arrives on `lines` ([`ChildTest::next_line`] while it
+/// runs); its stderr is kept apart, for the panic of a child that exits
+/// before it is killed. Killed with SIGKILL when dropped, so a failing
 /// parent leaves no child behind.
 pub struct ChildTest {
     process: std::process::Child,
     pub lines: mpsc::Receiver<String>,
+    /// The lines `next_line` has returned.
+    printed: Vec<String>,
     reader: Option<std::thread::JoinHandle<()>>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -62,14 +65,28 @@ impl ChildTest {
             let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
             text
         });
-        ChildTest { process, lines, reader: Some(reader), stderr: Some(stderr) }
+        ChildTest { process, lines, printed: Vec::new(), reader: Some(reader), stderr: Some(stderr) }
     }
 
-    /// Everything the child wrote to stderr, once it has exited (waits for
-    /// that); empty if asked before.
-    pub fn stderr(&mut self) -> String {
-        let _ = self.process.wait();
-        self.stderr.take().and_then(|reader| reader.join().ok()).unwrap_or_default()
+    /// The next line the child prints within `timeout`, `None` if it
+    /// printed none. Fails the test if the child exited instead (a failed
+    /// assertion of its own, say), with what it printed and its stderr.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                self.printed.push(line.clone());
+                Some(line)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.process.wait();
+                let stderr = self.stderr.take().and_then(|reader| reader.join().ok()).unwrap_or_default();
+                panic!(
+                    "the child exited before it was killed; it printed:\n{}\nand on stderr:\n{stderr}",
+                    self.printed.join("\n")
+                )
+            }
+        }
     }
 
     /// SIGKILL, then waits for the process and for the last of its output,
