@@ -356,9 +356,10 @@ impl GroupManager {
 const FOLLOWER_INITIALISE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Asks openraft for a snapshot of a queue group each time its log has grown
-/// by `SNAPSHOT_EVERY_BYTES`; openraft then purges the log behind it. Ends
-/// when the group's log store is dropped (the group stopped) or its Raft
-/// has stopped.
+/// by `SNAPSHOT_EVERY_BYTES`, or has gone quiet with entries its last purge
+/// kept (`raftmq_storage::SnapshotDue`); openraft then purges the log behind
+/// it. Ends when the group's log store is dropped (the group stopped) or its
+/// Raft has stopped.
 async fn snapshot_as_the_log_grows(group_id: GroupId, raft: QueueRaft, mut due: SnapshotDue) {
     while due.next().await {
         if let Err(e) = raft.trigger().snapshot().await {

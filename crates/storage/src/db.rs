@@ -9,7 +9,9 @@ use rocksdb::{
 };
 
 use crate::body_cache::{BodyCache, BodyCaches};
-use crate::keys::{CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range};
+use crate::keys::{
+    CF_META, CF_QUEUE, CF_RAFT_LOG, CF_RAFT_META, GROUP_KIND_PREFIX_LEN, GROUP_PREFIX_LEN, group_range, log_index,
+};
 use crate::log_bodies::BodyWrites;
 use crate::log_cache::{EncodedEntries, LogCache, LogCaches};
 use crate::reads::Reads;
@@ -351,6 +353,24 @@ impl Storage {
 
     pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// The index of the first entry of `group`'s log still stored on this
+    /// node, `None` if none is. A queue group's entries at or below its
+    /// purged index stay stored while bodies still stored in them need
+    /// them (see `crate::log_bodies`).
+    pub fn first_log_index(&self, group: GroupId) -> Result<Option<u64>, StorageError> {
+        let (start, end) = group_range(group);
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(start);
+        options.set_iterate_upper_bound(end);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_RAFT_LOG), options);
+        iter.seek_to_first();
+        iter.status()?;
+        match iter.key() {
+            None => Ok(None),
+            Some(key) => log_index(key).map(Some).ok_or(StorageError::MalformedKey { cf: CF_RAFT_LOG }),
+        }
     }
 
     /// Drops everything a group stored: its log, Raft metadata and queue data.

@@ -6,8 +6,11 @@ use raftmq_client::Client;
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Nodes, and per Raft group the leader, term, commit and applied index,
-    /// whether the group is quiet (idle, its timers stopped), and how many of
-    /// the queue's messages this node indexes in memory and keeps on disk only.
+    /// the index the log is purged through and the first entry this node
+    /// still stores (entries at or below the purged index are kept for
+    /// message bodies still stored in them), whether the group is quiet (idle,
+    /// its timers stopped), and how many of the queue's messages this node
+    /// indexes in memory and keeps on disk only.
     Status,
 }
 
@@ -28,7 +31,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             }
             outln!();
             outln!(
-                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
+                "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  voters",
                 "group",
                 "queue",
                 "leader",
@@ -37,6 +40,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                 "applied",
                 "last_log",
                 "purged",
+                "first_log",
                 "quiet",
                 "in_memory",
                 "on_disk"
@@ -44,7 +48,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             for g in &status.groups {
                 let queue = if g.group_id == 0 { "(meta)" } else { g.queue.as_str() };
                 outln!(
-                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
+                    "{:<8} {:<30} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>5} {:>10} {:>10}  {:?}",
                     g.group_id,
                     queue,
                     g.leader_id,
@@ -53,6 +57,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                     g.applied_index,
                     g.last_log_index,
                     g.purged_index,
+                    g.first_log_index,
                     if g.quiet { "yes" } else { "no" },
                     g.messages_in_memory,
                     g.messages_evicted,

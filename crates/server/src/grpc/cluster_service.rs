@@ -96,6 +96,7 @@ fn group_status(
     metrics: &openraft::RaftMetrics<TypeConfig>,
     quiet: bool,
     (messages_in_memory, messages_evicted): (u64, u64),
+    first_log_index: Option<u64>,
 ) -> GroupStatus {
     let last_log_index = metrics.last_log_index.unwrap_or(0);
     let replication_lag = metrics
@@ -127,6 +128,7 @@ fn group_status(
         messages_evicted,
         snapshot_index: metrics.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
         purged_index: metrics.purged.as_ref().map(|l| l.index()).unwrap_or(0),
+        first_log_index: first_log_index.unwrap_or(0),
     }
 }
 
@@ -139,12 +141,17 @@ impl ClusterService for ClusterServiceImpl {
         let ctx = CallContext::from_metadata(request.metadata());
         let groups = self.router.groups();
         let meta_metrics = groups.meta().metrics().borrow_watched().clone();
-        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false, (0, 0))];
+        let first_log_index = |group| {
+            groups.storage().first_log_index(group).map_err(|e| Status::internal(format!("reading the log: {e}")))
+        };
+        let meta_first = first_log_index(META_GROUP_ID)?;
+        let mut statuses = vec![group_status(META_GROUP_ID, String::new(), &meta_metrics, false, (0, 0), meta_first)];
         for group in groups.queue_groups() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             let resident = group.reader.state().resident();
             let queue = group.queue.to_string();
-            statuses.push(group_status(group.group_id, queue, &metrics, group.is_quiet(), resident));
+            let first = first_log_index(group.group_id)?;
+            statuses.push(group_status(group.group_id, queue, &metrics, group.is_quiet(), resident, first));
         }
         // Only the meta leader hears from every node; a follower asks it for
         // the node list and falls back to what it knows itself.
