@@ -3,8 +3,11 @@
 //! entries, so the entries of a backlog stay on disk behind the purged
 //! index. Once consumers drain the queue and it goes quiet, every replica
 //! deletes them within seconds, through the real binary: not only after
-//! the next 8 MiB of appends, which an idle queue never makes.
+//! the next 8 MiB of appends, which an idle queue never makes. And a node
+//! that then writes nothing for 10 s flushes its memtables, so the
+//! write-ahead log holding the drained messages leaves the disk too.
 
+use std::path::Path;
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::{GroupStatus, QueueConfig};
@@ -22,6 +25,18 @@ fn body(i: u64) -> Vec<u8> {
     let mut body = format!("m{i}-").into_bytes();
     body.resize(BODY_BYTES, b'0' + (i % 10) as u8);
     body
+}
+
+/// Bytes of the live write-ahead log files in a node's database directory
+/// (not those RocksDB archived, which the node trims away).
+fn live_wal_bytes(db: &Path) -> u64 {
+    std::fs::read_dir(db)
+        .expect("the node's database directory")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
 }
 
 /// Entries at or below the purged index still stored on this replica.
@@ -75,6 +90,11 @@ async fn drained_queue_frees_its_log() {
     }
     let stats = client.get_queue(QUEUE).await.expect("get queue").stats.expect("stats");
     assert_eq!((stats.depth, stats.available), (0, 0));
+    for node in cluster.node_ids() {
+        let wal = live_wal_bytes(&cluster.data_dir(node).join("db"));
+        println!("node {node} after the drain: {} KiB of live write-ahead log", wal / 1024);
+        assert!(wal >= MESSAGES * BODY_BYTES as u64, "node {node}'s WAL holds the bodies until a flush");
+    }
 
     // The acks appended far less than 8 MiB; the queue goes quiet, and each
     // replica purges again and deletes every kept entry.
@@ -88,6 +108,18 @@ async fn drained_queue_frees_its_log() {
             "node {node} after the drain: purged through {}, first stored entry {}, last {}",
             status.purged_index, status.first_log_index, status.last_log_index
         );
+    }
+
+    // Nothing written since: within seconds of the node's 10 s idle spell,
+    // its memtables are flushed and its live WAL is a fresh, empty file.
+    for node in cluster.node_ids() {
+        let db = cluster.data_dir(node).join("db");
+        let wal = poll_until(Duration::from_secs(40), "the idle node's WAL to empty", async || {
+            let wal = live_wal_bytes(&db);
+            (wal < 1024 * 1024).then_some(wal)
+        })
+        .await;
+        println!("node {node} idle: {} KiB of live write-ahead log", wal / 1024);
     }
     cluster.assert_running();
 }

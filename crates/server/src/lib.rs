@@ -74,6 +74,7 @@ pub async fn run_with_listener(
     let router = Arc::new(Router::new(groups.clone()));
     let messages = Arc::new(MessageServiceImpl::new(router.clone()));
     let tender = tokio::spawn(Tender::new(router.clone(), messages.clone()).run());
+    let idle_flush = tokio::spawn(raftmq_storage::flush_while_idle(storage.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MessageServiceServer<MessageServiceImpl>>().await;
@@ -126,6 +127,7 @@ pub async fn run_with_listener(
         .await
         .context("serve grpc")?;
     tender.abort();
+    idle_flush.abort();
     info!(node_id = config.node_id, "shutting down raft groups");
     groups.shutdown().await;
     // How well appends shared fsyncs over this run (group commit at work).

@@ -299,6 +299,16 @@ impl Storage {
         Ok(())
     }
 
+    /// Bytes held by the memtables of all column families, flushed or not
+    /// (RocksDB's `rocksdb.cur-size-all-mem-tables`).
+    pub fn memtable_bytes(&self) -> Result<u64, StorageError> {
+        let mut bytes = 0;
+        for name in ALL_CFS {
+            bytes += self.db.property_int_value_cf(self.cf(name), "rocksdb.cur-size-all-mem-tables")?.unwrap_or(0);
+        }
+        Ok(bytes)
+    }
+
     pub fn db(&self) -> &Arc<DB> {
         &self.db
     }
