@@ -63,10 +63,29 @@ pub async fn flush_while_idle(storage: Storage) {
             continue;
         }
         let flushing = storage.clone();
-        match tokio::task::spawn_blocking(move || flushing.flush_memtables()).await {
+        let flush = move || {
+            flushing.flush_memtables()?;
+            release_freed_memory();
+            Ok::<(), crate::StorageError>(())
+        };
+        match tokio::task::spawn_blocking(flush).await {
             Ok(Ok(())) => info!(memtable_mib = memtable_bytes >> 20, "idle: memtables flushed"),
             Ok(Err(e)) => warn!(error = %e, "idle: could not flush the memtables"),
             Err(e) => warn!(error = %e, "idle: the memtable flush did not finish"),
         }
     }
 }
+
+/// Hands the memory that the flushed memtables freed back to the system:
+/// glibc keeps freed heap memory for later allocations, so without this the
+/// node's resident memory stayed where the memtables had taken it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
