@@ -152,6 +152,32 @@ impl Client {
         bounded(timeout, client.consume(request_with_timeout(request, timeout))).await
     }
 
+    /// Consumes `count` messages, which must come in offset order from 0,
+    /// up to 500 per call (retrying for a minute while the queue has no
+    /// leader), hands each to `check`, acks each batch, and then asserts the
+    /// queue is empty. Panics on anything else.
+    pub async fn drain_in_order(&self, queue: &str, count: u64, mut check: impl FnMut(&Message)) {
+        let mut next = 0;
+        while next < count {
+            let messages = crate::retry_unavailable(Duration::from_secs(60), async || {
+                self.consume(queue, 500, 1_000, 60_000).await
+            })
+            .await
+            .expect("consume");
+            assert!(!messages.is_empty(), "the backlog ran dry at {next}");
+            for message in &messages {
+                assert_eq!(message.offset, next, "out of order");
+                check(message);
+                next += 1;
+            }
+            let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+            let settled = self.ack(queue, receipts).await.expect("ack");
+            assert!(settled.failed.is_empty(), "acks failed: {:?}", settled.failed);
+        }
+        let stats = self.get_queue(queue).await.expect("get queue").stats.expect("stats");
+        assert_eq!((stats.depth, stats.available), (0, 0), "the queue is empty");
+    }
+
     pub async fn ack(&self, queue: &str, receipts: Vec<String>) -> Result<SettleResponse, Status> {
         let request = AckRequest { queue: queue.to_string(), receipts };
         bounded(CALL_TIMEOUT, self.messages.clone().ack(timed(request))).await

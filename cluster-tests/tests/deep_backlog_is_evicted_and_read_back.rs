@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use raftmq_cluster_tests::pb::QueueConfig;
-use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text, poll_until, retry_unavailable};
+use raftmq_cluster_tests::{READY_TIMEOUT, TestCluster, body_text, poll_until};
 
 const QUEUE: &str = "deep";
 const MESSAGES: u64 = 50_000;
@@ -47,23 +47,9 @@ async fn deep_backlog_is_evicted_and_read_back() {
     let second = cluster.leader_of(QUEUE, Duration::from_secs(30)).await;
     println!("node {leader} killed; node {second} leads {QUEUE}");
     let client = cluster.client(second);
-    let mut next = 0;
-    while next < MESSAGES {
-        let messages =
-            retry_unavailable(Duration::from_secs(60), async || client.consume(QUEUE, 500, 1_000, 60_000).await)
-                .await
-                .expect("consume");
-        assert!(!messages.is_empty(), "the backlog ran dry at {next}");
-        for message in &messages {
-            assert_eq!((message.offset, body_text(message)), (next, format!("m{next}")), "out of order");
-            next += 1;
-        }
-        let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
-        let settled = client.ack(QUEUE, receipts).await.expect("ack");
-        assert!(settled.failed.is_empty(), "acks failed: {:?}", settled.failed);
-    }
-    let stats = client.get_queue(QUEUE).await.expect("get queue").stats.expect("stats");
-    assert_eq!((stats.depth, stats.available), (0, 0));
+    client
+        .drain_in_order(QUEUE, MESSAGES, |message| assert_eq!(body_text(message), format!("m{}", message.offset)))
+        .await;
     cluster.restart(leader);
     cluster.assert_running();
 }

@@ -75,21 +75,9 @@ async fn drained_queue_frees_its_log() {
         );
     }
 
-    let mut next = 0;
-    while next < MESSAGES {
-        let messages = client.consume(QUEUE, 256, 1_000, 60_000).await.expect("consume");
-        assert!(!messages.is_empty(), "the backlog ran dry at {next}");
-        for message in &messages {
-            assert_eq!(message.offset, next, "out of order");
-            assert!(message.body == body(next), "the body of message {next} differs");
-            next += 1;
-        }
-        let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
-        let settled = client.ack(QUEUE, receipts).await.expect("ack");
-        assert!(settled.failed.is_empty(), "acks failed: {:?}", settled.failed);
-    }
-    let stats = client.get_queue(QUEUE).await.expect("get queue").stats.expect("stats");
-    assert_eq!((stats.depth, stats.available), (0, 0));
+    client
+        .drain_in_order(QUEUE, MESSAGES, |message| assert!(message.body == body(message.offset), "body differs"))
+        .await;
     for node in cluster.node_ids() {
         let wal = live_wal_bytes(&cluster.data_dir(node).join("db"));
         println!("node {node} after the drain: {} KiB of live write-ahead log", wal / 1024);
