@@ -182,6 +182,16 @@ async fn bench_paces_a_counted_run_over_two_queues() {
     assert!(!default_bodies.is_empty(), "the backlog's messages can be consumed");
     assert!(default_bodies.iter().all(|m| m.body.iter().all(|&b| b == b'x')), "by default every body is x repeated");
 
+    // A run on a queue with a backlog from before consumes more than it
+    // produces, and stops with a batch received: it acks that batch too, and
+    // counts every message it acked.
+    bench(&endpoints, "--queue drain --producers 1 --consumers 0 --batch 50 --count 500").await;
+    let output = bench(&endpoints, "--queue drain --producers 1 --consumers 1 --batch 50 --count 500").await;
+    let consumed = output.bench_summary()["consumed"].as_u64().expect("consumed");
+    let depth = client.get_queue("drain").await.expect("the drain queue").stats.expect("stats").depth;
+    assert!(consumed >= 500, "{output}");
+    assert_eq!(consumed + depth, 1000, "consumed counts every message acked (left: {depth}): {output}");
+
     // --random-bodies: random bytes, a different body for each message of a call.
     let output =
         bench(&endpoints, "--queue random --producers 1 --consumers 0 --batch 32 --count 32 --random-bodies").await;

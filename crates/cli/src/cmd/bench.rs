@@ -539,8 +539,11 @@ pub async fn run(client: &Client, endpoints: &[String], args: BenchArgs) -> anyh
                 }
             }
             if !unacked.is_empty() {
-                // The drain ran out with a batch received and not yet acked.
-                client.ack(&queue, unacked).await?;
+                // The consumer stopped with a batch received and not yet
+                // acked (the drain ran out, or more was consumed than this
+                // run produced: a backlog from before).
+                let acked = client.ack(&queue, unacked).await?;
+                consumed.fetch_add(u64::from(acked.succeeded), Ordering::Relaxed);
             }
             samples.lock().await.end_to_end.extend(latencies);
             anyhow::Ok(())
