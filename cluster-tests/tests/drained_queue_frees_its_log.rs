@@ -78,10 +78,12 @@ async fn drained_queue_frees_its_log() {
     client
         .drain_in_order(QUEUE, MESSAGES, |message| assert!(message.body == body(message.offset), "body differs"))
         .await;
+    // The WAL holds the bodies (16 MiB) until a flush. Not asserted: a slow
+    // machine could idle 10 s before the drain and flush early; the check
+    // below still fails without the idle flush, as nothing else empties it.
     for node in cluster.node_ids() {
         let wal = live_wal_bytes(&cluster.data_dir(node).join("db"));
         println!("node {node} after the drain: {} KiB of live write-ahead log", wal / 1024);
-        assert!(wal >= MESSAGES * BODY_BYTES as u64, "node {node}'s WAL holds the bodies until a flush");
     }
 
     // The acks appended far less than 8 MiB; the queue goes quiet, and each
