@@ -370,17 +370,22 @@ impl Storage {
     /// purged index stay stored while bodies still stored in them need
     /// them (see `crate::log_bodies`).
     pub fn first_log_index(&self, group: GroupId) -> Result<Option<u64>, StorageError> {
-        let (start, end) = group_range(group);
-        let mut options = rocksdb::ReadOptions::default();
-        options.set_iterate_lower_bound(start);
-        options.set_iterate_upper_bound(end);
-        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_RAFT_LOG), options);
+        let mut iter = self.log_iterator(group);
         iter.seek_to_first();
         iter.status()?;
         match iter.key() {
             None => Ok(None),
             Some(key) => log_index(key).map(Some).ok_or(StorageError::MalformedKey { cf: CF_RAFT_LOG }),
         }
+    }
+
+    /// An iterator over `group`'s Raft log entries, bounded to them.
+    pub(crate) fn log_iterator(&self, group: GroupId) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
+        let (start, end) = group_range(group);
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(start);
+        options.set_iterate_upper_bound(end);
+        self.db.raw_iterator_cf_opt(self.cf(CF_RAFT_LOG), options)
     }
 
     /// Drops everything a group stored: its log, Raft metadata and queue data.

@@ -24,9 +24,9 @@ use crate::Storage;
 
 /// How long a node must have asked for no WAL sync before its memtables
 /// are flushed.
-pub const IDLE_FOR: Duration = Duration::from_secs(10);
+const IDLE_FOR: Duration = Duration::from_secs(10);
 /// Memtables smaller than this stay as they are when the node goes idle.
-pub const IDLE_FLUSH_MIN_BYTES: u64 = 8 * 1024 * 1024;
+const IDLE_FLUSH_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// How often the node's activity is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 

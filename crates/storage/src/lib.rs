@@ -35,7 +35,7 @@ pub use catalog::{Catalog, CatalogQueue};
 pub use codec::to_vec_sized;
 pub use db::{DEFAULT_MEMTABLE_BUDGET_BYTES, FORMAT_VERSION, Storage};
 pub use error::StorageError;
-pub use idle_flush::{IDLE_FLUSH_MIN_BYTES, IDLE_FOR, flush_while_idle};
+pub use idle_flush::flush_while_idle;
 pub use log_bodies::{BODY_IN_LOG_MIN_BYTES, BodyWrites, COPY_PER_PURGE_BYTES, KEEP_IN_LOG};
 pub use log_cache::EncodedEntries;
 pub use log_growth::{SNAPSHOT_EVERY_BYTES, SnapshotDue};

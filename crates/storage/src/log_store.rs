@@ -182,13 +182,7 @@ impl LogStore {
     /// value only: an entry's log id is encoded first, and an entry can be
     /// megabytes of bodies.
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let db = self.storage.db();
-        let cf = self.storage.cf(CF_RAFT_LOG);
-        let (start, end) = crate::keys::group_range(self.group);
-        let mut options = ReadOptions::default();
-        options.set_iterate_lower_bound(start);
-        options.set_iterate_upper_bound(end);
-        let mut iter = db.raw_iterator_cf_opt(cf, options);
+        let mut iter = self.storage.log_iterator(self.group);
         iter.seek_to_last();
         iter.status()?;
         let (Some(key), Some(value)) = (iter.key(), iter.value()) else { return Ok(None) };
